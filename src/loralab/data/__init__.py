@@ -1,0 +1,1 @@
+"""Data lab: records, ingest, clean, corrupt, structure, render, data cards."""

@@ -1,0 +1,131 @@
+"""The canonical record: one JSON object per line in `records.jsonl`.
+
+Fields common to every kind:
+  id        stable content hash (sha256 of kind + content fields, 16 hex chars)
+  kind      raw | qa | instruction | chat
+  domain    free label ("sport", "medical", ...) or null
+  source    where it came from: {"path": ..., "line": ..., "offset": ..., "doc": ...}
+            `doc` names the source document; splits are made by doc, never by line.
+  meta      free metadata (scores, repair flags, split, ...)
+Kind fields:
+  raw          text
+  qa           question, answer, context (optional passage shown with the question)
+  instruction  instruction, input (optional), output
+  chat         messages: [{"role": "system"|"user"|"assistant", "content": str}, ...]
+                 ending with an assistant turn (the response)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..io import iter_jsonl, write_jsonl
+
+Kind = Literal["raw", "qa", "instruction", "chat"]
+CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "raw": ("text",),
+    "qa": ("question", "answer", "context"),
+    "instruction": ("instruction", "input", "output"),
+    "chat": ("messages",),
+}
+RECORDS_FILE = "records.jsonl"
+QUARANTINE_FILE = "quarantine.jsonl"
+CARD_FILE = "data_card.json"
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = ""
+    kind: Kind
+    domain: str | None = None
+    source: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    text: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    context: str | None = None
+    instruction: str | None = None
+    input: str | None = None
+    output: str | None = None
+    messages: list[Message] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Record":
+        need = {"raw": ("text",), "qa": ("question", "answer"), "instruction": ("instruction", "output"),
+                "chat": ("messages",)}[self.kind]
+        for f in need:
+            v = getattr(self, f)
+            if v is None or (isinstance(v, str) and not v.strip()) or (isinstance(v, list) and not v):
+                raise ValueError(f"{self.kind} record needs a non-empty {f!r}")
+        if self.kind == "chat":
+            if self.messages[-1].role != "assistant" and len(self.messages) > 1:
+                raise ValueError("chat record must end with an assistant message")
+        for k, fields in CONTENT_FIELDS.items():
+            if k != self.kind:
+                for f in fields:
+                    if f not in CONTENT_FIELDS[self.kind] and getattr(self, f) is not None:
+                        raise ValueError(f"{self.kind} record has a stray {f!r} field")
+        if not self.id:
+            self.id = content_id(self)
+        return self
+
+    def content(self) -> dict[str, Any]:
+        out = {}
+        for f in CONTENT_FIELDS[self.kind]:
+            v = getattr(self, f)
+            if v is not None:
+                out[f] = [m.model_dump() for m in v] if f == "messages" else v
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, mode="json")
+
+
+def content_id(rec: Record) -> str:
+    """sha256 over kind + content fields (not source/meta): same content, same id."""
+    blob = json.dumps({"kind": rec.kind, **rec.content()}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_messages(rec: Record) -> list[dict[str, str]]:
+    """The record as a conversation whose last message is the response (assistant).
+
+    raw records become a single assistant message (no prompt: whole-text loss).
+    """
+    if rec.kind == "raw":
+        return [{"role": "assistant", "content": rec.text}]
+    if rec.kind == "qa":
+        q = f"{rec.context.strip()}\n\n{rec.question}" if rec.context else rec.question
+        return [{"role": "user", "content": q}, {"role": "assistant", "content": rec.answer}]
+    if rec.kind == "instruction":
+        u = f"{rec.instruction}\n\n{rec.input}" if rec.input else rec.instruction
+        return [{"role": "user", "content": u}, {"role": "assistant", "content": rec.output}]
+    return [m.model_dump() for m in rec.messages]
+
+
+def read_records(path: str | Path) -> Iterator[Record]:
+    """Stream records from a records folder or a records.jsonl file (constant memory)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RECORDS_FILE
+    for row in iter_jsonl(p):
+        yield Record.model_validate(row)
+
+
+def write_records(path: str | Path, records: Iterable[Record]) -> int:
+    p = Path(path)
+    if p.is_dir() or not p.suffix:
+        p = p / RECORDS_FILE
+    return write_jsonl(p, (r.to_json() for r in records))

