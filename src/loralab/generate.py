@@ -1,0 +1,63 @@
+"""Chat-templated generation: `loralab generate PROMPT`.
+
+    loralab generate "What is the capital of France?"
+    loralab generate "Explain offside" --model tiny-random --max-new-tokens 40
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .models import Loaded
+
+
+def chat_inputs(tokenizer, prompts: Sequence[str | list[dict]], system: str | None = None) -> list[list[int]]:
+    """Token ids of each prompt rendered by the chat template, ready for the assistant turn."""
+    out = []
+    for p in prompts:
+        msgs = [{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+        if system is not None and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": system}] + msgs
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        out.append(tokenizer.encode(text, add_special_tokens=False))
+    return out
+
+
+@torch.inference_mode()
+def generate_ids(
+    loaded: Loaded, inputs: list[list[int]], *, max_new_tokens: int = 64,
+    temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+) -> list[list[int]]:
+    """New token ids for each input (left-padded batch; greedy when temperature == 0)."""
+    tok, model = loaded.tokenizer, loaded.model
+    dev = loaded.device
+    T = max(len(x) for x in inputs)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ids = torch.full((len(inputs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(inputs), T), dtype=torch.long)
+    for i, x in enumerate(inputs):  # left padding so every row ends at the prompt
+        ids[i, T - len(x):] = torch.tensor(x)
+        mask[i, T - len(x):] = 1
+    kw = dict(do_sample=False) if temperature <= 0 else dict(do_sample=True, temperature=temperature, top_p=top_p)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens,
+            pad_token_id=pad, eos_token_id=tok.eos_token_id, **kw,
+        )
+    res = []
+    for row in out[:, T:].tolist():
+        if tok.eos_token_id in row:
+            row = row[: row.index(tok.eos_token_id)]
+        res.append(row)
+    return res
+
+
+def generate(
+    loaded: Loaded, prompts: Sequence[str | list[dict]], *, system: str | None = None, **kw
+) -> list[str]:
+    """Answers to chat prompts (strings or message lists), decoded without special tokens."""
+    new = generate_ids(loaded, chat_inputs(loaded.tokenizer, prompts, system), **kw)
+    return [loaded.tokenizer.decode(x, skip_special_tokens=True).strip() for x in new]

@@ -1,0 +1,225 @@
+"""THE batched token log-prob engine, used by scoring, evaluation and the inspector.
+
+Given (context, continuation) token-id pairs, return the log-prob of every
+continuation token under the model (base or adapter), and optionally the top-k
+next-token distribution at each continuation position.
+
+How it stays fast and small:
+  * pairs are sorted by length and packed into batches under a token budget
+    (`batch_tokens` = rows x padded length), so padding is minimal;
+  * the decoder runs once per batch and only the hidden states of continuation
+    positions are kept, (N, H);
+  * the vocabulary projection + fp32 log-softmax runs over those rows in chunks of
+    `logits_chunk`, so at most (logits_chunk, V) fp32 logits exist at a time,
+    never (B, T, V).
+
+BOS is the caller's decision: `encode_pair(..., bos=True)` prepends the tokenizer's
+BOS id to the context; the engine itself never adds tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+Pair = tuple[Sequence[int], Sequence[int]]
+
+
+@dataclass
+class TokenScores:
+    tokens: np.ndarray  # (n,) int64 continuation token ids
+    logprobs: np.ndarray  # (n,) float32 log p(token | everything before it)
+    topk_ids: np.ndarray | None = None  # (n, k) int64 most likely next tokens
+    topk_logprobs: np.ndarray | None = None  # (n, k) float32 their log-probs
+    truncated: int = 0  # context tokens dropped on the left to fit the window
+
+    @property
+    def n(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def sum(self) -> float:
+        return float(self.logprobs.astype(np.float64).sum())
+
+    @property
+    def mean(self) -> float:
+        return self.sum / max(self.n, 1)
+
+    @property
+    def greedy(self) -> bool | None:
+        """True when every continuation token is the argmax (needs top_k >= 1)."""
+        if self.topk_ids is None:
+            return None
+        return bool((self.topk_ids[:, 0] == self.tokens).all())
+
+
+def encode_pair(tokenizer, context: str, continuation: str, *, bos: bool) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) as lm-evaluation-harness splits them.
+
+    The pair is encoded whole and the continuation is what follows the context's own
+    encoding, so merges across the boundary are tokenized as the model saw them. Trailing
+    spaces of the context move to the continuation (" Paris" is one token).
+    No special tokens are added except a BOS when `bos` is True.
+    """
+    n_sp = len(context) - len(context.rstrip(" "))
+    if n_sp:
+        context, continuation = context[:-n_sp], context[-n_sp:] + continuation
+    head = [tokenizer.bos_token_id] if bos and tokenizer.bos_token_id is not None else []
+    whole = tokenizer.encode(context + continuation, add_special_tokens=False)
+    ctx = tokenizer.encode(context, add_special_tokens=False) if context else []
+    if whole[: len(ctx)] != ctx:  # boundary merge changed the context: encode apart
+        cont = tokenizer.encode(continuation, add_special_tokens=False)
+    else:
+        cont = whole[len(ctx):]
+    return head + ctx, cont
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, max_rows: int = 256) -> list[list[int]]:
+    """Indices grouped into batches of similar length with rows x max_len <= batch_tokens."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]  # first row is the longest
+        if cur and ((len(cur) + 1) * width > batch_tokens or len(cur) >= max_rows):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+def _unwrap(model):
+    return getattr(model, "model", model) if hasattr(model, "fingerprint") else model
+
+
+def _logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float()  # (rows, V) fp32
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return fn
+
+
+def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T, H) last hidden states; the decoder alone, so no (B, T, V) logits appear."""
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+@torch.inference_mode()
+def token_logprobs(
+    model,
+    pairs: Sequence[Pair],
+    *,
+    top_k: int = 0,
+    batch_tokens: int = 8192,
+    logits_chunk: int = 512,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    progress: bool | str = False,
+) -> list[TokenScores]:
+    """Per-token log-probs of each continuation given its context, in input order.
+
+    model        an HF causal LM (or PEFT-wrapped one, or a models.Loaded)
+    pairs        [(context_ids, continuation_ids)]; context must hold >= 1 token
+    top_k        also return the k most likely next tokens at each continuation position
+    batch_tokens padded tokens per forward (rows x length): the memory knob
+    logits_chunk rows of fp32 logits materialised at once: (logits_chunk, V)
+    max_length   window; longer pairs lose context tokens on the left (default: model's)
+    """
+    model = _unwrap(model)
+    dev = next(model.parameters()).device
+    window = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+    rows: list[tuple[list[int], int, int]] = []  # (input ids, first scored position, n, ...)
+    trunc: list[int] = []
+    for i, (ctx, cont) in enumerate(pairs):
+        ctx, cont = list(ctx), list(cont)
+        if not ctx:
+            raise ValueError(f"pair {i}: empty context; prepend a BOS (encode_pair(bos=True))")
+        if len(cont) > window:
+            raise ValueError(f"pair {i}: continuation of {len(cont)} tokens exceeds the {window}-token window")
+        drop = max(0, len(ctx) + len(cont) - 1 - window)
+        drop = min(drop, len(ctx) - 1)
+        full = ctx[drop:] + cont
+        rows.append((full, len(ctx) - drop, len(cont)))
+        trunc.append(drop)
+    lengths = [len(r[0]) - 1 for r in rows]
+    results: list[TokenScores | None] = [None] * len(rows)
+    logits_of = _logits_fn(model)
+    total = sum(lengths)
+    bar = None
+    if progress:
+        from .progress import bar as make_bar
+
+        bar = make_bar(transient=True)
+        bar.start()
+        task = bar.add_task(progress if isinstance(progress, str) else "log-probs", total=total, info="tokens")
+    try:
+        for batch in plan_batches(lengths, batch_tokens):
+            T = max(lengths[i] for i in batch)
+            ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), T), dtype=torch.long)
+            for r, i in enumerate(batch):
+                seq = rows[i][0][:-1]
+                ids[r, : len(seq)] = torch.tensor(seq)
+                mask[r, : len(seq)] = 1
+            hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
+            # keep only continuation positions: position j predicts token j+1
+            sel_r, sel_t, targets, spans = [], [], [], []
+            for r, i in enumerate(batch):
+                full, c, n = rows[i]
+                pos = torch.arange(c - 1, c - 1 + n)
+                sel_r.append(torch.full((n,), r))
+                sel_t.append(pos)
+                targets.append(torch.tensor(full[c: c + n]))
+                spans.append((i, n))
+            h = hidden[torch.cat(sel_r).to(dev), torch.cat(sel_t).to(dev)]  # (N, H)
+            tgt = torch.cat(targets).to(dev)  # (N,)
+            lp_parts, ki_parts, kv_parts = [], [], []
+            for s in range(0, h.shape[0], logits_chunk):
+                lsm = torch.log_softmax(logits_of(h[s: s + logits_chunk]), dim=-1)  # (chunk, V) fp32
+                lp_parts.append(lsm.gather(1, tgt[s: s + logits_chunk, None])[:, 0])
+                if top_k:
+                    v, k = lsm.topk(top_k, dim=-1)
+                    kv_parts.append(v)
+                    ki_parts.append(k)
+            lp = torch.cat(lp_parts).cpu().numpy()
+            tg = tgt.cpu().numpy()
+            kv = torch.cat(kv_parts).cpu().numpy() if top_k else None
+            ki = torch.cat(ki_parts).cpu().numpy() if top_k else None
+            off = 0
+            for i, n in spans:
+                results[i] = TokenScores(
+                    tokens=tg[off: off + n].astype(np.int64),
+                    logprobs=lp[off: off + n].astype(np.float32),
+                    topk_ids=ki[off: off + n].astype(np.int64) if top_k else None,
+                    topk_logprobs=kv[off: off + n].astype(np.float32) if top_k else None,
+                    truncated=trunc[i],
+                )
+                off += n
+            if bar is not None:
+                bar.update(task, advance=sum(lengths[i] for i in batch))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return results  # type: ignore[return-value]
+
+
+def score_texts(
+    loaded, pairs: Sequence[tuple[str, str]], *, bos: bool = True, **kw
+) -> list[TokenScores]:
+    """String convenience: encode each (context, continuation) with `encode_pair`, then score."""
+    tok = loaded.tokenizer
+    enc = [encode_pair(tok, c, x, bos=bos) for c, x in pairs]
+    kw.setdefault("pad_id", tok.pad_token_id or 0)
+    return token_logprobs(loaded.model, enc, **kw)
