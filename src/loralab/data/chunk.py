@@ -1,0 +1,90 @@
+"""Split long raw documents into chunks by paragraph under a token budget.
+
+Paragraphs (separated by blank lines) are packed greedily, joined by a blank line.
+A paragraph longer than the budget is split at sentence ends, and a sentence longer
+than the budget at word boundaries, so no text is dropped. Token counts use the
+SmolLM2 tokenizer without special tokens; a byte-level BPE never makes more tokens
+than UTF-8 bytes, so text of at most `budget` bytes is not tokenized at all.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+PARA = re.compile(r"\n[ \t]*\n+")
+SENT = re.compile(r"(?<=[.!?…])\s+")
+JOIN = "\n\n"
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from ..models import default_tokenizer
+
+    return default_tokenizer()
+
+
+def count_tokens(text: str, tokenizer=None) -> int:
+    tok = tokenizer or _tokenizer()
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+class Chunker:
+    def __init__(self, budget: int, tokenizer=None):
+        self.budget = budget
+        self._tok = tokenizer
+
+    @property
+    def tok(self):
+        if self._tok is None:
+            self._tok = _tokenizer()
+        return self._tok
+
+    def fits(self, text: str) -> bool:
+        return len(text.encode("utf-8")) <= self.budget or count_tokens(text, self.tok) <= self.budget
+
+    def chunks(self, text: str) -> list[str]:
+        """The document as chunks of at most `budget` tokens each (a single chunk when it fits)."""
+        text = text.strip()
+        if self.fits(text):
+            return [text]
+        pieces = []
+        for para in PARA.split(text):
+            para = para.strip()
+            if para:
+                pieces.extend(self._split_long(para))
+        return self._pack(pieces)
+
+    def _split_long(self, para: str) -> list[str]:
+        if self.fits(para):
+            return [para]
+        out = []
+        for sent in SENT.split(para):
+            if self.fits(sent):
+                out.append(sent)
+            else:  # a "sentence" longer than the budget (tables, run-on OCR): cut by words
+                out.extend(self._by_words(sent))
+        return self._pack(out, sep=" ")
+
+    def _by_words(self, s: str) -> list[str]:
+        out, cur = [], []
+        for w in s.split():
+            if cur and not self.fits(" ".join(cur + [w])):
+                out.append(" ".join(cur))
+                cur = []
+            cur.append(w)
+        if cur:
+            out.append(" ".join(cur))
+        return out
+
+    def _pack(self, pieces: list[str], sep: str = JOIN) -> list[str]:
+        out, cur = [], ""
+        for p in pieces:
+            cand = f"{cur}{sep}{p}" if cur else p
+            if cur and not self.fits(cand):
+                out.append(cur)
+                cand = p
+            cur = cand
+        if cur:
+            out.append(cur)
+        return out

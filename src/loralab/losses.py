@@ -1,0 +1,119 @@
+"""Training losses over decoder hidden states, chunked over positions.
+
+The decoder runs once, giving (B, T, H) hidden states; only labelled positions are
+kept, (N, H), and the vocabulary projection + fp32 cross-entropy runs over chunks of
+`chunk` rows. Each chunk is wrapped in activation checkpointing, so autograd keeps only
+its (chunk, H) input and recomputes the (chunk, V) fp32 logits in the backward pass:
+at most one (chunk, V) fp32 block is alive at a time, forward or backward.
+
+A loss function has the signature `loss_fn(model, batch) -> (loss, stats)`, where
+`stats` holds detached sums (`ce_sum`, `tokens`, `kl_sum`, `kl_tokens`) so that callers
+can form token-weighted means across micro-batches and processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from .logprobs import _logits_fn
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
+
+
+def _peft(model):
+    """The PeftModel inside `model` (itself, or None for a plain HF model)."""
+    return model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
+
+
+def alora_context(model, input_ids: torch.Tensor):
+    """Context that feeds PEFT's activated-LoRA offsets to the LoRA layers.
+
+    PEFT computes aLoRA offsets only in PeftModelForCausalLM.forward; calling the decoder
+    directly skips that, which leaves aLoRA layers inactive (base output). This computes the
+    same offsets from `input_ids` (B, T) and installs the same forward hooks.
+    """
+    pm = _peft(model)
+    if pm is None or not getattr(pm.active_peft_config, "alora_invocation_tokens", None):
+        return contextlib.nullcontext()
+    from peft.tuners.lora.variants import calculate_alora_offsets
+
+    offsets = calculate_alora_offsets(pm.peft_config, pm.active_adapter, input_ids)
+    return pm.base_model._enable_peft_forward_hooks(alora_offsets=offsets)
+
+
+def decoder_hidden(model, batch: dict) -> torch.Tensor:
+    """(B, T, H) last hidden states for a (possibly packed) batch; no (B, T, V) logits."""
+    ids = batch["input_ids"]
+    with alora_context(model, ids):
+        # attention_mask=None + restarting position_ids -> block-diagonal causal attention
+        out = model.get_decoder()(input_ids=ids, position_ids=batch["position_ids"], use_cache=False)
+    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+def chunked_ce_sum(logits_of, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of fp32 cross-entropy of targets (N,) given hidden rows h (N, H), `chunk` rows at a time."""
+    def part(hc: torch.Tensor, tc: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits_of(hc), tc, reduction="sum")  # (chunk, V) fp32 inside only
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        hc, tc = h[s: s + chunk], targets[s: s + chunk]
+        total = total + (checkpoint(part, hc, tc, use_reentrant=False) if hc.requires_grad else part(hc, tc))
+    return total
+
+
+def chunked_kl_sum(logits_of, h_base: torch.Tensor, h: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Σ KL(base ‖ adapter) over rows: base hidden h_base (N, H, no grad) vs adapter hidden h (N, H)."""
+    def part(hb: torch.Tensor, ha: torch.Tensor) -> torch.Tensor:
+        lp_b = torch.log_softmax(logits_of(hb), dim=-1)  # (chunk, V) fp32
+        lp_a = torch.log_softmax(logits_of(ha), dim=-1)
+        return F.kl_div(lp_a, lp_b, log_target=True, reduction="sum")  # Σ p_b (log p_b - log p_a)
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        hb, ha = h_base[s: s + chunk], h[s: s + chunk]
+        total = total + (checkpoint(part, hb, ha, use_reentrant=False) if ha.requires_grad else part(hb, ha))
+    return total
+
+
+def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
+    """Mean next-token CE over labelled tokens (+ λ · mean KL(base ‖ adapter) on anchor positions)."""
+
+    def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
+        logits_of = _logits_fn(model)
+        hidden = decoder_hidden(model, batch)[:, :-1]  # (B, T-1, H): position t predicts t+1
+        targets = batch["labels"][:, 1:]
+        sel = targets != -100
+        n = sel.sum()
+        ce = chunked_ce_sum(logits_of, hidden[sel], targets[sel], chunk)
+        loss = ce / n.clamp(min=1)
+        stats = {"ce_sum": ce.detach(), "tokens": n.detach()}
+        kmask = batch["kl_mask"][:, :-1]
+        if kl_weight > 0 and bool(kmask.any()):
+            pm = _peft(model)
+            with torch.no_grad(), pm.disable_adapter():
+                base = decoder_hidden(model, batch)[:, :-1][kmask]  # (K, H) base hidden, no grad
+            kl = chunked_kl_sum(logits_of, base, hidden[kmask], chunk)
+            k = kmask.sum()
+            loss = loss + kl_weight * kl / k
+            stats.update(kl_sum=kl.detach(), kl_tokens=k.detach())
+        return loss, stats
+
+    return loss_fn
+
+
+class Objective(torch.nn.Module):
+    """`loss_fn(model, batch)` as a module, so DDP (accelerate) sees the forward that makes the loss."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        return self.loss_fn(self.model, batch)

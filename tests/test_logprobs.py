@@ -1,0 +1,94 @@
+"""The log-prob engine equals a naive one-example-at-a-time forward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from loralab import logprobs as L
+
+TEXTS = [
+    ("The capital of France is", " Paris."),
+    ("Q: What is 2 + 2?\nA:", " 4"),
+    ("Once upon a time", " there lived a king who had three daughters, each more curious than the last."),
+    ("x", " y"),
+    ("In the second quarter, the quarterback threw a", " 35-yard touchdown pass to the tight end."),
+]
+
+
+def naive(model, ctx, cont):
+    """Reference: full logits for one example, no padding, fp32 log-softmax."""
+    ids = torch.tensor([list(ctx) + list(cont)])
+    with torch.no_grad():
+        lsm = model(ids).logits[0].float().log_softmax(-1)  # (T, V)
+    pos = torch.arange(len(ctx) - 1, len(ctx) + len(cont) - 1)
+    return lsm[pos, torch.tensor(cont)].numpy(), lsm[pos]
+
+
+@pytest.mark.parametrize("bos", [True, False])
+@pytest.mark.parametrize("batch_tokens", [16, 64, 4096])
+def test_engine_matches_naive_forward(tiny, bos, batch_tokens):
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=bos) for c, x in TEXTS]
+    if bos:
+        assert all(c[0] == tiny.tokenizer.bos_token_id for c, _ in enc)
+    else:
+        assert all(c[0] != tiny.tokenizer.bos_token_id for c, _ in enc)
+    got = L.token_logprobs(tiny.model, enc, top_k=5, batch_tokens=batch_tokens, logits_chunk=7)
+    for (ctx, cont), r in zip(enc, got):
+        ref, lsm = naive(tiny.model, ctx, cont)
+        assert r.tokens.tolist() == list(cont)
+        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+        top = lsm.topk(5, dim=-1)
+        np.testing.assert_allclose(r.topk_logprobs, top.values.numpy(), atol=1e-4)
+        assert (r.topk_ids[:, 0] == top.indices[:, 0].numpy()).all()
+
+
+def test_batches_are_padded_minimally():
+    lengths = [5, 100, 7, 98, 6, 99]
+    batches = L.plan_batches(lengths, batch_tokens=300)
+    assert sorted(i for b in batches for i in b) == list(range(6))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 300 or len(b) == 1
+    assert {frozenset(b) for b in batches} == {frozenset({1, 3, 5}), frozenset({2, 4, 0})}
+
+
+def test_encode_pair_moves_trailing_space(tiny):
+    a = L.encode_pair(tiny.tokenizer, "The capital of France is ", "Paris", bos=False)
+    b = L.encode_pair(tiny.tokenizer, "The capital of France is", " Paris", bos=False)
+    assert a == b
+
+
+def test_left_truncation_keeps_continuation(tiny):
+    ctx = list(range(10, 60))
+    cont = [5, 6, 7]
+    (r,) = L.token_logprobs(tiny.model, [(ctx, cont)], max_length=20)
+    assert r.truncated == len(ctx) + len(cont) - 1 - 20
+    ref, _ = naive(tiny.model, ctx[r.truncated:], cont)
+    np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="window"):
+        L.token_logprobs(tiny.model, [([1], list(range(30)))], max_length=20)
+    with pytest.raises(ValueError, match="empty context"):
+        L.token_logprobs(tiny.model, [([], [1, 2])])
+
+
+def test_greedy_flag(tiny):
+    ctx = [1, 504, 3575]
+    (r,) = L.token_logprobs(tiny.model, [(ctx, [100])], top_k=1)
+    (g,) = L.token_logprobs(tiny.model, [(ctx, [int(r.topk_ids[0, 0])])], top_k=1)
+    assert g.greedy is True
+
+
+@pytest.mark.slow
+def test_engine_matches_naive_on_smollm2():
+    from loralab import models
+
+    smol32 = models.load("smollm2-135m", device="cpu", dtype="float32")
+    enc = [L.encode_pair(smol32.tokenizer, c, x, bos=b) for (c, x), b in zip(TEXTS, [True, False] * 3)]
+    got = L.token_logprobs(smol32.model, enc, batch_tokens=128)
+    for (ctx, cont), r in zip(enc, got):
+        ref, _ = naive(smol32.model, ctx, cont)
+        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+    # the real model finds the right answer far more likely than a wrong one
+    paris, rome = L.score_texts(smol32, [("The capital of France is", " Paris"), ("The capital of France is", " Rome")])
+    assert paris.sum > rome.sum + 2
