@@ -30,3 +30,16 @@ def test_cli_unknown_model_is_a_clear_error():
     assert r.exit_code == 2
     assert "unknown model spec" in r.output and "tiny-random" in r.output
     assert "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_batched_generation_equals_one_at_a_time():
+    from loralab import models
+    from loralab.generate import generate
+
+    m = models.load("smollm2-135m", device="cpu", dtype="float32")
+    prompts = ["Name a fruit.", "What is 2 plus 2? Answer briefly.", "Say hello."]
+    batched = generate(m, prompts, max_new_tokens=12, batch_size=2)
+    single = [generate(m, [p], max_new_tokens=12)[0] for p in prompts]
+    assert batched == single
+    assert all(batched)

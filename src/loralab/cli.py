@@ -93,7 +93,7 @@ def generate_cmd(
 app.add_typer(data_app, name="data")
 
 # verb groups beside this file register themselves when present
-for _mod in ("cli_data", "cli_score", "cli_train", "cli_eval"):
+for _mod in ("cli_data", "cli_score", "cli_train", "cli_eval", "cli_study"):
     if importlib.util.find_spec(f"loralab.{_mod}") is not None:
         importlib.import_module(f"loralab.{_mod}")
 

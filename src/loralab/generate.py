@@ -56,8 +56,33 @@ def generate_ids(
 
 
 def generate(
-    loaded: Loaded, prompts: Sequence[str | list[dict]], *, system: str | None = None, **kw
+    loaded: Loaded, prompts: Sequence[str | list[dict]], *, system: str | None = None,
+    batch_size: int = 16, progress: bool | str = False, **kw,
 ) -> list[str]:
-    """Answers to chat prompts (strings or message lists), decoded without special tokens."""
-    new = generate_ids(loaded, chat_inputs(loaded.tokenizer, prompts, system), **kw)
-    return [loaded.tokenizer.decode(x, skip_special_tokens=True).strip() for x in new]
+    """Answers to chat prompts (strings or message lists), decoded without special tokens.
+
+    Prompts are sorted by length and generated `batch_size` at a time (less padding);
+    answers come back in input order.
+    """
+    inputs = chat_inputs(loaded.tokenizer, prompts, system)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    answers: list[str] = [""] * len(inputs)
+    bar = None
+    if progress and len(inputs) > batch_size:
+        from .progress import bar as make_bar
+
+        bar = make_bar(transient=True)
+        bar.start()
+        task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(inputs), info="")
+    try:
+        for s in range(0, len(order), batch_size):
+            idx = order[s: s + batch_size]
+            new = generate_ids(loaded, [inputs[i] for i in idx], **kw)
+            for i, x in zip(idx, new):
+                answers[i] = loaded.tokenizer.decode(x, skip_special_tokens=True).strip()
+            if bar is not None:
+                bar.update(task, advance=len(idx))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return answers

@@ -114,7 +114,10 @@ def _logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, T, H) last hidden states; the decoder alone, so no (B, T, V) logits appear."""
-    out = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+    from .adapters import alora_context  # activated LoRA: PEFT's offsets, as its own forward computes them
+
+    with alora_context(model, ids):
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

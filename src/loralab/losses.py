@@ -13,37 +13,16 @@ can form token-weighted means across micro-batches and processes.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .adapters import alora_context, peft_model
 from .logprobs import _logits_fn
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
-
-
-def _peft(model):
-    """The PeftModel inside `model` (itself, or None for a plain HF model)."""
-    return model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
-
-
-def alora_context(model, input_ids: torch.Tensor):
-    """Context that feeds PEFT's activated-LoRA offsets to the LoRA layers.
-
-    PEFT computes aLoRA offsets only in PeftModelForCausalLM.forward; calling the decoder
-    directly skips that, which leaves aLoRA layers inactive (base output). This computes the
-    same offsets from `input_ids` (B, T) and installs the same forward hooks.
-    """
-    pm = _peft(model)
-    if pm is None or not getattr(pm.active_peft_config, "alora_invocation_tokens", None):
-        return contextlib.nullcontext()
-    from peft.tuners.lora.variants import calculate_alora_offsets
-
-    offsets = calculate_alora_offsets(pm.peft_config, pm.active_adapter, input_ids)
-    return pm.base_model._enable_peft_forward_hooks(alora_offsets=offsets)
 
 
 def decoder_hidden(model, batch: dict) -> torch.Tensor:
@@ -95,8 +74,7 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
         stats = {"ce_sum": ce.detach(), "tokens": n.detach()}
         kmask = batch["kl_mask"][:, :-1]
         if kl_weight > 0 and bool(kmask.any()):
-            pm = _peft(model)
-            with torch.no_grad(), pm.disable_adapter():
+            with torch.no_grad(), peft_model(model).disable_adapter():
                 base = decoder_hidden(model, batch)[:, :-1][kmask]  # (K, H) base hidden, no grad
             kl = chunked_kl_sum(logits_of, base, hidden[kmask], chunk)
             k = kmask.sum()

@@ -118,6 +118,7 @@ def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: 
     labels       (B, T) targets aligned with input_ids (-100 = none); position t predicts t+1
     position_ids (B, T) restarting at 0 for each example and for the padding tail
     kl_mask      (B, T) True at positions t of anchor examples whose next token is in the same example
+    n_real       ()     real (non-padding) tokens, for tokens/s
     """
     T = max(sum(len(examples[i].ids) for i in row) for row in rows)
     B = len(rows)
@@ -137,7 +138,8 @@ def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: 
                 kl[b, t: t + n - 1] = True
             t += n
         pos[b, t:] = torch.arange(T - t)  # padding: its own block, attends to nothing real
-    return {"input_ids": ids, "labels": labels, "position_ids": pos, "kl_mask": kl}
+    n_real = torch.tensor(sum(len(examples[i].ids) for row in rows for i in row))
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "kl_mask": kl, "n_real": n_real}
 
 
 class Batcher:

