@@ -154,11 +154,12 @@ def test_score_records_one_engine_call(tiny, tmp_path, monkeypatch):
     seen = []
     real = logprobs.token_logprobs
     monkeypatch.setattr(logprobs, "token_logprobs", lambda m, pairs, **kw: seen.append(len(pairs)) or real(m, pairs, **kw))
-    recs = [(i + 1, Record(kind="qa", question=f"Q{i}?", answer="Yes.")) for i in range(4)]
+    recs = [(i + 1, Record(kind="qa", question=f"Q{i}?", answer=a)) for i, a in enumerate(["Yes.", "Yes.", "No.", "Maybe."])]
     recs.append((5, Record(kind="raw", text="Plain text.")))
     res = score_records(recs, cfg(tmp_path, cache=False), tiny)
-    assert seen == [4 * 2 + 1]  # both passes of every record in one call
-    assert len(res.records) == 5
+    assert seen == [4 + 3 + 1]  # every pass of every record in one call; the two equal response-only pairs once
+    s = [r.meta["score"] for r in res.records]
+    assert len(s) == 5 and s[0]["loss_resp"] == s[1]["loss_resp"] and s[0]["loss_cond"] != s[1]["loss_cond"]
 
 
 def test_out_must_not_be_the_input(tiny, tmp_path):

@@ -30,11 +30,12 @@ def study_cmd(
     root = runner.study_dir(s, out_dir)
     t = Table(title=f"study {s.name}: {len(runs)} runs → {root}")
     t.add_column("run id")
-    for k in s.axes:
+    cols = list(s.axes) + (["seed"] if len(s.seeds) > 1 else [])
+    for k in cols:
         t.add_column(k)
     t.add_column("status")
     for r in runs:
-        t.add_row(r.id, *[str(r.labels.get(k)) for k in s.axes], runner.status_of(root / "runs" / r.id)["state"])
+        t.add_row(r.id, *[str(r.labels.get(k)) for k in cols], runner.status_of(root / "runs" / r.id)["state"])
     out.print(t)
     if dry_run:
         return

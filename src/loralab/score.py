@@ -211,17 +211,22 @@ def summarize(raw: bool, scores: Sequence[logprobs.TokenScores]) -> dict[str, An
 
 def compute(model, jobs: Sequence[Job], *, batch_tokens: int, logits_chunk: int, window: int,
             pad_id: int, progress: bool | str = False) -> list[dict[str, Any]]:
-    """Scores of every job: all pairs of all jobs go to the engine in one call."""
-    flat = [p for j in jobs for p in j.pairs]
-    if not flat:
-        return []
-    res = logprobs.token_logprobs(model, flat, batch_tokens=batch_tokens, logits_chunk=logits_chunk,
-                                  max_length=window, pad_id=pad_id, progress=progress)
-    out, off = [], 0
+    """Scores of every job: all distinct pairs of all jobs go to the engine in one call.
+
+    Identical pairs (e.g. the response-only pass of two records with the same answer) are
+    scored once.
+    """
+    slot: dict[tuple, int] = {}
+    uniq: list[Pair] = []
     for j in jobs:
-        out.append(summarize(j.raw, res[off: off + len(j.pairs)]))
-        off += len(j.pairs)
-    return out
+        for a, b in j.pairs:
+            if slot.setdefault((tuple(a), tuple(b)), len(uniq)) == len(uniq):
+                uniq.append((a, b))
+    if not uniq:
+        return []
+    res = logprobs.token_logprobs(model, uniq, batch_tokens=batch_tokens, logits_chunk=logits_chunk,
+                                  max_length=window, pad_id=pad_id, progress=progress)
+    return [summarize(j.raw, [res[slot[(tuple(a), tuple(b))]] for a, b in j.pairs]) for j in jobs]
 
 
 # -------------------------------------------------------------------- cache
@@ -334,7 +339,8 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
         rec = rows[j.index][1]
         meta = {**rec.meta, "score": {**hits[j.key], "model": loaded.fingerprint, "adapter": adapter or None}}
         kept.append(rec.model_copy(update={"meta": meta}))
-    tokens = sum(len(a) + len(b) - 1 for j in todo for a, b in j.pairs)  # forward positions run
+    distinct = {(tuple(a), tuple(b)) for j in todo for a, b in j.pairs}
+    tokens = sum(len(a) + len(b) - 1 for a, b in distinct)  # forward positions run
     stats = {"model": loaded.spec, "fingerprint": loaded.fingerprint, "placement": placement,
              "adapter": cfg.adapter, "adapter_digest": adapter or None, "window": window,
              "scorer_version": SCORER_VERSION, "engine": cfg.engine, "from_cache": len(jobs) - len(todo),

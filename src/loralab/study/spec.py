@@ -9,8 +9,11 @@
     variants:                       # named overlays on the run config
       raw: {}
       qa:  {data: {structure: {mode: template}}}
-    axes:                           # crossed; `variant` picks a named overlay,
+    groups:                         # more named-overlay axes
+      domain: {sport: {data: {sources: [olmo:drop-nfl], domain: sport}}}
+    axes:                           # crossed; `variant` or a group name picks an overlay,
       variant: [raw, qa]            # any other key is a dotted path into the run config
+      domain: [sport]
       train.rank: [4, 16]
 
 Expansion is explicit: `expand(spec)` returns every run with its resolved config and
@@ -74,19 +77,27 @@ class StudySpec(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict, description="Base TrainConfig fields.")
     eval: dict[str, Any] = Field(default_factory=dict, description="Base EvalConfig fields.")
     variants: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Named overlays on the run config.")
-    axes: dict[str, list[Any]] = Field(default_factory=dict, description="Crossed axes: `variant` or dotted paths.")
+    groups: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict, description="More named-overlay axes, e.g. domain: {sport: {...}, medical: {...}}.")
+    axes: dict[str, list[Any]] = Field(
+        default_factory=dict, description="Crossed axes: `variant`, a group name, or a dotted path (train.rank).")
+
+    def overlays(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return {"variant": self.variants, **self.groups}
 
     @model_validator(mode="after")
     def _check(self) -> "StudySpec":
         problems = []
-        for name in self.axes.get("variant", []):
-            if name not in self.variants:
-                problems.append(f"axis variant names {name!r}, not in variants ({', '.join(self.variants)})")
+        groups = self.overlays()
         for k, v in self.axes.items():
             if not v:
                 problems.append(f"axis {k!r} has no values")
-            if k != "variant" and k.split(".")[0] not in ("data", "train", "eval", "model"):
-                problems.append(f"axis {k!r} must start with data., train., eval. or be 'model'/'variant'")
+            if k in groups:
+                for name in v:
+                    if name not in groups[k]:
+                        problems.append(f"axis {k} names {name!r}, not one of ({', '.join(groups[k])})")
+            elif k.split(".")[0] not in ("data", "train", "eval", "model"):
+                problems.append(f"axis {k!r} must be a group ({', '.join(groups)}) or a path under data., train., eval.")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -146,12 +157,13 @@ def expand(spec: StudySpec) -> list[Run]:
         for seed in spec.seeds:
             cfg = copy.deepcopy(base)
             labels: dict[str, Any] = {}
+            groups = spec.overlays()
             for k, v in zip(names, values):
-                if k == "variant":
-                    cfg = deep_merge(cfg, spec.variants[v])
+                if k in groups:
+                    cfg = deep_merge(cfg, groups[k][v])
                 labels[k] = v
             for k, v in zip(names, values):
-                if k != "variant":
+                if k not in groups:
                     set_path(cfg, k, v)
             cfg["seed"] = seed
             if len(spec.seeds) > 1:
