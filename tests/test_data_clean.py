@@ -23,6 +23,9 @@ FRENCH = ("Le chat noir dort sur le canapé rouge pendant que la pluie tombe dou
 MIXED = "Thе раper wаs writtеn by thе tеаm оf scientists whо wоrked оn thе prоject fоr mаny уears tоgether."
 GARBAGE = "\ufffd\ufffd□□ ■■ \ufffd\x07\x07 ▓▓▓ ░░ ◆◆ \ufffd\ufffd\ufffd ok ▲▲▲"
 HEADER = "THE DAILY GAZETTE"
+TERSE = "Thickness of cementum near apex: A. 1-2 μm B. 2-3 μm C. Simple pocket D. Compound pocket E. None"
+GERMAN = "Der Hund schläft auf dem Sofa und die Katze sitzt mit dem Kind im Garten, denn es ist nicht kalt."
+RUSSIAN = "Собака спит на диване, а кошка сидит в саду вместе с ребёнком, потому что сегодня тепло."
 
 
 def _chunk(i: int, body: str) -> Record:
@@ -33,14 +36,15 @@ def _chunk(i: int, body: str) -> Record:
 CASES = [  # (record, expected reason or None for kept, expected repair flags)
     (Record(kind="raw", text=A, source={"doc": "a"}), None, []),
     (Record(kind="raw", text=A, source={"doc": "a2"}), "duplicate", []),
-    (Record(kind="raw", text=A.replace("long", "short"), source={"doc": "a3"}), "near_duplicate", []),
+    (Record(kind="raw", text=A.replace("receiver.", "receivers."), source={"doc": "a3"}), "near_duplicate", []),
     (Record(kind="raw", text="The cafÃ© on the corner is where the team and all of their friends meet after the game.",
             source={"doc": "b"}), None, ["ftfy"]),
     (Record(kind="raw", text="This exam-\nple shows that a word broken at the end of a line is joined again by the cleaner.",
             source={"doc": "c"}), None, ["dehyphenated"]),
     (Record(kind="raw", text=GARBAGE, source={"doc": "d"}), "garbage", []),
     (Record(kind="raw", text=MIXED, source={"doc": "e"}), "mixed_scripts", []),
-    (Record(kind="raw", text=FRENCH, source={"doc": "f"}), "not_english", []),
+    (Record(kind="raw", text=FRENCH, source={"doc": "f"}), "wrong_language", []),
+    (Record(kind="qa", question=TERSE, answer="2-3 μm", source={"doc": "f2"}), None, []),
     (Record(kind="qa", question="Hi?", answer="Yo.", source={"doc": "g"}), "too_short", []),
     (Record(kind="qa", question="Who kicked the field goal in the first quarter?", answer="Jason Hanson",
             source={"doc": "h"}), None, []),
@@ -87,8 +91,10 @@ def test_repairs_are_flagged_and_linked(cleaned):
 
 
 def test_language_and_quality_measures():
-    assert noise.english_ratio(A)[0] > 0.2 and noise.english_ratio(FRENCH)[0] < 0.08
+    langs = [noise.guess_language(t) for t in (A, FRENCH, GERMAN, RUSSIAN, TERSE)]
+    assert langs == ["en", "fr", "de", "non_latin", None]  # terse option lists are not judged
     assert noise.mixed_script_ratio(MIXED) > 0.5 and noise.mixed_script_ratio(A) == 0
+    assert noise.mixed_script_ratio(TERSE) == 0  # "μm" is a unit, not homoglyph damage
     assert noise.garbage_ratio(GARBAGE) > 0.5 and noise.garbage_ratio(A) == 0
     assert noise.dehyphenate("co-\nordinate well-\nKnown") == ("coordinate well-\nKnown", 1)
 

@@ -103,4 +103,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m loralab.cli`: verb modules register on the importable loralab.cli, not on __main__
+    from loralab.cli import main as _main
+
+    sys.exit(_main())

@@ -2,7 +2,7 @@
 
     loralab train --model smollm2-135m --data runs/sport/records --out runs/sport-lora --steps 50
     loralab train run.yaml --steps 100 --resume
-    accelerate launch --num_processes 2 --cpu -m loralab.cli train run.yaml
+    accelerate launch --num_processes 2 --multi_gpu -m loralab.cli train run.yaml  # CPU-only: gloo
 """
 
 from __future__ import annotations

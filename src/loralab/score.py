@@ -425,7 +425,7 @@ def ray_compute(jobs: Sequence[Job], cfg: ScoreConfig, fingerprint: str, window:
         raise RuntimeError("--engine ray needs Ray: pip install 'ray[data]'") from e
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     try:
         import ray.data
 

@@ -1,7 +1,7 @@
 """LoRA training: `loralab train` -> `train(cfg)`.
 
     loralab train --model smollm2-135m --data runs/sport/records --out runs/sport-lora --steps 50
-    accelerate launch --num_processes 2 --cpu -m loralab.cli train run.yaml
+    accelerate launch --num_processes 2 --multi_gpu -m loralab.cli train run.yaml   # DDP (gloo on CPU)
 
 `train(cfg)` builds the pieces (model + PEFT, examples, batcher, optimizer, schedule) and
 hands them to `loop`, which takes its loss function and batcher as arguments. The run
@@ -92,7 +92,9 @@ def build_model(cfg: TrainConfig):
     if cfg.method == "scratch":  # same architecture, fresh init from the config
         model = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32).to(loaded.device)
     n0 = len(tok)
-    trigger_id = add_trigger(model, tok, cfg.trigger) if cfg.trigger else None
+    # prefix: the trigger is one new token whose row trains; alora: the trigger's own tokens
+    # invoke the adapter, so nothing is added and the model is exactly the base before them
+    trigger_id = add_trigger(model, tok, cfg.trigger) if cfg.trigger and cfg.trigger_mode == "prefix" else None
     if full:
         model.requires_grad_(True)
     else:
@@ -119,6 +121,8 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Exa
     kw = dict(loss_on=cfg.loss_on, max_seq_len=cfg.max_seq_len, trigger=cfg.trigger)
     train, d1 = encode_records(tr, tokenizer, **kw)
     evals, d2 = encode_records(ev, tokenizer, **kw)
+    if cfg.trigger_mode == "alora":
+        _check_invocation(train + evals, tokenizer.encode(cfg.trigger, add_special_tokens=False), cfg.trigger)
     domains = Counter(r.domain for r in records if r.domain)
     info = {"records": len(records), "train_records": len(tr), "eval_records": len(ev),
             "dropped_too_long": d1 + d2, "domain": domains.most_common(1)[0][0] if domains else None}
@@ -131,6 +135,17 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Exa
         train = train + picked
         info["replay"] = {"path": cfg.replay, "digest": data_digest(cfg.replay), "examples": len(picked)}
     return train, evals, info
+
+
+def _check_invocation(examples: list[Example], inv: list[int], trigger: str) -> None:
+    """aLoRA acts from the invocation tokens on; an example where they do not appear trains nothing."""
+    def has(ids: list[int]) -> bool:
+        return any(ids[i: i + len(inv)] == inv for i in range(len(ids) - len(inv) + 1))
+
+    missing = sum(not has(e.ids) for e in examples)
+    if missing:
+        raise ValueError(f"alora: the trigger {trigger!r} (tokens {inv}) is not found as a token sequence in "
+                         f"{missing} of {len(examples)} examples (it tokenizes differently in context)")
 
 
 def make_optimizer(model, cfg: TrainConfig, total_steps: int):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..io import read_json
 from .records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, to_messages
-from .split import doc_key, is_eval
+from .split import is_eval
 
 TRACK_CAP = 500_000
 LIST_CAP = 2_000
@@ -42,19 +42,22 @@ class _Distinct:
 
     def __init__(self):
         self.exact: set | None = set()
-        from datasketch import HyperLogLog
-
-        self.hll = HyperLogLog(p=12)
+        self.hll = None
 
     def add(self, key: str) -> bool:
         """Adds key; True when it was seen before (only known while exact)."""
-        self.hll.update(key.encode())
         if self.exact is None:
+            self.hll.update(key.encode())
             return False
         if key in self.exact:
             return True
         self.exact.add(key)
-        if len(self.exact) > TRACK_CAP:
+        if len(self.exact) > TRACK_CAP:  # switch to an estimate, seeded with everything seen so far
+            from datasketch import HyperLogLog
+
+            self.hll = HyperLogLog(p=12)
+            for k in self.exact:
+                self.hll.update(k.encode())
             self.exact = None
         return False
 
@@ -104,22 +107,24 @@ def build_card(folder: str | Path, summary: dict, *, eval_frac: float = 0.1, see
     n = 0
     with open(folder / RECORDS_FILE, encoding="utf-8") as f:
         for line in f:
-            rec = Record.model_validate_json(line)
-            kinds[rec.kind] += 1
-            domains[rec.domain or "none"] += 1
-            sources[str(rec.source.get("path", "?"))] += 1
-            dups += ids.add(rec.id)
-            d = doc_key(rec)
+            row = json.loads(line)  # plain JSON: validating every record again would double the cost
+            src = row.get("source") or {}
+            kinds[row["kind"]] += 1
+            domains[row.get("domain") or "none"] += 1
+            sources[str(src.get("path", "?"))] += 1
+            dups += ids.add(row["id"])
+            d = str(src.get("doc") or src.get("path") or row["id"])  # == split.doc_key
             docs.add(d)
             ev = is_eval(d, eval_frac, seed)
             side["eval" if ev else "train"] += 1
             if ev:
                 eval_docs.add(d)
             if len(sample) < token_sample:  # reservoir sample: every record equally likely
-                sample.append(record_text(rec))
+                sample.append(line)
             elif (j := rng.randrange(n + 1)) < token_sample:
-                sample[j] = record_text(rec)
+                sample[j] = line
             n += 1
+    sample = [record_text(Record.model_validate_json(x)) for x in sample]
     reasons, q_lines = Counter(), 0
     qpath = folder / QUARANTINE_FILE
     if qpath.exists():

@@ -11,8 +11,8 @@ Removals (quarantined with the reason as code):
   empty / too_short / too_long   length bounds on the record's text (all fields)
   garbage              garbage-character share above `max_garbage` (U+FFFD, controls, symbols)
   mixed_scripts        share of words mixing scripts above `max_mixed_scripts`
-  not_english          English function-word share below `min_english` (texts of at least
-                       `min_words` words; shorter texts are not judged)
+  wrong_language       recognised as another language than `language` (texts of at least
+                       `min_words` words; text where no language is recognised is kept)
   duplicate            same content id as an earlier record
   near_duplicate       MinHash (word 3-shingles) Jaccard >= `near_dup` with an earlier kept record
 The detail of a duplicate names the record it duplicates. Order: repairs, then the
@@ -42,8 +42,10 @@ class CleanConfig(BaseModel):
     max_chars: int = Field(50_000, ge=1, description="Records with more characters are dropped.")
     max_garbage: float = Field(0.2, ge=0, le=1, description="Largest share of garbage characters kept.")
     max_mixed_scripts: float = Field(0.1, ge=0, le=1, description="Largest share of mixed-script words kept.")
-    language: str | None = Field("en", description="'en' keeps English only (function-word ratio); None keeps all.")
-    min_english: float = Field(0.08, ge=0, le=1, description="Smallest English function-word share kept.")
+    language: str | None = Field("en", description="Language kept (en, fr, de, es, it, pt, nl; judged by "
+                                 "function-word shares, see noise.guess_language); None keeps all.")
+    min_share: float = Field(0.1, ge=0, le=1, description="Function-word share a language needs to be recognised; "
+                             "texts where none reaches it are kept (not judged).")
     min_words: int = Field(15, ge=1, description="Texts with fewer words are not judged for language.")
     near_dup: float = Field(0.8, gt=0, le=1, description="MinHash Jaccard threshold for near duplicates; 1 = off.")
     num_perm: int = Field(64, ge=16, description="MinHash permutations (more = finer estimate, slower).")
@@ -107,10 +109,10 @@ def check(rec: Record, cfg: CleanConfig) -> Reject | None:
         return Reject("garbage", f"garbage characters {g:.2f} > {cfg.max_garbage}")
     if (m := noise.mixed_script_ratio(text)) > cfg.max_mixed_scripts:
         return Reject("mixed_scripts", f"mixed-script words {m:.2f} > {cfg.max_mixed_scripts}")
-    if cfg.language == "en":
-        ratio, words = noise.english_ratio(text)
-        if words >= cfg.min_words and ratio < cfg.min_english:
-            return Reject("not_english", f"English function words {ratio:.3f} < {cfg.min_english} over {words} words")
+    if cfg.language and len(text.split()) >= cfg.min_words:
+        lang = noise.guess_language(text, cfg.min_share)
+        if lang is not None and lang != cfg.language:
+            return Reject("wrong_language", f"looks like {lang}, not {cfg.language}")
     return None
 
 
@@ -121,6 +123,7 @@ class NearDup:
         from datasketch import MinHashLSH
 
         self.on = threshold < 1.0
+        self.threshold = threshold
         self.num_perm = num_perm
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm) if self.on else None
         self.hashes: dict = {}
@@ -139,8 +142,9 @@ class NearDup:
         if not self.on:
             return None
         m = self.minhash(text)
-        for other in self.lsh.query(m):
-            return other, m.jaccard(self.hashes[other])
+        for other in self.lsh.query(m):  # LSH candidates may fall below the threshold: check the estimate
+            if (j := m.jaccard(self.hashes[other])) >= self.threshold:
+                return other, j
         self.lsh.insert(key, m)
         self.hashes[key] = m
         return None

@@ -6,9 +6,11 @@ Detection (all dependency-free, all on plain strings):
                     common punctuation (U+FFFD replacement characters count as garbage)
   mixed_script_ratio share of words mixing letters of two scripts ("pаper" with a Cyrillic а),
                     a typical OCR / homoglyph artefact
-  english_ratio     share of words that are common English function words. Running English
-                    prose scores ~0.3-0.5; other languages and word salad score < 0.1.
-                    A language filter without a model: crude, but predictable and documented.
+  guess_language    which language's function words ("the, of, and" / "le, la, et" / ...)
+                    make up the largest share of the words: en, fr, de, es, it, pt, nl, or
+                    "non_latin" when most letters are not Latin, or None when no list reaches
+                    `min_share` (terse text such as option lists is not judged). A language
+                    filter without a model: crude, but predictable and documented.
   boilerplate lines short lines that repeat across chunks of one document (running headers,
                     footers) and lines that are only a page number
 
@@ -60,21 +62,49 @@ def _script(ch: str) -> str:
         return "?"
 
 
+NEUTRAL_LETTERS = set("µμ")  # micro signs: "μm", "μg" are units, not OCR damage
+
+
 def mixed_script_ratio(text: str) -> float:
-    """Share of words whose letters come from more than one script (LATIN + CYRILLIC, ...)."""
-    words = WORD.findall(text)
+    """Share of words (3+ letters) whose letters come from more than one script (LATIN + CYRILLIC, ...)."""
+    words = [w for w in WORD.findall(text) if len(w) >= 3]
     if not words:
         return 0.0
-    mixed = sum(1 for w in words if len({_script(c) for c in w}) > 1)
+    mixed = sum(1 for w in words if len({_script(c) for c in w if c not in NEUTRAL_LETTERS}) > 1)
     return mixed / len(words)
 
 
-def english_ratio(text: str) -> tuple[float, int]:
-    """(share of words that are English function words, number of words)."""
-    words = [w.lower() for w in WORD.findall(text)]
+FUNCTION_WORDS = {  # frequent words distinctive of each language (words shared with English left out)
+    "en": frozenset("the of and to is was for that with on as by it his he are this from which be".split()),
+    "fr": frozenset("le la les des du et est une dans que qui pour pas sur au aux ce ces sont avec".split()),
+    "de": frozenset("der die das und ist nicht ein eine zu den von mit sich des auf für im dem auch".split()),
+    "es": frozenset("el los las del es una por que con para se lo como más pero sus le".split()),
+    "it": frozenset("il di che è la non una sono della con del gli le nel anche come più".split()),
+    "pt": frozenset("os da do das dos um uma que não com para por mais como se ao".split()),
+    "nl": frozenset("de het een en van dat niet op te zijn met voor ook als maar aan er".split()),
+}
+MIN_HITS = 3  # function words a language needs before it is recognised at all
+
+
+def latin_share(text: str) -> float:
+    letters = [c for c in text if c.isalpha()]
+    if not letters:
+        return 1.0
+    return sum(_script(c) == "LATIN" for c in letters) / len(letters)
+
+
+def guess_language(text: str, min_share: float = 0.1) -> str | None:
+    """Best-scoring language by function-word share; None when undetermined (see module doc)."""
+    if latin_share(text) < 0.5:
+        return "non_latin"
+    words = [w.lower() for w in WORD.findall(text) if len(w) > 1]  # "A. B. C." option letters say nothing
     if not words:
-        return 0.0, 0
-    return sum(w in STOPWORDS for w in words) / len(words), len(words)
+        return None
+    hits = {lang: sum(w in fw for w in words) for lang, fw in FUNCTION_WORDS.items()}
+    best = max(hits, key=hits.get)
+    if best != "en" and hits[best] <= 2 * hits["en"]:  # a few foreign words in English text stay English
+        best = "en"
+    return best if hits[best] >= MIN_HITS and hits[best] / len(words) >= min_share else None
 
 
 def short_lines(text: str, max_len: int = 80) -> set[str]:

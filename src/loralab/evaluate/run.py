@@ -1,0 +1,230 @@
+"""`loralab eval`: base vs adapters on gain, forgetting, reasoning, contamination and ΔW.
+
+    from loralab.evaluate import EvalConfig, evaluate
+    metrics = evaluate(EvalConfig(model="smollm2-135m", adapters=["runs/sport"], out="eval/"))
+
+The base model is scored once; every adapter is then loaded beside it (PEFT, no second
+copy of the weights) and made active in turn, and its metrics.json (base numbers
+included) is written atomically to OUT/<adapter name>/. Without adapters the base
+numbers go to OUT/base/metrics.json.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..config import StageConfig
+from ..io import write_json
+from . import drift, gen
+from . import tasks as T
+from .stats import paired_diff_ci, pooled_mean_ci
+
+# items per task (None = every item); chosen so the quick suite for base + one adapter
+# runs in a few minutes on two CPU cores with SmolLM2-135M in bf16
+SUITES: dict[str, dict[str, Any]] = {
+    "quick": {
+        "mc": {"arc_easy": 40, "hellaswag": 24, "piqa": 40, "winogrande": 40},
+        "gen": {"arithmetic": 12}, "prompts": 6, "records": 32, "answer_tokens": 24, "cot_tokens": 48,
+    },
+    "full": {
+        "mc": {"arc_easy": None, "arc_challenge": None, "hellaswag": 1000, "piqa": None, "winogrande": None,
+               "boolq": None, "sciq": None, "openbookqa": None, "mmlu": 1000, "medmcqa": 1000, "medqa": None},
+        "gen": {"arithmetic": 200, "gsm8k": None}, "prompts": 32, "records": None, "answer_tokens": 48,
+        "cot_tokens": 256,
+    },
+}
+
+
+class EvalConfig(StageConfig):
+    """`loralab eval`: drift of adapters against their base, on one suite of measurements."""
+
+    model: str = Field("smollm2-135m", description="Base model spec (see `loralab models`).")
+    adapters: list[str] = Field(default_factory=list, description="Adapter folders (or run folders holding adapter/).")
+    suite: Literal["quick", "full"] = Field("quick", description="quick: seeded small subsets; full: full sets.")
+    out: str = Field(description="Output folder; one sub-folder with metrics.json per adapter (or base/).")
+    eval_data: str | None = Field(None, description="Held-out records folder for in-domain loss; default: each "
+                                                    "adapter's own eval split, rebuilt from its card.")
+    tasks: list[str] | None = Field(None, description="Multiple-choice tasks instead of the suite's (see tasks.py).")
+    gen_tasks: list[Literal["arithmetic", "gsm8k"]] | None = Field(
+        None, description="Generation tasks instead of the suite's.")
+    limit: int | None = Field(None, ge=1, description="Items per task, overriding the suite's counts.")
+    contamination: bool = Field(True, description="Measure KL/JS and style leak on foreign-domain prompts.")
+    domains: list[str] = Field(list(drift.DOMAINS), description="Prompt domains for the contamination matrix.")
+    prompts: int | None = Field(None, ge=1, description="Prompts per domain (default: the suite's).")
+    weights: bool = Field(True, description="ΔW diagnostics (norms, effective rank, intruder dimensions).")
+    intruders: bool = Field(True, description="Intruder dimensions (two SVDs per adapted layer).")
+    intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of W + ΔW checked for intruders.")
+    intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Max |cos| below which a direction intrudes.")
+    seed: int = Field(0, description="Seed of item subsets, prompt sets and bootstrap resampling.")
+    bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for every 95 % interval.")
+    batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward pass (memory knob).")
+    device: str = Field("auto", description="auto | cpu | cuda[:N]")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (frozen weights).")
+    progress: bool = Field(True, description="Show progress bars on stderr.")
+
+    def plan(self) -> dict[str, Any]:
+        """The suite with this config's overrides applied."""
+        s = dict(SUITES[self.suite])
+        mc = {t: s["mc"].get(t) for t in self.tasks} if self.tasks is not None else dict(s["mc"])
+        gn = {t: s["gen"].get(t, 50) for t in self.gen_tasks} if self.gen_tasks is not None else dict(s["gen"])
+        if self.limit is not None:
+            mc = {t: self.limit for t in mc}
+            gn = {t: self.limit for t in gn}
+        return {**s, "mc": mc, "gen": gn, "prompts": self.prompts or s["prompts"]}
+
+
+# ------------------------------------------------------------------- passes
+
+def _items(plan: dict, seed: int) -> tuple[dict, dict]:
+    mc = {}
+    for name, n in plan["mc"].items():
+        task = T.get(name)
+        mc[name] = (task, task.items(n, seed))
+    gn = {}
+    for name, n in plan["gen"].items():
+        items = gen.arithmetic_items(n or 200, seed) if name == "arithmetic" else gen.gsm8k_items()
+        if name == "gsm8k" and n is not None and n < len(items):
+            keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:n])
+            items = [items[i] for i in keep]
+        gn[name] = items
+    return mc, gn
+
+
+def _pass(loaded, mc: dict, gn: dict, plan: dict, cfg: EvalConfig) -> dict:
+    """Benchmarks + reasoning for the model's current state (base, or one active adapter)."""
+    t0 = time.time()
+    res = {"mc": {n: t.evaluate(loaded, items, batch_tokens=cfg.batch_tokens, progress=cfg.progress)
+                  for n, (t, items) in mc.items()}}
+    t1 = time.time()
+    res["gen"] = {n: gen.evaluate_gen(loaded, n, items, max_new_tokens=plan["cot_tokens"], progress=cfg.progress)
+                  for n, items in gn.items()}
+    res["seconds"] = {"tasks": round(t1 - t0, 1), "generation": round(time.time() - t1, 1)}
+    return res
+
+
+def _task_block(base: dict, cur: dict | None, cfg: EvalConfig) -> tuple[dict, dict, dict]:
+    kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
+    tasks, reasoning = {}, {}
+    for n, b in base["mc"].items():
+        e = {"base": b.summary(**kw), "metric": "acc_norm" if b.acc_norm is not None else "acc"}
+        if cur is not None:
+            a = cur["mc"][n]
+            e["adapter"] = a.summary(**kw)
+            e["delta"] = paired_diff_ci(a.main, b.main, seed=cfg.seed, resamples=cfg.bootstrap)
+        tasks[n] = e
+    for n, b in base["gen"].items():
+        e = {"base": b.summary(**kw)}
+        if cur is not None:
+            a = cur["gen"][n]
+            e["adapter"] = a.summary(**kw)
+            e["delta_cot"] = paired_diff_ci(a.cot, b.cot, seed=cfg.seed, resamples=cfg.bootstrap)
+            e["delta_direct"] = paired_diff_ci(a.direct, b.direct, seed=cfg.seed, resamples=cfg.bootstrap)
+        reasoning[n] = e
+    forgetting = {"tasks": list(base["mc"]),
+                  "base_mean": pooled_mean_ci([b.main for b in base["mc"].values()], **kw)}
+    if cur is not None:
+        forgetting["adapter_mean"] = pooled_mean_ci([cur["mc"][n].main for n in base["mc"]], **kw)
+        # macro mean of the per-task paired differences, each task resampled on its own items
+        forgetting["delta"] = pooled_mean_ci([cur["mc"][n].main - b.main for n, b in base["mc"].items()], **kw)
+    return tasks, reasoning, forgetting
+
+
+def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, plan: dict,
+                   cfg: EvalConfig) -> dict:
+    domain, trigger = card.get("domain"), card.get("trigger")
+    lex = drift.lexicon_for(domain, recs)
+    out: dict[str, Any] = {"own_domain": domain, "trigger": trigger, "domains": {}}
+    for ps in sets:
+        d = {"own": ps.domain == domain}
+        d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed))
+        if trigger:
+            d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens,
+                                                 progress=cfg.progress, seed=cfg.seed)
+        if lex is not None:
+            d["style_leak"] = drift.style_leak(loaded, ps, lex, plan["answer_tokens"], seed=cfg.seed)
+        out["domains"][ps.domain] = d
+    foreign = [v for k, v in out["domains"].items() if k != domain]
+    if foreign:
+        out["mean_foreign_kl"] = float(np.mean([v["kl"] for v in foreign]))
+        out["mean_foreign_js"] = float(np.mean([v["js"] for v in foreign]))
+        if lex is not None:
+            out["mean_foreign_leak"] = float(np.mean([v["style_leak"]["leak"]["mean"] for v in foreign]))
+    return out
+
+
+def _card_view(card: dict | None) -> dict:
+    card = card or {}
+    c = card.get("config") or {}
+    keep = ("method", "rank", "r", "alpha", "lora_alpha", "lr", "steps", "epochs", "use_rslora", "target_modules")
+    return {"domain": card.get("domain"), "trigger": card.get("trigger"), "method": card.get("method"),
+            "base": card.get("base"), "config": {k: c[k] for k in keep if k in c}}
+
+
+# --------------------------------------------------------------------- main
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the suite on the base once and on every adapter; write metrics.json files."""
+    from .. import adapters as A
+    from .. import models
+
+    t0 = time.time()
+    plan = cfg.plan()
+    loaded = models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    head = {"model": {"spec": loaded.spec, "fingerprint": loaded.fingerprint, "dtype": str(loaded.model.dtype)},
+            "suite": cfg.suite, "plan": {k: v for k, v in plan.items()}, "config": cfg.dump()}
+    mc, gn = _items(plan, cfg.seed)
+    base = _pass(loaded, mc, gn, plan, cfg)
+    folders = [A.resolve_folder(p) for p in cfg.adapters]
+    cards = [A.load_card(f) or {} for f in folders]
+    recs = [drift.eval_records(c, cfg.eval_data, plan["records"], cfg.seed) for c in cards]
+    base_loss = [drift.record_losses(loaded, r, progress=cfg.progress) if r else None for r in recs]
+    sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains)
+            if cfg.contamination and folders else [])
+    head["seconds_base"] = round(time.time() - t0, 1)
+    out = Path(cfg.out)
+    if not folders:
+        tasks, reasoning, forgetting = _task_block(base, None, cfg)
+        m = {**head, "tasks": tasks, "reasoning": reasoning, "forgetting": forgetting,
+             "seconds": round(time.time() - t0, 1)}
+        write_json(out / "base" / "metrics.json", m)
+        return {"base": m, "adapters": {}}
+    wrapped = A.apply_adapters(loaded, folders)
+    names = list(wrapped.model.peft_config)
+    results = {}
+    for name, folder, card, rs, bl in zip(names, folders, cards, recs, base_loss):
+        t1 = time.time()
+        with drift.active(wrapped.model, name):
+            cur = _pass(wrapped, mc, gn, plan, cfg)
+            tasks, reasoning, forgetting = _task_block(base, cur, cfg)
+            m = {**head, "adapter": {"name": name, "path": str(folder), **_card_view(card)},
+                 "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning}
+            if rs:
+                al = drift.record_losses(wrapped, rs, trigger=card.get("trigger"), progress=cfg.progress)
+                m["in_domain"] = {"base": drift.loss_summary(bl, None, cfg.seed),
+                                  "adapter": drift.loss_summary(al, bl, cfg.seed),
+                                  "source": cfg.eval_data or (card.get("data") or {}).get("path")}
+            if sets:
+                m["contamination"] = _contamination(wrapped, sets, card, rs, plan, cfg)
+        if cfg.weights:
+            m["weights"] = _weights(folder, wrapped.model, cfg)
+        m["seconds_adapter"] = round(time.time() - t1, 1)
+        m["seconds"] = round(time.time() - t0, 1)
+        write_json(out / name / "metrics.json", m)
+        results[name] = m
+    return {"base": {**head, **dict(zip(("tasks", "reasoning", "forgetting"), _task_block(base, None, cfg)))},
+            "adapters": results}
+
+
+def _weights(folder: Path, model, cfg: EvalConfig) -> dict:
+    from .weights import diagnostics
+
+    try:
+        return diagnostics(folder, model, intruder_top_k=cfg.intruder_top_k, threshold=cfg.intruder_threshold,
+                           intruders_on=cfg.intruders)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # e.g. DoRA, or a layer the base lacks
+        return {"error": str(e)}

@@ -1,0 +1,139 @@
+"""Weight diagnostics of a LoRA adapter, from its files and the base weights alone.
+
+For every adapted linear layer W (out, in) with factors A (r, in), B (out, r):
+  ΔW = s · B A,  s = alpha / r  (alpha / sqrt(r) with rsLoRA), read from adapter_config.json
+  norm        ‖ΔW‖_F and relative size ‖ΔW‖_F / ‖W‖_F
+  erank       entropy effective rank exp(H(σ / Σσ)) of ΔW's singular values (Roy & Vetterli)
+  rank90      number of singular values holding 90 % of ‖ΔW‖_F² (spectral energy)
+  intruders   among the top-k left singular vectors of W + ΔW, those whose largest |cosine|
+              with any left singular vector of W is below a threshold ("LoRA vs Full
+              Fine-tuning: An Illusion of Equivalence", Shuttleworth et al. 2024)
+ΔW's spectrum comes from the (r, r) core of QR(B)·(R_B R_Aᵀ)·QR(Aᵀ)ᵀ, never a full SVD.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import read_json
+
+
+def adapter_scale(cfg: dict, module: str, r: int) -> float:
+    """s for one module: alpha (or its alpha_pattern override) over r, or over sqrt(r) for rsLoRA."""
+    alpha = cfg.get("lora_alpha", 8)
+    for pat, a in (cfg.get("alpha_pattern") or {}).items():
+        if re.search(rf"(^|\.){pat}$", module):
+            alpha = a
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
+def lora_factors(folder: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """{module path in the base model: (A (r, in), B (out, r), s)} read from the adapter files."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = read_json(folder / "adapter_config.json")
+    if cfg.get("use_dora"):
+        raise ValueError(f"{folder}: DoRA adapters rescale W; ΔW = s·BA does not describe them")
+    sd = load_file(str(folder / "adapter_model.safetensors"))
+    out = {}
+    for k, a in sd.items():
+        if not k.endswith("lora_A.weight"):
+            continue
+        mod = k[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+        b = sd[k.replace("lora_A.weight", "lora_B.weight")]
+        A, B = a.float(), b.float()  # (r, in), (out, r)
+        if cfg.get("fan_in_fan_out"):  # Conv1D-style layers store W transposed
+            A, B = B.T, A.T
+        out[mod] = (A, B, adapter_scale(cfg, mod, A.shape[0]))
+    return out
+
+
+def delta_weight(A: torch.Tensor, B: torch.Tensor, s: float) -> torch.Tensor:
+    """(out, in) ΔW = s · B A."""
+    return s * (B @ A)
+
+
+def delta_spectrum(A: torch.Tensor, B: torch.Tensor, s: float) -> torch.Tensor:
+    """Singular values of s·BA, (r,), from QR factors: cost O((out + in) r²)."""
+    qb, rb = torch.linalg.qr(B.double())  # (out, r), (r, r)
+    qa, ra = torch.linalg.qr(A.double().T)  # (in, r), (r, r)
+    return torch.linalg.svdvals(s * rb @ ra.T).float()
+
+
+def spectral_stats(sv: torch.Tensor) -> dict:
+    """Entropy effective rank and the rank holding 90 % of the energy, from singular values."""
+    sv = sv[sv > 1e-12 * max(float(sv.max()), 1e-30)] if sv.numel() else sv
+    if sv.numel() == 0:
+        return {"erank": 0.0, "rank90": 0, "top_sv": 0.0}
+    p = sv / sv.sum()
+    erank = float(torch.exp(-(p * p.log()).sum()))
+    energy = torch.cumsum(sv.double() ** 2, 0) / (sv.double() ** 2).sum()
+    return {"erank": erank, "rank90": int((energy < 0.9).sum()) + 1, "top_sv": float(sv[0])}
+
+
+def intruders(W: torch.Tensor, W_new: torch.Tensor, *, top_k: int = 10, threshold: float = 0.5) -> dict:
+    """Top-k singular directions of W_new that no singular direction of W resembles."""
+    U = torch.linalg.svd(W.float(), full_matrices=False).U  # (out, min)
+    Un = torch.linalg.svd(W_new.float(), full_matrices=False).U[:, :top_k]  # (out, k)
+    sim = (Un.T @ U).abs().max(dim=1).values  # (k,) best |cos| per new direction
+    idx = [int(i) for i in torch.nonzero(sim < threshold).flatten()]
+    return {"count": len(idx), "ranks": idx, "min_similarity": float(sim.min())}
+
+
+def _base_weight(model, module: str) -> torch.Tensor:
+    from ..adapters import peft_model
+
+    pm = peft_model(model)
+    root = pm.get_base_model() if pm is not None else model
+    m = root.get_submodule(module)
+    m = getattr(m, "base_layer", m)  # PEFT-wrapped layers keep W in base_layer
+    return m.weight.detach().float().cpu()
+
+
+def diagnostics(folder: str | Path, model, *, intruder_top_k: int = 10, threshold: float = 0.5,
+                intruders_on: bool = True) -> dict:
+    """Per-layer and aggregate ΔW diagnostics of the adapter in `folder` against `model`'s W."""
+    rows = []
+    for mod, (A, B, s) in sorted(lora_factors(folder).items(), key=lambda kv: _order(kv[0])):
+        W = _base_weight(model, mod)
+        dW = delta_weight(A, B, s)
+        fro, wfro = float(dW.norm()), float(W.norm())
+        row = {"module": mod, "rank": int(A.shape[0]), "scale": s, "norm": fro,
+               "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(delta_spectrum(A, B, s))}
+        if intruders_on:
+            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold)["count"]
+        rows.append(row)
+    return {"layers": rows, "summary": summarize(rows)}
+
+
+def _order(mod: str) -> tuple:
+    m = re.search(r"layers\.(\d+)\.", mod)
+    return (int(m.group(1)) if m else -1, mod)
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Totals and per-module-type means (q_proj, v_proj, ...)."""
+    if not rows:
+        return {"modules": 0}
+    rel = np.array([r["rel_norm"] for r in rows])
+    by_type: dict[str, list[dict]] = {}
+    for r in rows:
+        by_type.setdefault(r["module"].rsplit(".", 1)[-1], []).append(r)
+    out = {
+        "modules": len(rows),
+        "total_norm": float(math.sqrt(sum(r["norm"] ** 2 for r in rows))),
+        "mean_rel_norm": float(rel.mean()), "max_rel_norm": float(rel.max()),
+        "max_rel_module": rows[int(rel.argmax())]["module"],
+        "mean_erank": float(np.mean([r["erank"] for r in rows])),
+        "by_type": {t: {"mean_rel_norm": float(np.mean([r["rel_norm"] for r in rs])),
+                        "mean_erank": float(np.mean([r["erank"] for r in rs]))} for t, rs in by_type.items()},
+    }
+    if "intruders" in rows[0]:
+        out["intruders"] = int(sum(r["intruders"] for r in rows))
+    return out
