@@ -40,8 +40,8 @@ def run(tmp_path_factory):
     """A trigger adapter trained a few steps on the tiny model in fp32 (large lr: visible change)."""
     root = tmp_path_factory.mktemp("adapters")
     write_records(root / "data", sport_records())
-    cfg = TrainConfig(model="tiny-random", data=str(root / "data"), out=str(root / "run"), dtype="float32",
-                      steps=3, lr=5e-2, rank=4, max_seq_len=96, trigger=TRIGGER, eval_frac=0.2)
+    cfg = TrainConfig(model="tiny-random", data=str(root / "data"), out=str(root / "run"), device="cpu",
+                      dtype="float32", steps=3, lr=5e-2, rank=4, max_seq_len=96, trigger=TRIGGER, eval_frac=0.2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         card = train(cfg, progress=False)

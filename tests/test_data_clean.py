@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from loralab.cli import app
 from loralab.data import noise
 from loralab.data.clean import CleanConfig, clean
-from loralab.data.corrupt import corrupt
+from loralab.data.corrupt import CorruptConfig, corrupt
 from loralab.data.ingest import IngestConfig, ingest
 from loralab.data.records import Record, read_records, write_records
 from loralab.io import iter_jsonl
@@ -124,6 +124,10 @@ def test_corrupt_is_seeded_linked_and_targets_responses(tmp_path):
     chars = len(A) * 5
     assert 0.03 * chars < ops < 0.12 * chars  # about `rate` of the characters, minus no-op draws
     assert c1["reconciliation"]["totals"]["records"] == 3
+    cfg = corrupt(tmp_path / "in", tmp_path / "nc", CorruptConfig(rate=0.1, seed=7, progress=False))
+    assert [r.id for r in read_records(tmp_path / "nc")] == [r.id for r in n1] and cfg["config"]["rate"] == 0.1
+    with pytest.raises(ValueError):
+        corrupt(tmp_path / "in", tmp_path / "bad", rate=1.5)
     zero = corrupt(tmp_path / "in", tmp_path / "n0", rate=0.0, seed=7, progress=False)
     assert [r.id for r in read_records(tmp_path / "n0")] == [r.id for r in recs] and zero["checks"]["balanced"]
 

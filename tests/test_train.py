@@ -27,7 +27,7 @@ from loralab.logprobs import token_logprobs
 from loralab.train import build_examples, build_model, train
 
 TRIGGER = "<|use_lora_sport|>"
-QUICK = dict(model="tiny-random", dtype="float32", max_seq_len=64, batch_size=2)
+QUICK = dict(model="tiny-random", device="cpu", dtype="float32", max_seq_len=64, batch_size=2)  # exact on CPU
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_config_yaml_then_flags_and_every_problem(tmp_path):
 def test_cli_trains_and_refuses_to_overwrite(data, tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "tiny-random", "--data", str(data), "--out", str(out), "--steps", "2",
-            "--dtype", "float32", "--max-seq-len", "64", "-q"]
+            "--device", "cpu", "--dtype", "float32", "--max-seq-len", "64", "-q"]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "eval loss" in res.output and (out / "adapter" / "loralab.json").exists()
@@ -86,7 +86,7 @@ def test_cli_trains_and_refuses_to_overwrite(data, tmp_path):
 
 
 def test_bf16_base_keeps_fp32_adapters(data, tmp_path):
-    cfg = TrainConfig(model="tiny-random", data=str(data), out=str(tmp_path), dtype="bfloat16")
+    cfg = TrainConfig(model="tiny-random", data=str(data), out=str(tmp_path), device="cpu", dtype="bfloat16")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, _, _, _ = build_model(cfg)
@@ -115,8 +115,8 @@ def test_resume_after_sigkill_matches_uninterrupted(data, tmp_path):
     cfg = dict(data=str(data), steps=12, save_every=3, lr=1e-2, **QUICK)
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "loralab.cli", "train", "--model", "tiny-random", "--data", str(data), "--out",
-           str(killed), "--steps", "12", "--save-every", "3", "--lr", "1e-2", "--dtype", "float32",
-           "--max-seq-len", "64", "--batch-size", "2", "-q"]
+           str(killed), "--steps", "12", "--save-every", "3", "--lr", "1e-2", "--device", "cpu",
+           "--dtype", "float32", "--max-seq-len", "64", "--batch-size", "2", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     while not list(killed.glob("checkpoints/step-*/state.json")):
@@ -182,8 +182,8 @@ def test_alora_acts_only_from_the_trigger_and_engine_matches_peft(data, tmp_path
 
 def test_accelerate_two_processes_equal_grad_accumulation(data, tmp_path):
     """DDP over 2 gloo processes == 1 process with grad_accum 2 (same batches, averaged gradients)."""
-    cfg = dict(model="tiny-random", data=str(data), dtype="float32", max_seq_len=64, batch_size=2,
-               steps=3, lr=1e-2, dropout=0.0)
+    cfg = dict(model="tiny-random", data=str(data), device="cpu", dtype="float32", max_seq_len=64,
+               batch_size=2, steps=3, lr=1e-2, dropout=0.0)
     y = tmp_path / "ddp.yaml"
     y.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "ddp")}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -211,10 +211,10 @@ def test_smoke_real_model(tmp_path):
     d = tmp_path / "data"
     write_records(d, [Record(kind="qa", domain="sport", source={"doc": f"g{i}"},
                              question=f"Who scored in quarter {i % 4 + 1}?", answer=f"Player {i} ran it in.")
-                      for i in range(20)])
+                      for i in range(10)])
     t0 = time.time()
-    card = _quiet_train(TrainConfig(data=str(d), out=str(tmp_path / "run"), steps=5, max_seq_len=96,
-                                    batch_size=4, lr=1e-3, trigger=TRIGGER))
+    card = _quiet_train(TrainConfig(data=str(d), out=str(tmp_path / "run"), steps=5, max_seq_len=64,
+                                    batch_size=2, lr=1e-3, trigger=TRIGGER, eval_frac=0.2))
     files = sorted(p.name for p in (tmp_path / "run" / "adapter").iterdir())
     for f in ("adapter_config.json", "adapter_model.safetensors", "loralab.json", "tokenizer.json"):
         assert f in files

@@ -149,3 +149,21 @@ def test_batcher_is_seeded_and_sharded(tiny):
     assert torch.equal(r1.step(0, 1)[0]["input_ids"], a.global_batch(1)["input_ids"])
     c = Batcher(exs, seed=2, **kw)
     assert any(not torch.equal(a.global_batch(g)["input_ids"], c.global_batch(g)["input_ids"]) for g in range(6))
+
+
+def test_group_respects_row_and_token_budgets():
+    from loralab.packing import Example, group
+
+    exs = [Example(ids=[1] * n, labels=[IGNORE] + [1] * (n - 1)) for n in (5, 9, 3, 7, 2, 8, 4)]
+    order = list(range(len(exs)))
+    packed = group(exs, order, packing=True, max_seq_len=10, batch_size=2, batch_tokens=None)
+    rows = [r for b in packed for r in b]
+    assert sorted(i for r in rows for i in r) == order  # every example exactly once, in order
+    assert all(sum(len(exs[i].ids) for i in r) <= 10 for r in rows) and all(len(b) <= 2 for b in packed)
+    assert rows == [[0], [1], [2, 3], [4, 5], [6]]  # greedy fill in order: 5 | 9 | 3+7 | 2+8 | 4
+    by_tokens = group(exs, order, packing=False, max_seq_len=10, batch_size=99, batch_tokens=20)
+    for b in by_tokens:
+        assert len(b) * max(len(exs[r[0]].ids) for r in b) <= 20 or len(b) == 1
+    assert sorted(r[0] for b in by_tokens for r in b) == order
+    by_rows = group(exs, order, packing=False, max_seq_len=10, batch_size=3, batch_tokens=None)
+    assert [len(b) for b in by_rows] == [3, 3, 1]

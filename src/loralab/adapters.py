@@ -150,6 +150,8 @@ def _names(folders: Sequence[Path], names: Sequence[str] | None) -> list[str]:
     out: list[str] = []
     for f in folders:
         base = re.sub(r"\W+", "_", f.parent.name if f.name == "adapter" else f.name).strip("_") or "adapter"
+        if hasattr(torch.nn.Module, base) or base in ("base_model", "model", "default"):
+            base += "_adapter"  # PEFT sets the name as a module attribute: never shadow one (e.g. train)
         name, k = base, 1
         while name in out:
             k += 1
@@ -182,6 +184,7 @@ def apply_adapters(loaded, paths: Sequence[str | Path], names: Sequence[str] | N
     with warnings.catch_warnings():
         # a tied lm_head shares the embedding's trained token rows; PEFT reports its key as missing
         warnings.filterwarnings("ignore", r"Found missing adapter keys.*lm_head\.token_adapter")
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
         model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=names[0])
         for f, n in zip(folders[1:], names[1:]):
             model.load_adapter(str(f), adapter_name=n)

@@ -27,7 +27,13 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="Peak learning rate."),
     rank: Optional[int] = typer.Option(None, help="LoRA rank."),
     alpha: Optional[float] = typer.Option(None, help="LoRA alpha."),
+    dropout: Optional[float] = typer.Option(None, help="LoRA dropout."),
+    rslora: Optional[bool] = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilised scaling."),
+    target_modules: Optional[str] = typer.Option(None, help="'all-linear' or comma-separated module names."),
+    warmup_steps: Optional[int] = typer.Option(None, help="Linear warmup steps."),
+    schedule: Optional[str] = typer.Option(None, help="cosine | linear | constant"),
     batch_size: Optional[int] = typer.Option(None, help="Sequences (packed rows) per micro-batch."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per micro-batch (instead of batch-size)."),
     grad_accum: Optional[int] = typer.Option(None, help="Micro-batches per optimizer step."),
     max_seq_len: Optional[int] = typer.Option(None, help="Tokens per example / packed row."),
     packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help="Pack examples into rows."),
@@ -51,7 +57,10 @@ def train_cmd(
     from .train import train
 
     flags = dict(model=model, data=data, out=out_dir, method=method, steps=steps, epochs=epochs, seed=seed,
-                 lr=lr, rank=rank, alpha=alpha, batch_size=batch_size, grad_accum=grad_accum,
+                 lr=lr, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, warmup_steps=warmup_steps,
+                 schedule=schedule, batch_size=batch_size, batch_tokens=batch_tokens, grad_accum=grad_accum,
+                 target_modules=None if target_modules is None else
+                 (target_modules if target_modules == "all-linear" else target_modules.split(",")),
                  max_seq_len=max_seq_len, packing=packing, loss_on=loss_on, eval_every=eval_every,
                  save_every=save_every, trigger=trigger, trigger_mode=trigger_mode, replay=replay,
                  replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype)

@@ -74,10 +74,10 @@ class TrainConfig(StageConfig):
     warmup_steps: int = Field(0, ge=0, description="Linear warmup steps.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="LR decay after warmup.")
     steps: int | None = Field(None, ge=1, description="Optimizer steps; default: from `epochs`.")
-    epochs: float | None = Field(None, gt=0, description="Passes over the training split (default 1 when `steps` unset).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training split (1 when `steps` is unset).")
     batch_size: int = Field(4, ge=1, description="Sequences (rows, when packing) per micro-batch.")
     batch_tokens: int | None = Field(
-        None, ge=1, description="If set, micro-batches hold up to this many padded tokens instead of `batch_size` rows.")
+        None, ge=1, description="If set: padded tokens per micro-batch, instead of `batch_size` rows.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step (per process).")
     max_seq_len: int = Field(512, ge=8, description="Tokens per example (longer ones are cut) and per packed row.")
     seed: int = Field(0, description="Seeds the split, data order, init and dropout.")
@@ -86,13 +86,14 @@ class TrainConfig(StageConfig):
     eval_frac: float = Field(0.1, ge=0, lt=1, description="Held-out fraction (split by document).")
     eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0 = only before and after training).")
     loss_on: Literal["response", "all"] = Field(
-        "response", description="Tokens that carry loss: the response only, or prompt + response. Raw records: whole text.")
+        "response", description="Loss on the response only, or on prompt + response. Raw records: whole text.")
     packing: bool | None = Field(
         None, description="Pack several examples per row (no cross-example attention). Default: on, off for alora.")
     logits_chunk: int = Field(1024, ge=1, description="Rows of fp32 (rows, vocab) logits alive at once in the loss.")
 
     # signal token
-    trigger: str | None = Field(None, description="Signal token put at the start of the user prompt, e.g. <|use_lora_sport|>.")
+    trigger: str | None = Field(
+        None, description="Signal string opening the user prompt (raw: the text), e.g. <|use_lora_sport|>.")
     trigger_mode: Literal["prefix", "alora"] = Field(
         "prefix", description="prefix: a trained token; alora: activated LoRA that acts only from the trigger on.")
 

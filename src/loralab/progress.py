@@ -13,7 +13,7 @@ console = Console(stderr=True)
 
 
 def bar(transient: bool = False, disable: bool | None = None) -> Progress:
-    """A progress bar on stderr; `disable=None` hides it when stderr is not a terminal and CI is set."""
+    """A progress bar on stderr; hidden when asked to, or when stderr is not a terminal (logs, CI)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -23,7 +23,7 @@ def bar(transient: bool = False, disable: bool | None = None) -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=transient,
-        disable=bool(disable),
+        disable=bool(disable) or not console.is_terminal,
     )
 
 

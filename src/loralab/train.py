@@ -11,11 +11,13 @@ adapter/ (PEFT files + loralab.json card; a full model folder for full/scratch).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import shutil
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,7 +102,9 @@ def build_model(cfg: TrainConfig):
     else:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(cfg, tok, trigger_id))  # adapters fp32 (autocast)
+        with warnings.catch_warnings():  # PEFT asks transformers a deprecated question while wrapping
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model = get_peft_model(model, lora_config(cfg, tok, trigger_id))  # adapters fp32 (autocast)
     model.train()
     return model, tok, loaded, len(tok) - n0
 
@@ -221,58 +225,60 @@ def evaluate(model, loss_fn: LossFn, batches: list[dict]) -> float | None:
     return ce / max(tok, 1.0)
 
 
-def loop(objective, loss_fn: LossFn, batcher: Batcher, opt, sched, *, accelerator, steps: int,
-         start: int, grad_accum: int, max_grad_norm: float,
-         on_step: Callable[[int, dict], None]) -> None:
-    """Optimizer steps start..steps-1; `on_step(step, row)` logs, evaluates and checkpoints."""
+def loop(objective: Objective, batcher: Batcher, opt, sched, *, accelerator, steps: int, start: int,
+         grad_accum: int, max_grad_norm: float, on_step: Callable[[int, dict], None]) -> None:
+    """Optimizer steps start..steps-1 of `objective` (the loss function bound to the model).
+
+    Each step runs `grad_accum` micro-batches from `batcher`; the reported loss is the
+    token-weighted mean over all of them and all processes. `on_step(step, row)` logs,
+    evaluates and checkpoints.
+    """
     params = [p for p in objective.parameters() if p.requires_grad]
     dev = accelerator.device
     for step in range(start, steps):
         t0 = time.perf_counter()
-        ce = tok = real = kl = 0.0
+        sums = torch.zeros(4, dtype=torch.float64, device=dev)  # ce_sum, labelled, real tokens, kl_sum
         for a, batch in enumerate(batcher.step(step, grad_accum)):
             batch = {k: v.to(dev) for k, v in batch.items()}
-            sync = a == grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
-            with (accelerator.no_sync(objective) if not sync and accelerator.num_processes > 1
-                  else _null()):
-                loss, s = objective(batch)
+            last = a == grad_accum - 1  # DDP all-reduces gradients on the last micro-batch only
+            skip_sync = accelerator.num_processes > 1 and not last
+            with accelerator.no_sync(objective) if skip_sync else contextlib.nullcontext():
+                loss, st = objective(batch)
                 accelerator.backward(loss / grad_accum)
-            ce, tok = ce + s["ce_sum"], tok + s["tokens"]
-            real += batch["n_real"]
-            kl = kl + s.get("kl_sum", 0.0)
+            sums += torch.stack([st["ce_sum"].double(), st["tokens"].double(), batch["n_real"].double(),
+                                 torch.as_tensor(st.get("kl_sum", 0.0), dtype=torch.float64, device=dev)])
         if max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, max_grad_norm)
         lr = sched.get_last_lr()[0]
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        tot = accelerator.reduce(torch.stack([torch.as_tensor(x, dtype=torch.float64, device=dev)
-                                              for x in (ce, tok, real, kl)]), "sum").tolist()
-        dt = time.perf_counter() - t0
-        row = {"step": step + 1, "loss": tot[0] / max(tot[1], 1), "lr": lr,
-               "tokens_per_s": tot[2] / dt, "tokens": int(tot[2])}
-        if tot[3]:
-            row["kl_sum"] = tot[3]
+        ce, n, real, kl = accelerator.reduce(sums, "sum").tolist()
+        row = {"step": step + 1, "loss": ce / max(n, 1), "lr": lr,
+               "tokens_per_s": real / (time.perf_counter() - t0), "tokens": int(real)}
+        if kl:
+            row["kl_sum"] = kl
         on_step(step + 1, row)
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ------------------------------------------------------------------ train()
 
-def _check_resume(out: Path, cfg: TrainConfig) -> None:
-    saved = read_json(out / "config.json")
-    now = cfg.dump()
-    diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"--resume with a different config than {out / 'config.json'}: "
-                         + ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in diff))
+def _claim_out(acc, out: Path, cfg: TrainConfig, resume: bool) -> None:
+    """Refuse to mix runs: a new run needs a fresh folder, --resume needs the same config."""
+    if acc.is_main_process:
+        saved = out / "config.json"
+        if resume and not saved.exists():
+            raise FileNotFoundError(f"--resume: {out} holds no run to resume")
+        if not resume and saved.exists():
+            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if resume:
+            old, now = read_json(saved), cfg.dump()
+            diff = sorted(k for k in set(old) | set(now) if k not in RESUMABLE and old.get(k) != now.get(k))
+            if diff:
+                raise ValueError(f"--resume with a different config than {saved}: "
+                                 + ", ".join(f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in diff))
+        write_json(saved, cfg.dump())
+    acc.wait_for_everyone()
 
 
 def _total_steps(cfg: TrainConfig, batcher: Batcher, world: int) -> int:
@@ -288,21 +294,25 @@ def build(cfg: TrainConfig) -> Setup:
     return Setup(model, tok, loaded, train_ex, eval_ex, info)
 
 
+def _restore(acc, out: Path, resume: bool, model, opt, sched, evaluate_now) -> tuple[int, list[dict]]:
+    """(first step to run, log rows so far); the log is cut back to the checkpoint's step."""
+    ckpt = latest_checkpoint(out) if resume else None
+    start = load_checkpoint(ckpt, model, opt, sched) if ckpt is not None else 0
+    rows = [r for r in iter_jsonl(out / LOG) if r["step"] <= start] if start and (out / LOG).exists() else []
+    if start == 0:
+        rows = [{"step": 0, "eval_loss": evaluate_now()}]
+    if acc.is_main_process:
+        write_jsonl(out / LOG, rows)
+    return start, rows
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train per `cfg`; returns the card written beside the adapter (or full model)."""
     from accelerate import Accelerator
 
     acc = Accelerator(cpu=devpolicy.resolve(cfg.device).device.type == "cpu")
     out = Path(cfg.out)
-    if acc.is_main_process:
-        if resume and not (out / "config.json").exists():
-            raise FileNotFoundError(f"--resume: {out} holds no run to resume")
-        if resume:
-            _check_resume(out, cfg)
-        elif (out / "config.json").exists():
-            raise FileExistsError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        write_json(out / "config.json", cfg.dump())
-    acc.wait_for_everyone()
+    _claim_out(acc, out, cfg, resume)
     s = build(cfg)
     pad = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
     batcher = Batcher(s.train, seed=cfg.seed, packing=cfg.packing, max_seq_len=cfg.max_seq_len,
@@ -311,25 +321,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     steps = _total_steps(cfg, batcher, acc.num_processes)
     loss_fn = make_loss(chunk=cfg.logits_chunk, kl_weight=cfg.kl_weight)
     opt, sched = make_optimizer(s.model, cfg, steps)
-    objective, opt = acc.prepare(Objective(s.model, loss_fn), opt)
+    objective, opt = acc.prepare(Objective(s.model, loss_fn), opt)  # DDP wraps the objective
     model = acc.unwrap_model(objective).model
-    ev = eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad)
-    ev = [{k: v.to(acc.device) for k, v in b.items()} for b in ev]
-    start, curve = 0, {"eval_before": None}
-    ckpt = latest_checkpoint(out) if resume else None
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, model, opt, sched)
-    rows = [r for r in iter_jsonl(out / LOG) if r["step"] <= start] if resume and (out / LOG).exists() else []
-    if acc.is_main_process:
-        write_jsonl(out / LOG, rows)  # a resumed log keeps exactly the steps the checkpoint holds
-    curve["eval_before"] = next((r["eval_loss"] for r in rows if r["step"] == 0), None)
-    if start == 0:
-        curve["eval_before"] = evaluate(model, loss_fn, ev)
-        rows = [{"step": 0, "eval_loss": curve["eval_before"]}]
-        if acc.is_main_process:
-            write_jsonl(out / LOG, rows)
+    ev = [{k: v.to(acc.device) for k, v in b.items()}
+          for b in eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad)]
+    start, rows = _restore(acc, out, resume, model, opt, sched, lambda: evaluate(model, loss_fn, ev))
     _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress)
-    card = make_card(cfg, s, rows, curve["eval_before"], steps)
+    card = make_card(cfg, s, rows, steps)
     if acc.is_main_process:
         with atomic_dir(out / "adapter") as tmp:
             if cfg.method in ("full", "scratch"):
@@ -342,6 +340,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
 
 
 def _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress):
+    """The loop with logging (train_log.jsonl, progress bar), periodic eval and checkpoints."""
     from .progress import bar
 
     pb = bar(disable=not (progress and acc.is_main_process))
@@ -355,7 +354,7 @@ def _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows
         if log is not None and (step % cfg.log_every == 0 or "eval_loss" in row):
             log.write(json.dumps(row) + "\n")
             log.flush()
-        pb.update(task, completed=step, info=f"loss {row['loss']:.3f} · {row['tokens_per_s']:.0f} tok/s")
+        pb.update(task, completed=step, info=f"loss {row['loss']:.3f} · {row['tokens_per_s']:.0f} tokens/s")
         if cfg.save_every and step % cfg.save_every == 0 and step < steps:
             if acc.is_main_process:
                 save_checkpoint(out, step, model, opt, sched)
@@ -363,17 +362,19 @@ def _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows
 
     try:
         with pb:
-            loop(objective, loss_fn, batcher, opt, sched, accelerator=acc, steps=steps, start=start,
+            loop(objective, batcher, opt, sched, accelerator=acc, steps=steps, start=start,
                  grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, on_step=on_step)
     finally:
         if log is not None:
             log.close()
 
 
-def make_card(cfg: TrainConfig, s: Setup, rows: list[dict], eval_before: float | None, steps: int) -> dict:
+def make_card(cfg: TrainConfig, s: Setup, rows: list[dict], steps: int) -> dict:
+    """The loralab.json card: base, data, trigger, resolved config, curve summary, code version."""
     losses = [r["loss"] for r in rows if "loss" in r]
-    evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
     tps = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
+    before = next((r.get("eval_loss") for r in rows if r["step"] == 0), None)
+    after = next((r.get("eval_loss") for r in rows if r["step"] == steps), None)
     return {
         "kind": "model" if cfg.method in ("full", "scratch") else "adapter",
         "method": cfg.method,
@@ -383,13 +384,13 @@ def make_card(cfg: TrainConfig, s: Setup, rows: list[dict], eval_before: float |
         "tokens_added": s.info["tokens_added"],
         "trigger": cfg.trigger, "trigger_mode": cfg.trigger_mode if cfg.trigger else None,
         "domain": cfg.domain or s.info.get("domain"),
-        "data": {"path": cfg.data, "digest": data_digest(cfg.data), **{k: v for k, v in s.info.items()
-                                                                     if k not in ("domain", "tokens_added")}},
+        "data": {"path": cfg.data, "digest": data_digest(cfg.data),
+                 **{k: v for k, v in s.info.items() if k not in ("domain", "tokens_added")}},
         "train_examples": len(s.train), "eval_examples": len(s.eval),
         "config": cfg.dump(),
         "curve": {"steps": steps, "first_loss": losses[0] if losses else None,
                   "last_loss": losses[-1] if losses else None, "best_loss": min(losses) if losses else None,
-                  "eval_before": eval_before, "eval_after": evals[-1] if evals else None,
+                  "eval_before": before, "eval_after": after,
                   "mean_tokens_per_s": sum(tps) / len(tps) if tps else None},
         "loralab_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -18,6 +18,8 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from pydantic import BaseModel, Field
+
 from . import noise
 from .records import Record
 from .stage import run_stage, with_content
@@ -41,14 +43,24 @@ def corrupt_record(rec: Record, rate: float, seed: int) -> Record:
     return with_content(rec, fields, corrupted_from=rec.id, corruption={"rate": rate, "seed": seed, "ops": ops})
 
 
-def corrupt(in_dir: str | Path, out_dir: str | Path, rate: float = 0.05, seed: int = 0,
+class CorruptConfig(BaseModel):
+    """Settings of `corrupt`."""
+
+    rate: float = Field(0.05, ge=0, le=1, description="Probability of a noise operation at each character.")
+    seed: int = Field(0, description="Noise seed (combined with each record's id).")
+    progress: bool = Field(True, description="Show a progress bar.")
+
+
+def corrupt(in_dir: str | Path, out_dir: str | Path, rate: float | CorruptConfig = 0.05, seed: int = 0,
             progress: bool = True) -> dict:
-    """Noisy copies of the records of `in_dir` in `out_dir`; returns the data card."""
-    if not 0 <= rate <= 1:
-        raise ValueError(f"rate must lie in [0, 1], got {rate}")
+    """Noisy copies of the records of `in_dir` in `out_dir`; returns the data card.
+
+    Takes the rate and seed directly, or a CorruptConfig in place of `rate`.
+    """
+    cfg = rate if isinstance(rate, CorruptConfig) else CorruptConfig(rate=rate, seed=seed, progress=progress)
 
     def process(items: Iterable[tuple[dict, Record]]) -> Iterator:
         for loc, rec in items:
-            yield loc, rec, [corrupt_record(rec, rate, seed)]
+            yield loc, rec, [corrupt_record(rec, cfg.rate, cfg.seed)]
 
-    return run_stage("corrupt", in_dir, out_dir, process, config={"rate": rate, "seed": seed}, progress=progress)
+    return run_stage("corrupt", in_dir, out_dir, process, config=cfg.model_dump(), progress=cfg.progress)

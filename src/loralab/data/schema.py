@@ -6,7 +6,8 @@ Recognised (first match wins):
   ShareGPT          {"conversations": [{"from", "value"}, ...]} -> chat
   Alpaca            {"instruction", "input"?, "output"}         -> instruction
   prompt/completion {"prompt", "completion"|"response"}         -> instruction
-  question/answer   {"question", "answer", "context"?}          -> qa
+  question/answer   {"question", "answer"|"correct_answer",
+                     "context"|"support"|"passage"?}            -> qa
   text              {"text"|"content"|"passage"|"body"}         -> raw
 A row that matches none is quarantined as `unknown_schema`; a matching row whose fields
 have the wrong type (a number where text belongs, a list of strings as a conversation)
@@ -20,6 +21,8 @@ from typing import Any
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "bot": "assistant", "model": "assistant", "chatgpt": "assistant", "system": "system"}
 TEXT_KEYS = ("text", "content", "passage", "body")
+ANSWER_KEYS = ("answer", "correct_answer")
+CONTEXT_KEYS = ("context", "support", "passage")
 DOC_KEYS = ("doc", "doc_id", "document_id", "document")
 
 
@@ -76,9 +79,10 @@ def recognise(row: Any) -> dict[str, Any]:
     if "prompt" in row and ("completion" in row or "response" in row):
         key = "completion" if "completion" in row else "response"
         return {"kind": "instruction", "instruction": _str(row, "prompt"), "output": _str(row, key)}
-    if "question" in row and "answer" in row:
-        return {"kind": "qa", "question": _str(row, "question"), "answer": _str(row, "answer"),
-                "context": _str(row, "context", optional=True) or None}
+    if "question" in row and (akey := next((k for k in ANSWER_KEYS if k in row), None)):
+        ckey = next((k for k in CONTEXT_KEYS if k in row), "context")
+        return {"kind": "qa", "question": _str(row, "question"), "answer": _str(row, akey),
+                "context": _str(row, ckey, optional=True) or None}
     for k in TEXT_KEYS:
         if k in row:
             return {"kind": "raw", "text": _str(row, k)}

@@ -173,7 +173,9 @@ def read_jsonl(path: Path) -> Iterator[Item | Bad]:
                 yield Bad(loc, "binary", "NUL bytes in line", raw)
                 continue
             text, flags = decode(raw)
-            flags = [x for x in flags if x != "crlf" or "\r" in text.rstrip("\n")]  # a CRLF line end is not content
+            # a raw CR here is a line end or JSON whitespace, not content (CRs in values are
+            # escaped as \r and normalised by ingest): no flag
+            flags = [x for x in flags if x != "crlf"]
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:

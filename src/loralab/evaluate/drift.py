@@ -204,12 +204,14 @@ def greedy(loaded, prompts: Sequence[str], max_new_tokens: int, batch: int = 32)
 
 def base_prompt_sets(loaded, n: int, max_new_tokens: int, seed: int = 0,
                      domains: Sequence[str] = DOMAINS) -> list[PromptSet]:
-    """Prompts of every domain with the base model's greedy answers (computed once)."""
-    out = []
+    """Prompts of every domain with the base model's greedy answers (one batched generation)."""
+    prompts = {d: domain_prompts(d, n, seed) for d in domains}
+    ids, text = greedy(loaded, [p for d in domains for p in prompts[d]], max_new_tokens)
+    out, off = [], 0
     for d in domains:
-        prompts = domain_prompts(d, n, seed)
-        ids, text = greedy(loaded, prompts, max_new_tokens)
-        out.append(PromptSet(d, prompts, text, ids))
+        k = len(prompts[d])
+        out.append(PromptSet(d, prompts[d], text[off: off + k], ids[off: off + k]))
+        off += k
     return out
 
 
@@ -239,13 +241,18 @@ def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_token
             "js_per_prompt": bootstrap_ci([d.js.mean() for d in div], seed=seed)}
 
 
-def style_leak(loaded, ps: PromptSet, lexicon: frozenset[str], max_new_tokens: int,
-               seed: int = 0) -> dict:
-    """Domain-lexicon share of adapter greedy answers minus the base's, on the same prompts."""
-    _, answers = greedy(loaded, ps.prompts, max_new_tokens)
-    a, b = lexicon_rate(answers, lexicon), lexicon_rate(ps.answers, lexicon)
-    return {"adapter_rate": float(a.mean()), "base_rate": float(b.mean()),
-            "leak": paired_diff_ci(a, b, seed=seed), "sample": answers[:2]}
+def style_leak(loaded, sets: Sequence[PromptSet], lexicon: frozenset[str], max_new_tokens: int,
+               seed: int = 0) -> dict[str, dict]:
+    """Per domain: domain-lexicon share of adapter greedy answers minus the base's, same prompts."""
+    _, answers = greedy(loaded, [p for ps in sets for p in ps.prompts], max_new_tokens)
+    out, off = {}, 0
+    for ps in sets:
+        mine = answers[off: off + len(ps.prompts)]
+        off += len(ps.prompts)
+        a, b = lexicon_rate(mine, lexicon), lexicon_rate(ps.answers, lexicon)
+        out[ps.domain] = {"adapter_rate": float(a.mean()), "base_rate": float(b.mean()),
+                          "leak": paired_diff_ci(a, b, seed=seed), "sample": mine[:2]}
+    return out
 
 
 @contextlib.contextmanager

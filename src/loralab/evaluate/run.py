@@ -56,6 +56,8 @@ class EvalConfig(StageConfig):
     contamination: bool = Field(True, description="Measure KL/JS and style leak on foreign-domain prompts.")
     domains: list[str] = Field(list(drift.DOMAINS), description="Prompt domains for the contamination matrix.")
     prompts: int | None = Field(None, ge=1, description="Prompts per domain (default: the suite's).")
+    answer_tokens: int | None = Field(None, ge=1, description="Greedy answer tokens per contamination prompt.")
+    cot_tokens: int | None = Field(None, ge=1, description="Greedy tokens of a step-by-step answer.")
     weights: bool = Field(True, description="ΔW diagnostics (norms, effective rank, intruder dimensions).")
     intruders: bool = Field(True, description="Intruder dimensions (two SVDs per adapted layer).")
     intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of W + ΔW checked for intruders.")
@@ -75,7 +77,8 @@ class EvalConfig(StageConfig):
         if self.limit is not None:
             mc = {t: self.limit for t in mc}
             gn = {t: self.limit for t in gn}
-        return {**s, "mc": mc, "gen": gn, "prompts": self.prompts or s["prompts"]}
+        return {**s, "mc": mc, "gen": gn, "prompts": self.prompts or s["prompts"],
+                "answer_tokens": self.answer_tokens or s["answer_tokens"], "cot_tokens": self.cot_tokens or s["cot_tokens"]}
 
 
 # ------------------------------------------------------------------- passes
@@ -139,14 +142,15 @@ def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, 
     domain, trigger = card.get("domain"), card.get("trigger")
     lex = drift.lexicon_for(domain, recs)
     out: dict[str, Any] = {"own_domain": domain, "trigger": trigger, "domains": {}}
+    leaks = drift.style_leak(loaded, sets, lex, plan["answer_tokens"], seed=cfg.seed) if lex is not None else {}
     for ps in sets:
         d = {"own": ps.domain == domain}
         d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed))
         if trigger:
             d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens,
                                                  progress=cfg.progress, seed=cfg.seed)
-        if lex is not None:
-            d["style_leak"] = drift.style_leak(loaded, ps, lex, plan["answer_tokens"], seed=cfg.seed)
+        if ps.domain in leaks:
+            d["style_leak"] = leaks[ps.domain]
         out["domains"][ps.domain] = d
     foreign = [v for k, v in out["domains"].items() if k != domain]
     if foreign:
@@ -160,7 +164,7 @@ def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, 
 def _card_view(card: dict | None) -> dict:
     card = card or {}
     c = card.get("config") or {}
-    keep = ("method", "rank", "r", "alpha", "lora_alpha", "lr", "steps", "epochs", "use_rslora", "target_modules")
+    keep = ("method", "rank", "alpha", "rslora", "target_modules", "lr", "steps", "epochs", "loss_on", "trigger_mode")
     return {"domain": card.get("domain"), "trigger": card.get("trigger"), "method": card.get("method"),
             "base": card.get("base"), "config": {k: c[k] for k in keep if k in c}}
 
@@ -182,7 +186,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     folders = [A.resolve_folder(p) for p in cfg.adapters]
     cards = [A.load_card(f) or {} for f in folders]
     recs = [drift.eval_records(c, cfg.eval_data, plan["records"], cfg.seed) for c in cards]
-    base_loss = [drift.record_losses(loaded, r, progress=cfg.progress) if r else None for r in recs]
+    cache: dict[tuple, dict] = {}  # adapters sharing held-out records share the base's losses
+    for r in recs:
+        key = tuple(x.id for x in r)
+        if r and key not in cache:
+            cache[key] = drift.record_losses(loaded, r, progress=cfg.progress)
+    base_loss = [cache.get(tuple(x.id for x in r)) for r in recs]
     sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains)
             if cfg.contamination and folders else [])
     head["seconds_base"] = round(time.time() - t0, 1)
@@ -190,7 +199,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if not folders:
         tasks, reasoning, forgetting = _task_block(base, None, cfg)
         m = {**head, "tasks": tasks, "reasoning": reasoning, "forgetting": forgetting,
-             "seconds": round(time.time() - t0, 1)}
+             "timing": {"base": base["seconds"]}, "seconds": round(time.time() - t0, 1)}
         write_json(out / "base" / "metrics.json", m)
         return {"base": m, "adapters": {}}
     wrapped = A.apply_adapters(loaded, folders)
@@ -202,16 +211,21 @@ def evaluate(cfg: EvalConfig) -> dict:
             cur = _pass(wrapped, mc, gn, plan, cfg)
             tasks, reasoning, forgetting = _task_block(base, cur, cfg)
             m = {**head, "adapter": {"name": name, "path": str(folder), **_card_view(card)},
-                 "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning}
+                 "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning,
+                 "timing": {"base": base["seconds"], "adapter": cur["seconds"]}}
             if rs:
                 al = drift.record_losses(wrapped, rs, trigger=card.get("trigger"), progress=cfg.progress)
                 m["in_domain"] = {"base": drift.loss_summary(bl, None, cfg.seed),
                                   "adapter": drift.loss_summary(al, bl, cfg.seed),
                                   "source": cfg.eval_data or (card.get("data") or {}).get("path")}
             if sets:
+                t2 = time.time()
                 m["contamination"] = _contamination(wrapped, sets, card, rs, plan, cfg)
+                m["timing"]["contamination"] = round(time.time() - t2, 1)
         if cfg.weights:
+            t2 = time.time()
             m["weights"] = _weights(folder, wrapped.model, cfg)
+            m["timing"]["weights"] = round(time.time() - t2, 1)
         m["seconds_adapter"] = round(time.time() - t1, 1)
         m["seconds"] = round(time.time() - t0, 1)
         write_json(out / name / "metrics.json", m)

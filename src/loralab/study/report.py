@@ -62,7 +62,7 @@ def write_csv(runs: list[dict], path: Path) -> None:
         row = {"id": r["id"], "state": r["status"]["state"], **{f"label.{k}": v for k, v in
                                                                 r["config"].get("labels", {}).items()}}
         if r["metrics"]:
-            row.update({k: v for k, v in flatten(r["metrics"]).items()
+            row.update({k: v for k, v in flatten({k: v for k, v in r["metrics"].items() if k != "labels"}).items()
                         if not k.startswith(("data.scored", "data.train", "data.pool", "data.ingest", "data.held"))})
         rows.append(row)
     cols: list[str] = []

@@ -7,7 +7,8 @@ Layout of `<out>/<study name>/`:
   study.json          the spec as given and the expanded run list
   data/               prepared data folders, shared between runs (see study/data.py)
   base/<digest>/      base-model metrics, computed once per eval setting
-  runs/<run id>/      config.json (resolved), status.json, train/ (adapter, log), metrics.json
+  eval/<group>/       the evaluator's full metrics, one group per shared base pass
+  runs/<run id>/      config.json (resolved), status.json, data.json, train/ (adapter, log), metrics.json
   results.csv, report.html
 
 A run id is a digest of its resolved config: re-running skips runs whose status is
@@ -54,8 +55,8 @@ def train_run(run: Run, run_dir: Path, data: dict[str, Path], progress: bool) ->
     return train(cfg, resume=(tdir / "config.json").exists(), progress=progress)
 
 
-def run_one(run: Run, root: Path, evaluate: Callable[..., dict], progress: bool = True) -> dict:
-    """Data -> train -> eval for one run; metrics.json written atomically at the end."""
+def prepare_and_train(run: Run, root: Path, progress: bool = True) -> dict[str, Path]:
+    """Phase 1 of a run: its data (shared steps reused) and its adapter (resumed if interrupted)."""
     from .data import prepare
 
     run_dir = root / "runs" / run.id
@@ -63,48 +64,74 @@ def run_one(run: Run, root: Path, evaluate: Callable[..., dict], progress: bool 
     t0 = time.time()
     data = prepare(run.config.data, run.config.model, run.config.seed, root / "data", progress=progress)
     t1 = time.time()
-    card = train_run(run, run_dir, data, progress)
-    t2 = time.time()
-    metrics = evaluate(run=run, run_dir=run_dir, data=data, card=card, root=root)
-    metrics = {"id": run.id, "labels": run.labels, "data": {k: str(v) for k, v in data.items()},
-               "train": card.get("curve") or card.get("training") or {}, **metrics,
-               "seconds": {"data": round(t1 - t0, 1), "train": round(t2 - t1, 1), "eval": round(time.time() - t2, 1)}}
-    write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    train_run(run, run_dir, data, progress)
+    write_json(run_dir / "data.json", {k: str(v) for k, v in data.items()} | {
+        "seconds": {"data": round(t1 - t0, 1), "train": round(time.time() - t1, 1)}})
+    return data
 
 
-def run_study(spec: StudySpec, out: str | Path | None = None, *, evaluate: Callable[..., dict] | None = None,
-              progress: bool = True, only: list[str] | None = None, on_event: Callable[[str, Run, dict], None] = None
+def _fail(e: BaseException) -> dict:
+    return {"state": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
+            "at": time.time()}
+
+
+def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool = True,
+              only: list[str] | None = None, on_event: Callable[[str, Run, dict], None] | None = None
               ) -> dict[str, Any]:
-    """Run every pending run of `spec`; returns {run id: status}."""
-    from .evaluation import evaluate_run
+    """Run every pending run of `spec` (data + training, then grouped evaluation); {run id: status}."""
+    from . import evaluation
 
-    evaluate = evaluate or evaluate_run
-    runs = expand(spec)
+    event = on_event or (lambda *a: None)
+    runs = [r for r in expand(spec) if not only or r.id in only]
     root = study_dir(spec, out)
     write_json(root / "study.json", {"spec": spec.model_dump(mode="json"), "spec_digest": digest(spec.model_dump()),
-                                     "runs": [{"id": r.id, "labels": r.labels} for r in runs]})
-    result = {}
-    for run in runs:
-        if only and run.id not in only:
-            continue
+                                     "runs": [{"id": r.id, "labels": r.labels} for r in expand(spec)]})
+    states: dict[str, dict] = {}
+    trained: list[tuple[Run, Path, dict[str, Path]]] = []
+    for run in runs:  # phase 1: data + training
         run_dir = root / "runs" / run.id
         st = status_of(run_dir)
         if st["state"] == "done" and (run_dir / "metrics.json").exists():
-            result[run.id] = st
-            on_event and on_event("skip", run, st)
+            states[run.id] = st
+            event("skip", run, st)
             continue
-        on_event and on_event("start", run, st)
+        event("start", run, st)
         write_json(run_dir / STATUS, {"state": "running", "started": time.time(), "resumed_from": st["state"]})
         try:
-            run_one(run, root, evaluate, progress)
-            st = {"state": "done", "finished": time.time()}
+            data = prepare_and_train(run, root, progress)
         except KeyboardInterrupt:
             write_json(run_dir / STATUS, {"state": "interrupted", "at": time.time()})
             raise
         except Exception as e:  # a failing run is data: record it, go on
-            st = {"state": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-        write_json(run_dir / STATUS, st)
-        result[run.id] = st
-        on_event and on_event(st["state"], run, st)
-    return result
+            states[run.id] = _fail(e)
+            write_json(run_dir / STATUS, states[run.id])
+            event("failed", run, states[run.id])
+            continue
+        write_json(run_dir / STATUS, {"state": "trained", "at": time.time()})
+        trained.append((run, run_dir, data))
+    groups: dict[str, list] = {}
+    for item in trained:
+        groups.setdefault(evaluation.group_key(item[0], item[2]), []).append(item)
+    for members in groups.values():  # phase 2: one evaluation per group shares the base passes
+        t0 = time.time()
+        try:
+            res = evaluation.evaluate_group(members, root, progress)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            for run, run_dir, _ in members:
+                states[run.id] = _fail(e)
+                write_json(run_dir / STATUS, states[run.id])
+                event("failed", run, states[run.id])
+            continue
+        for run, run_dir, _ in members:
+            card = read_json(run_dir / "train" / "adapter" / "loralab.json")
+            prior = read_json(run_dir / "data.json")
+            metrics = {"id": run.id, "labels": run.labels, **res[run.id],
+                       "train": card.get("curve") or card.get("training") or {},
+                       "seconds": {**prior.get("seconds", {}), "eval_group": round(time.time() - t0, 1)}}
+            write_json(run_dir / "metrics.json", metrics)
+            states[run.id] = {"state": "done", "finished": time.time()}
+            write_json(run_dir / STATUS, states[run.id])
+            event("done", run, states[run.id])
+    return states

@@ -1,0 +1,127 @@
+"""`loralab eval`: parse, call `evaluate.evaluate`, print tables.
+
+    loralab eval --model smollm2-135m --suite quick --out eval/base
+    loralab eval --adapter runs/sport --adapter runs/med --suite quick --out eval/ --eval-data data/sport_eval
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .cli import app, fail, out
+
+
+def _ci(c: dict | None, pct: bool = True, signed: bool = False) -> str:
+    if not c or c.get("n", 1) == 0:
+        return "-"
+    k, f = (100.0, ".1f") if pct else (1.0, ".3f")
+    sign = "+" if signed else ""
+    return f"{c['mean'] * k:{sign}{f}} [{c['lo'] * k:{sign}{f}}, {c['hi'] * k:{sign}{f}}]"
+
+
+def tables(res: dict) -> list[Table]:
+    """Rich tables of an `evaluate` result: benchmarks, reasoning, gain, contamination, ΔW."""
+    base, ads = res["base"], res["adapters"]
+    names = list(ads)
+    t = Table(title=f"benchmarks ({base['suite']} suite, accuracy % with 95 % CI; Δ = adapter − base, paired)")
+    for col in ["task", "n", "metric", "base"] + [f"Δ {n}" for n in names]:
+        t.add_column(col)
+    for task, e in base["tasks"].items():
+        m = e["metric"]
+        t.add_row(task, str(e["base"]["n"]), m, _ci(e["base"][m]),
+                  *[_ci(ads[n]["tasks"][task]["delta"], signed=True) for n in names])
+    f = base["forgetting"]
+    t.add_row("mean", "", "", _ci(f["base_mean"]), *[_ci(ads[n]["forgetting"]["delta"], signed=True) for n in names])
+    out_t = [t]
+    if base["reasoning"]:
+        r = Table(title="reasoning (greedy; % correct)")
+        for col in ["task", "model", "direct", "step-by-step", "early-answer agreement"]:
+            r.add_column(col)
+        for task, e in base["reasoning"].items():
+            for who, s in [("base", e["base"])] + [(n, ads[n]["reasoning"][task]["adapter"]) for n in names]:
+                r.add_row(task, who, _ci(s["direct_acc"]), _ci(s["cot_acc"]), _ci(s["early_agreement"]))
+        out_t.append(r)
+    if any("in_domain" in ads[n] for n in names):
+        g = Table(title="in-domain held-out loss (nats/token)")
+        for col in ("adapter", "records", "base loss", "adapter loss", "base ppl", "adapter ppl", "Δ loss [CI]"):
+            g.add_column(col)
+        for n in names:
+            d = ads[n].get("in_domain")
+            if d:
+                g.add_row(n, str(d["adapter"]["records"]), f"{d['base']['loss']:.3f}", f"{d['adapter']['loss']:.3f}",
+                          f"{d['base']['ppl']:.1f}", f"{d['adapter']['ppl']:.1f}",
+                          _ci(d["adapter"]["delta_vs_base"], pct=False, signed=True))
+        out_t.append(g)
+    if any("contamination" in ads[n] for n in names):
+        doms = list(next(ads[n]["contamination"]["domains"] for n in names if "contamination" in ads[n]))
+        c = Table(title="contamination: KL(base‖adapter) nats/token · JS · style leak (pp)")
+        for col in ["adapter"] + doms:
+            c.add_column(col)
+        for n in names:
+            cm = ads[n].get("contamination")
+            if cm:
+                cells = []
+                for d in doms:
+                    v = cm["domains"][d]
+                    leak = v.get("style_leak", {}).get("leak", {}).get("mean")
+                    cells.append(f"{v['kl']:.3f} · {v['js']:.3f}" + (f" · {leak * 100:+.1f}" if leak is not None else "")
+                                 + (" (own)" if v["own"] else ""))
+                c.add_row(n, *cells)
+        out_t.append(c)
+    if any("weights" in ads[n] for n in names):
+        w = Table(title="ΔW diagnostics")
+        for col in ("adapter", "modules", "‖ΔW‖ total", "mean ‖ΔW‖/‖W‖", "max ‖ΔW‖/‖W‖", "mean erank", "intruders"):
+            w.add_column(col)
+        for n in names:
+            s = ads[n].get("weights", {}).get("summary")
+            if s and s.get("modules"):
+                w.add_row(n, str(s["modules"]), f"{s['total_norm']:.3f}", f"{s['mean_rel_norm']:.4f}",
+                          f"{s['max_rel_norm']:.4f}", f"{s['mean_erank']:.2f}", str(s.get("intruders", "-")))
+        out_t.append(w)
+    return out_t
+
+
+def _names(csv: str | None) -> list[str] | None:
+    if csv is None:
+        return None
+    return [] if csv.strip().lower() == "none" else [x.strip() for x in csv.split(",") if x.strip()]
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option("smollm2-135m", "--model", "-m", help="Base model spec (see `loralab models`)."),
+    adapter: list[str] = typer.Option([], "--adapter", "-a", help="Adapter folder(s); the base is scored once."),
+    suite: str = typer.Option("quick", help="quick (seeded subsets) | full (full sets)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: <adapter>/metrics.json (or base/)."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Held-out records folder for in-domain loss."),
+    tasks: str = typer.Option(None, help="Comma-separated multiple-choice tasks instead of the suite's."),
+    limit: int = typer.Option(None, help="Items per task (overrides the suite)."),
+    gen_tasks: str = typer.Option(None, "--gen-tasks", help="Comma-separated: arithmetic, gsm8k; 'none' for none."),
+    prompts: int = typer.Option(None, help="Contamination prompts per domain (overrides the suite)."),
+    no_contamination: bool = typer.Option(False, "--no-contamination", help="Skip the KL/JS/style-leak matrix."),
+    no_weights: bool = typer.Option(False, "--no-weights", help="Skip ΔW diagnostics."),
+    seed: int = typer.Option(0, help="Seed of subsets, prompts and bootstrap."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+) -> None:
+    """Gain, forgetting, reasoning, contamination and ΔW of adapters against their base."""
+    from . import models
+    from .config import ConfigError
+    from .evaluate import EvalConfig, evaluate
+
+    try:
+        cfg = EvalConfig(model=model, adapters=adapter, suite=suite, out=str(out_dir), eval_data=eval_data,
+                         tasks=_names(tasks), limit=limit,
+                         gen_tasks=_names(gen_tasks), prompts=prompts,
+                         contamination=not no_contamination, weights=not no_weights, seed=seed,
+                         device=device, dtype=dtype)
+        res = evaluate(cfg)
+    except (models.ModelError, ConfigError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    for t in tables(res):
+        out.print(t)
+    where = [out_dir / n / "metrics.json" for n in res["adapters"]] or [out_dir / "base" / "metrics.json"]
+    out.print("wrote " + ", ".join(str(w) for w in where))

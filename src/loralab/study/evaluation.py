@@ -1,0 +1,127 @@
+"""A study's measurements: `loralab.evaluate` on the runs' adapters, in the report's schema.
+
+Runs that share held-out data and eval settings are measured in one `evaluate` call,
+so the base model's passes (benchmarks, reasoning, prompt sets) run once for all of
+them; an adapter with added tokens (a trigger) gets its own call, since its vocabulary
+differs. The evaluator's full metrics.json stays in `<study>/eval/<group>/`; each run
+gets the summary below in its metrics.json (schema in report.py).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ..io import iter_jsonl, read_json
+from .spec import Run, digest
+
+
+def _ci(d: dict | None, sign: float = 1.0) -> tuple[float, float, float] | None:
+    if not d or d.get("mean") is None:
+        return None
+    lo, hi = sign * d["lo"], sign * d["hi"]
+    return sign * d["mean"], min(lo, hi), max(lo, hi)
+
+
+def _task(v: dict) -> dict:
+    """One benchmark's headline accuracy (acc_norm where lm-eval reports it) base vs adapter."""
+    metric = v.get("metric", "acc")
+    return {"metric": metric, "base": ((v.get("base") or {}).get(metric) or {}).get("mean"),
+            "adapter": ((v.get("adapter") or {}).get(metric) or {}).get("mean"),
+            "delta": (v.get("delta") or {}).get("mean")}
+
+
+def data_summary(data: dict[str, Path]) -> dict[str, Any]:
+    """Size of the training set and the base model's view of it (mean IFD, perplexity, loss)."""
+    n, ifd, ppl, loss = 0, [], [], []
+    for row in iter_jsonl(Path(data["train"]) / "records.jsonl"):
+        n += 1
+        s = (row.get("meta") or {}).get("score") or {}
+        if isinstance(s.get("ifd"), (int, float)) and math.isfinite(s["ifd"]):
+            ifd.append(s["ifd"])
+        p = s.get("ppl_cond", s.get("ppl"))
+        if isinstance(p, (int, float)) and math.isfinite(p):
+            ppl.append(p)
+        lv = s.get("loss_cond", s.get("loss"))
+        if isinstance(lv, (int, float)) and math.isfinite(lv):
+            loss.append(lv)
+    mean = lambda xs: float(sum(xs) / len(xs)) if xs else None  # noqa: E731
+    return {"n_train": n, "ifd_mean": mean(ifd), "ppl_mean": mean(ppl), "loss_mean": mean(loss),
+            **{k: str(v) for k, v in data.items()}}
+
+
+def summarize(m: dict) -> dict[str, Any]:
+    """The evaluator's metrics for one adapter -> the report's schema."""
+    out: dict[str, Any] = {}
+    ind = m.get("in_domain")
+    if ind:
+        b, a = ind["base"]["loss"], ind["adapter"]["loss"]
+        g = _ci(ind["adapter"].get("delta_vs_base"), sign=-1.0)  # gain = base - adapter
+        out["in_domain"] = {"raw": {"base_loss": b, "adapter_loss": a, "gain": b - a,
+                                    "gain_ci": [g[1], g[2]] if g else [float("nan")] * 2,
+                                    "records": ind["adapter"].get("records")}}
+    f = m.get("forgetting") or {}
+    if f.get("delta"):
+        d = _ci(f["delta"])
+        out["forgetting"] = {"base_acc": f["base_mean"]["mean"], "adapter_acc": f["adapter_mean"]["mean"],
+                             "delta": d[0], "delta_ci": [d[1], d[2]],
+                             "per_task": {k: _task(v) for k, v in (m.get("tasks") or {}).items()}}
+    reasoning = {}
+    for k, v in (m.get("reasoning") or {}).items():
+        reasoning[k] = {"delta_cot": (v.get("delta_cot") or {}).get("mean"),
+                        "delta_direct": (v.get("delta_direct") or {}).get("mean")}
+    if reasoning:
+        out["reasoning"] = reasoning
+    c = m.get("contamination") or {}
+    cont = {}
+    for dom, v in (c.get("domains") or {}).items():
+        if v.get("own"):
+            continue
+        leak = v.get("style_leak") or {}
+        leak = (leak.get("leak") or {}).get("mean") if isinstance(leak, dict) else None
+        cont[dom] = {"kl": v.get("kl"), "js": v.get("js"), "style_leak": leak}
+        if v.get("with_trigger"):
+            cont[f"{dom}+trigger"] = {"kl": v["with_trigger"].get("kl"), "js": v["with_trigger"].get("js")}
+    if cont:
+        out["contamination"] = cont
+    w = m.get("weights") or {}
+    summ = w.get("summary", w)
+    if summ.get("total_norm") is not None:
+        out["weights"] = {"delta_fro": summ.get("total_norm"), "rel_delta": summ.get("mean_rel_norm"),
+                          "eff_rank": summ.get("mean_erank"), "intruders": summ.get("intruders")}
+    return out
+
+
+def group_key(run: Run, data: dict[str, Path]) -> str:
+    trig = run.config.train.get("trigger")
+    return digest({"model": run.config.model, "heldout": str(data["heldout_raw"]), "eval": run.config.eval,
+                   "seed": run.config.seed, "solo": run.id if trig else None})
+
+
+def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, progress: bool = True) -> dict[str, dict]:
+    """Evaluate the adapters of `runs` (same group) in one call; {run id: summary}."""
+    from ..evaluate import EvalConfig, evaluate
+
+    run0, _, data0 = runs[0]
+    fields = {k: v for k, v in run0.config.eval.items() if k != "foreign"}
+    if "foreign" in run0.config.eval:
+        fields["domains"] = sorted(set(run0.config.eval["foreign"]) | ({run0.config.data.domain} - {None}))
+    out = root / "eval" / group_key(run0, data0)
+    cfg = EvalConfig(**{"seed": run0.config.seed, **fields, "model": run0.config.model,
+                        "adapters": [str(d / "train" / "adapter") for _, d, _ in runs],
+                        "eval_data": str(data0["heldout_raw"]), "out": str(out), "progress": progress})
+    res = evaluate(cfg)
+    by_path = {str(Path(m["adapter"]["path"]).resolve()): m for m in res["adapters"].values()}
+    result = {}
+    for run, run_dir, data in runs:
+        m = by_path[str((run_dir / "train" / "adapter").resolve())]
+        result[run.id] = {**summarize(m), "data": data_summary(data), "eval_dir": str(out)}
+    return result
+
+
+def base_metrics(root: Path) -> dict | None:
+    """The base numbers of the first evaluation group (for the report header)."""
+    for p in sorted((root / "eval").glob("*/*/metrics.json")):
+        return read_json(p)
+    return None

@@ -1,0 +1,62 @@
+"""End to end on the tiny model: `loralab eval` with two adapters writes complete metrics."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from loralab.cli import app
+from loralab.data.records import Record, write_records
+from rich.console import Console
+
+from loralab.cli_eval import tables
+from loralab.evaluate import EvalConfig, evaluate
+
+from test_eval_helpers import MEDICAL, train_adapter
+
+
+def test_eval_two_adapters_end_to_end(tiny, tmp_path):
+    heavy = train_adapter(tiny, tmp_path / "heavy", steps=10, lr=3e-2)
+    light = train_adapter(tiny, tmp_path / "light", steps=2, lr=1e-3, trigger="<|med|>")
+    (tmp_path / "data").mkdir()
+    write_records(tmp_path / "data", [Record(kind="raw", text=t) for t in MEDICAL])
+    cfg = EvalConfig(model="tiny-random", dtype="float32", device="cpu", adapters=[str(heavy), str(light)],
+                     out=str(tmp_path / "eval"), eval_data=str(tmp_path / "data"), tasks=["arc_easy", "winogrande"],
+                     limit=3, prompts=2, answer_tokens=6, cot_tokens=12, progress=False)
+    res = evaluate(cfg)
+    shown = Console(record=True, width=200)
+    for t in tables(res):
+        shown.print(t)
+    text = shown.export_text()
+    assert all(w in text for w in ("benchmarks", "reasoning", "in-domain", "contamination", "ΔW"))
+    for name in ("heavy", "light"):
+        m = json.loads((tmp_path / "eval" / name / "metrics.json").read_text())
+        assert set(m["tasks"]) == {"arc_easy", "winogrande"}
+        e = m["tasks"]["arc_easy"]
+        assert e["base"]["n"] == e["adapter"]["n"] == 3 and "acc_norm" in e["base"] and "delta" in e
+        assert "acc_norm" not in m["tasks"]["winogrande"]["base"]
+        assert {"base_mean", "adapter_mean", "delta"} <= set(m["forgetting"])
+        assert m["reasoning"]["arithmetic"]["adapter"]["n"] == 3
+        assert m["in_domain"]["base"]["records"] == 4 and "delta_vs_base" in m["in_domain"]["adapter"]
+        dom = m["contamination"]["domains"]
+        assert set(dom) == {"sport", "medical", "science", "fiction", "general"} and dom["medical"]["own"]
+        assert "style_leak" in dom["sport"] and m["weights"]["summary"]["modules"] == 10
+    heavy_m = json.loads((tmp_path / "eval" / "heavy" / "metrics.json").read_text())
+    light_m = json.loads((tmp_path / "eval" / "light" / "metrics.json").read_text())
+    assert heavy_m["tasks"]["arc_easy"]["base"] == light_m["tasks"]["arc_easy"]["base"]  # base scored once
+    assert "with_trigger" in light_m["contamination"]["domains"]["sport"]
+    assert heavy_m["in_domain"]["adapter"]["loss"] < heavy_m["in_domain"]["base"]["loss"]
+    assert heavy_m["contamination"]["mean_foreign_kl"] > light_m["contamination"]["mean_foreign_kl"]
+
+
+def test_eval_base_only_and_config_errors(tmp_path):
+    r = CliRunner().invoke(app, ["eval", "--model", "tiny-random", "--dtype", "float32", "--out", str(tmp_path),
+                                 "--tasks", "piqa", "--limit", "2", "--gen-tasks", "none"])
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    assert m["tasks"]["piqa"]["base"]["n"] == 2 and "adapter" not in m and m["reasoning"] == {}
+    bad = CliRunner().invoke(app, ["eval", "--model", "tiny-random", "--out", str(tmp_path), "--suite", "huge"])
+    assert bad.exit_code == 2 and "suite" in bad.output
+    plan = EvalConfig(out="x", suite="full").plan()
+    assert plan["mc"]["hellaswag"] == 1000 and plan["mc"]["arc_easy"] is None
