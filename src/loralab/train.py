@@ -4,7 +4,8 @@
     accelerate launch --num_processes 2 --multi_gpu -m loralab.cli train run.yaml   # DDP (gloo on CPU)
 
 `train(cfg)` builds the pieces (model + PEFT, examples, batcher, optimizer, schedule) and
-hands them to `loop`, which takes its loss function and batcher as arguments. The run
+hands them to `loop`, which takes its objective (a loss function bound to the model,
+see losses.py) and its batcher as arguments. The run
 folder `cfg.out` receives config.json, train_log.jsonl, checkpoints/ (for --resume) and
 adapter/ (PEFT files + loralab.json card; a full model folder for full/scratch).
 """
@@ -38,8 +39,8 @@ from .losses import LossFn, Objective, make_loss
 from .packing import Batcher, Example, encode_records, eval_batches
 
 LOG = "train_log.jsonl"
-# fields that may change between a run and its --resume
-RESUMABLE = {"steps", "save_every", "eval_every", "log_every", "epochs"}
+# fields that may change between a run and its --resume (the rest fix data order and schedule)
+RESUMABLE = {"save_every", "eval_every", "log_every"}
 
 
 @dataclass

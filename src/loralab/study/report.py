@@ -39,8 +39,11 @@ def load_runs(root: Path) -> list[dict]:
         m = read_json(d / "metrics.json") if (d / "metrics.json").exists() else None
         log = d / "train" / "train_log.jsonl"
         curve = list(iter_jsonl(log)) if log.exists() else []
+        labels = cfg.get("labels", {})
+        label = (str(next(iter(labels.values()))) if len(labels) == 1
+                 else ", ".join(f"{k}={v}" for k, v in labels.items())) or d.name
         runs.append({"id": d.name, "dir": d, "config": cfg, "status": st, "metrics": m, "curve": curve,
-                     "label": ", ".join(f"{k}={v}" for k, v in cfg.get("labels", {}).items()) or d.name})
+                     "label": label})
     return runs
 
 
@@ -121,13 +124,16 @@ def findings(runs: list[dict]) -> list[str]:
                 continue
             dg = ga["gain"] - gb["gain"]
             seg = math.hypot(_se(ga["gain_ci"]), _se(gb["gain_ci"])) * Z95
-            s = (f"{k}={la.get(k)} {'beat' if dg > 0 else 'trailed'} {k}={lb.get(k)} on in-domain gain by "
+            s = (f"{la.get(k)} {'beat' if dg > 0 else 'trailed'} {lb.get(k)} ({k}) on in-domain gain by "
                  f"{abs(dg):.3f} ± {seg:.3f} nats/token")
             if fa and fb:
                 df = fa["delta"] - fb["delta"]
                 sef = math.hypot(_se(fa["delta_ci"]), _se(fb["delta_ci"])) * Z95
-                s += (f" while its general accuracy moved {abs(df) * 100:.1f} ± {sef * 100:.1f} points "
-                      f"{'more up' if df > 0 else 'more down'}")
+                if abs(df) < 5e-4:
+                    s += f"; general accuracy changed the same (± {sef * 100:.1f} points)"
+                else:
+                    s += (f", while its general accuracy moved {abs(df) * 100:.1f} ± {sef * 100:.1f} points "
+                          f"{'higher' if df > 0 else 'lower'}")
             sig = abs(dg) > seg
             out.append(s + (" (gain difference outside the 95% interval)." if sig else " (within noise)."))
     return out
@@ -185,7 +191,7 @@ def plot_contamination(runs):
     for i in range(mat.shape[0]):
         for j in range(mat.shape[1]):
             if not np.isnan(mat[i, j]):
-                ax.text(j, i, f"{mat[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                ax.text(j, i, f"{mat[i, j]:.2g}", ha="center", va="center", fontsize=8,
                         color="white" if mat[i, j] > np.nanmax(mat) / 2 else "black")
     fig.colorbar(im, ax=ax, label="mean per-token KL(base ‖ adapter)")
     ax.set_title("Contamination of foreign domains")
@@ -243,7 +249,10 @@ def plot_dw_vs_ppl(runs):
             continue
         ax.scatter(ppl, dw)
         ax.annotate(r["label"], (ppl, dw), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xscale("log")
+    xs = [c.get_offsets()[0][0] for c in ax.collections]
+    if xs and max(xs) / max(min(xs), 1e-9) > 10:
+        ax.set_xscale("log")
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4)) if ax.get_xscale() == "linear" else None
     ax.set_xlabel("training-data perplexity under the base model (mean)")
     ax.set_ylabel("adapter ‖s·BA‖_F (sum over layers)")
     ax.set_title("Weight change vs how familiar the data is")
