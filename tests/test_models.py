@@ -94,3 +94,10 @@ def test_default_model_cache_layout():
     cached = {c["name"]: c for c in models.list_cached()}
     assert cached[models.DEFAULT_MODEL]["fingerprint"] == models._folder_fingerprint(folder)
     assert shutil.disk_usage(folder).total > 0
+
+
+def test_cpu_bf16_override(monkeypatch):
+    monkeypatch.setenv("LORALAB_CPU_BF16", "1")
+    assert device.resolve("cpu").dtype == torch.bfloat16
+    monkeypatch.setenv("LORALAB_CPU_BF16", "0")
+    assert device.resolve("cpu").dtype == torch.float32

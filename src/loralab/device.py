@@ -1,14 +1,19 @@
 """Device and dtype policy, in one place.
 
 CUDA when present (bf16 when the GPU supports it, else fp16 for frozen weights).
-On CPU, frozen / inference weights are bf16 when the processor has native bf16
-(AVX-512 BF16 or AMX), else fp32. Trainable weights are always fp32.
-Every entry point accepts an override (`--device`, `--dtype`).
+On CPU, frozen / inference weights are bf16 when the processor has AMX bf16 tiles,
+else fp32. AVX-512 BF16 alone is not enough: on such a Xeon (avx512_bf16, no AMX)
+oneDNN's bf16 matmul measured *slower* than MKL's fp32 sgemm (2048x576x1536, one
+thread: 56 vs 89 GFLOP/s; SmolLM2 forward likewise), so bf16 there would cost speed
+and precision for nothing. Trainable weights are always fp32.
+Every entry point accepts an override (`--device`, `--dtype`); LORALAB_CPU_BF16=1|0
+forces the CPU choice.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -21,14 +26,20 @@ DTYPES = {
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """True when the CPU computes bf16 natively (AVX-512 BF16 or AMX tiles)."""
+def _cpu_flags() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return ""
+
+
+def cpu_has_bf16() -> bool:
+    """True when bf16 is the fast choice for frozen weights on this CPU (AMX bf16 tiles)."""
+    forced = os.environ.get("LORALAB_CPU_BF16")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return "amx_bf16" in _cpu_flags()
 
 
 @dataclass(frozen=True)

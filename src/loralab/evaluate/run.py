@@ -204,7 +204,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         return {"base": m, "adapters": {}}
     wrapped = A.apply_adapters(loaded, folders)
     names = list(wrapped.model.peft_config)
-    results = {}
+    results, svd_cache = {}, {}
     for name, folder, card, rs, bl in zip(names, folders, cards, recs, base_loss):
         t1 = time.time()
         with drift.active(wrapped.model, name):
@@ -224,7 +224,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 m["timing"]["contamination"] = round(time.time() - t2, 1)
         if cfg.weights:
             t2 = time.time()
-            m["weights"] = _weights(folder, wrapped.model, cfg)
+            m["weights"] = _weights(folder, wrapped.model, cfg, svd_cache)
             m["timing"]["weights"] = round(time.time() - t2, 1)
         m["seconds_adapter"] = round(time.time() - t1, 1)
         m["seconds"] = round(time.time() - t0, 1)
@@ -234,11 +234,11 @@ def evaluate(cfg: EvalConfig) -> dict:
             "adapters": results}
 
 
-def _weights(folder: Path, model, cfg: EvalConfig) -> dict:
+def _weights(folder: Path, model, cfg: EvalConfig, svd_cache: dict) -> dict:
     from .weights import diagnostics
 
     try:
         return diagnostics(folder, model, intruder_top_k=cfg.intruder_top_k, threshold=cfg.intruder_threshold,
-                           intruders_on=cfg.intruders)
+                           intruders_on=cfg.intruders, svd_cache=svd_cache)
     except (ValueError, KeyError, FileNotFoundError) as e:  # e.g. DoRA, or a layer the base lacks
         return {"error": str(e)}

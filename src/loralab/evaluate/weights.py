@@ -77,9 +77,14 @@ def spectral_stats(sv: torch.Tensor) -> dict:
     return {"erank": erank, "rank90": int((energy < 0.9).sum()) + 1, "top_sv": float(sv[0])}
 
 
-def intruders(W: torch.Tensor, W_new: torch.Tensor, *, top_k: int = 10, threshold: float = 0.5) -> dict:
-    """Top-k singular directions of W_new that no singular direction of W resembles."""
-    U = torch.linalg.svd(W.float(), full_matrices=False).U  # (out, min)
+def intruders(W: torch.Tensor, W_new: torch.Tensor, *, top_k: int = 10, threshold: float = 0.5,
+              U: torch.Tensor | None = None) -> dict:
+    """Top-k singular directions of W_new that no singular direction of W resembles.
+
+    `U` (out, min) are W's left singular vectors when already known (shared by adapters).
+    """
+    if U is None:
+        U = torch.linalg.svd(W.float(), full_matrices=False).U  # (out, min)
     Un = torch.linalg.svd(W_new.float(), full_matrices=False).U[:, :top_k]  # (out, k)
     sim = (Un.T @ U).abs().max(dim=1).values  # (k,) best |cos| per new direction
     idx = [int(i) for i in torch.nonzero(sim < threshold).flatten()]
@@ -97,8 +102,13 @@ def _base_weight(model, module: str) -> torch.Tensor:
 
 
 def diagnostics(folder: str | Path, model, *, intruder_top_k: int = 10, threshold: float = 0.5,
-                intruders_on: bool = True) -> dict:
-    """Per-layer and aggregate ΔW diagnostics of the adapter in `folder` against `model`'s W."""
+                intruders_on: bool = True, svd_cache: dict | None = None) -> dict:
+    """Per-layer and aggregate ΔW diagnostics of the adapter in `folder` against `model`'s W.
+
+    `svd_cache` keeps W's left singular vectors per module across calls (several adapters
+    on one base pay for W's SVDs once).
+    """
+    svd_cache = {} if svd_cache is None else svd_cache
     rows = []
     for mod, (A, B, s) in sorted(lora_factors(folder).items(), key=lambda kv: _order(kv[0])):
         W = _base_weight(model, mod)
@@ -107,7 +117,10 @@ def diagnostics(folder: str | Path, model, *, intruder_top_k: int = 10, threshol
         row = {"module": mod, "rank": int(A.shape[0]), "scale": s, "norm": fro,
                "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(delta_spectrum(A, B, s))}
         if intruders_on:
-            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold)["count"]
+            if mod not in svd_cache:
+                svd_cache[mod] = torch.linalg.svd(W, full_matrices=False).U
+            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold,
+                                         U=svd_cache[mod])["count"]
         rows.append(row)
     return {"layers": rows, "summary": summarize(rows)}
 
