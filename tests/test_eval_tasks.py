@@ -80,9 +80,12 @@ def test_arithmetic_items_and_checkers():
     assert gen.extract_answer("5 + 3 = 8\n8 - 2 = 6\nAnswer: 6") == "6"
     assert gen.extract_answer("So the answer is 1,234.") == "1234"
     assert gen.extract_answer("It is 12 or maybe 13", first=True) == "12"
+    assert gen.extract_answer("7 + 5 - 3 = 9", first=True) == "9"
     assert gen.extract_answer("no digits") is None
     assert gen.split_steps("5 + 3 = 8\n8 - 2 = 6\nAnswer: 6") == ["5 + 3 = 8", "8 - 2 = 6"]
     assert gen.split_steps("First add. Then subtract. Answer: 3") == ["First add.", "Then subtract."]
+    recs = gen.gen_records(items[:2])
+    assert recs[0].kind == "qa" and recs[0].answer == items[0].solution and "step by step" in recs[0].question
     g = gen.gsm8k_items()
     assert len(g) == 1319 and g[0].answer == "18" and "<<" not in g[0].solution
 

@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 
 from .models import Loaded
+from .progress import tracker
 
 
 def chat_inputs(tokenizer, prompts: Sequence[str | list[dict]], system: str | None = None) -> list[list[int]]:
@@ -67,22 +68,12 @@ def generate(
     inputs = chat_inputs(loaded.tokenizer, prompts, system)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
     answers: list[str] = [""] * len(inputs)
-    bar = None
-    if progress and len(inputs) > batch_size:
-        from .progress import bar as make_bar
-
-        bar = make_bar(transient=True)
-        bar.start()
-        task = bar.add_task(progress if isinstance(progress, str) else "generate", total=len(inputs), info="")
-    try:
+    label = progress if len(inputs) > batch_size else False
+    with tracker(label, "generate", len(inputs)) as advance:
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
             new = generate_ids(loaded, [inputs[i] for i in idx], **kw)
             for i, x in zip(idx, new):
                 answers[i] = loaded.tokenizer.decode(x, skip_special_tokens=True).strip()
-            if bar is not None:
-                bar.update(task, advance=len(idx))
-    finally:
-        if bar is not None:
-            bar.stop()
+            advance(len(idx))
     return answers

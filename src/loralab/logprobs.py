@@ -27,6 +27,8 @@ import math
 import numpy as np
 import torch
 
+from .progress import tracker
+
 Pair = tuple[Sequence[int], Sequence[int]]
 
 
@@ -190,14 +192,7 @@ def token_logprobs(
     results: list[TokenScores | None] = [None] * len(rows)
     logits_of = _logits_fn(model)
     total = sum(lengths)
-    bar = None
-    if progress:
-        from .progress import bar as make_bar
-
-        bar = make_bar(transient=True)
-        bar.start()
-        task = bar.add_task(progress if isinstance(progress, str) else "log-probs", total=total, info="tokens")
-    try:
+    with tracker(progress, "log-probs", total, "tokens") as advance:
         for batch in plan_batches(lengths, batch_tokens):
             h, tgt, spans = _continuation_hidden(model, rows, batch, pad_id, dev)  # (N, H), (N,)
             lp_parts, ki_parts, kv_parts = [], [], []
@@ -222,11 +217,7 @@ def token_logprobs(
                     truncated=trunc[i],
                 )
                 off += n
-            if bar is not None:
-                bar.update(task, advance=sum(lengths[i] for i in batch))
-    finally:
-        if bar is not None:
-            bar.stop()
+            advance(sum(lengths[i] for i in batch))
     return results  # type: ignore[return-value]
 
 
@@ -275,14 +266,7 @@ def token_divergence(
     rows, _ = _prepare_rows(model_p, pairs, max_length)
     lengths = [len(r[0]) - 1 for r in rows]
     out: list[Divergence | None] = [None] * len(rows)
-    bar = None
-    if progress:
-        from .progress import bar as make_bar
-
-        bar = make_bar(transient=True)
-        bar.start()
-        task = bar.add_task(progress if isinstance(progress, str) else "divergence", total=sum(lengths), info="tokens")
-    try:
+    with tracker(progress, "divergence", sum(lengths), "tokens") as advance:
         for batch in plan_batches(lengths, batch_tokens):
             sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
             hs = []
@@ -306,11 +290,7 @@ def token_divergence(
             for i, n in spans:
                 out[i] = Divergence(kl=kl[off: off + n].astype(np.float32), js=js[off: off + n].astype(np.float32))
                 off += n
-            if bar is not None:
-                bar.update(task, advance=sum(lengths[i] for i in batch))
-    finally:
-        if bar is not None:
-            bar.stop()
+            advance(sum(lengths[i] for i in batch))
     return out  # type: ignore[return-value]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from typing import Callable, Iterator
 
 from rich.console import Console
 from rich.progress import (
@@ -29,3 +31,18 @@ def bar(transient: bool = False, disable: bool | None = None) -> Progress:
 
 def quiet() -> bool:
     return not sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def tracker(label: bool | str, default: str, total: int, info: str = "") -> Iterator[Callable[[int], None]]:
+    """`with tracker(progress, "log-probs", n) as advance:` a transient bar, or a no-op when label is falsy."""
+    if not label:
+        yield lambda n: None
+        return
+    b = bar(transient=True)
+    b.start()
+    task = b.add_task(label if isinstance(label, str) else default, total=total, info=info)
+    try:
+        yield lambda n: b.update(task, advance=n)
+    finally:
+        b.stop()

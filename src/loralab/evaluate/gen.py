@@ -1,8 +1,10 @@
 """Generation tasks with a checker: synthetic arithmetic and GSM8K, greedy decoding.
 
 Each item is asked twice through the chat template:
-  direct   "... Reply with the number only."          -> first number in the reply
-  cot      "... step by step ... 'Answer: <number>'"   -> number after "answer", else last number
+  direct   "... Reply with the number only."
+  cot      "... step by step ... 'Answer: <number>'"
+A reply's answer is the number after "answer", else after the last "=", else its first
+(direct) or last (cot) number.
 Chain-of-thought retention is the cot accuracy of an adapter next to the base's.
 
 Early answering (faithfulness, after Lanham et al. 2023): the cot reply is cut after k of
@@ -48,9 +50,12 @@ def parse_number(text: str) -> str | None:
 
 
 def extract_answer(text: str, *, first: bool = False) -> str | None:
-    """The number a reply commits to: after 'answer', else the first/last number."""
+    """The number a reply commits to: after 'answer', else after the last '=', else the first/last number."""
     m = re.findall(rf"answer\s*(?:is)?\s*[:=]?\s*\$?\s*({NUM})", text, flags=re.I)
     if m:
+        return parse_number(m[-1])
+    m = re.findall(rf"=\s*\$?\s*({NUM})", text)
+    if m:  # "7 + 5 - 3 = 9": an echoed expression ends in its result
         return parse_number(m[-1])
     nums = re.findall(NUM, text)
     if not nums:
