@@ -85,6 +85,8 @@ class TrainConfig(StageConfig):
     # data handling
     eval_frac: float = Field(0.1, ge=0, lt=1, description="Held-out fraction (split by document).")
     eval_every: int = Field(0, ge=0, description="Eval loss every N steps (0 = only before and after training).")
+    fmt: Literal["chat", "alpaca", "json", "yaml", "plain"] = Field(
+        "chat", description="Surface format prompts and responses are rendered in (raw records: plain text).")
     loss_on: Literal["response", "all"] = Field(
         "response", description="Loss on the response only, or on prompt + response. Raw records: whole text.")
     packing: bool | None = Field(
@@ -126,6 +128,8 @@ class TrainConfig(StageConfig):
             problems.append("kl_weight needs anchor records (replay)")
         if self.kl_weight > 0 and self.method not in ("lora", "dora"):
             problems.append("kl_weight needs an adapter method (lora|dora): the base is the adapter disabled")
+        if self.trigger_mode == "alora" and self.fmt != "chat":
+            problems.append("alora needs the chat format (its invocation sits in the user turn)")
         if self.trigger is not None and not self.trigger.strip():
             problems.append("trigger must not be blank")
         if self.trigger and self.method == "scratch":

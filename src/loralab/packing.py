@@ -38,8 +38,17 @@ class Example:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def render_with_trigger(rec: Record, tokenizer, trigger: str | None) -> Rendered:
-    """Chat-render `rec`; the trigger opens the first user turn (raw: it is the whole prompt)."""
+def render_with_trigger(rec: Record, tokenizer, trigger: str | None, fmt: str = "chat") -> Rendered:
+    """Render `rec` in `fmt`; the trigger opens the first user turn (raw: it is the whole prompt).
+
+    Non-chat surface formats (alpaca, json, yaml, plain) are plain text: the trigger
+    opens their prompt part.
+    """
+    if fmt != "chat" and rec.kind != "raw":
+        from .data.render import render
+
+        r = render(rec, fmt, tokenizer)
+        return Rendered((trigger or "") + r.prompt, r.response)
     msgs = to_messages(rec)
     if rec.kind == "raw" or (len(msgs) == 1 and msgs[0]["role"] == "assistant"):
         return Rendered(trigger or "", msgs[-1]["content"])
@@ -52,10 +61,10 @@ def render_with_trigger(rec: Record, tokenizer, trigger: str | None) -> Rendered
 
 def encode_example(
     rec: Record, tokenizer, *, loss_on: str = "response", max_seq_len: int = 512,
-    trigger: str | None = None, anchor: bool = False,
+    trigger: str | None = None, anchor: bool = False, fmt: str = "chat",
 ) -> Example | None:
     """Token ids + labels of one record; None when nothing is left to learn after cutting."""
-    r = render_with_trigger(rec, tokenizer, trigger)
+    r = render_with_trigger(rec, tokenizer, trigger, fmt)
     # raw text has no prompt: a BOS gives its first token a context to be predicted from
     ctx, cont = encode_pair(tokenizer, r.prompt, r.response, bos=not r.prompt)
     ids = (ctx + cont)[:max_seq_len]

@@ -123,7 +123,7 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Exa
     tr, ev = split(records, cfg.eval_frac, cfg.seed)
     if not tr:
         raise ValueError(f"{cfg.data}: no training records after the {cfg.eval_frac} eval split")
-    kw = dict(loss_on=cfg.loss_on, max_seq_len=cfg.max_seq_len, trigger=cfg.trigger)
+    kw = dict(loss_on=cfg.loss_on, max_seq_len=cfg.max_seq_len, trigger=cfg.trigger, fmt=cfg.fmt)
     train, d1 = encode_records(tr, tokenizer, **kw)
     evals, d2 = encode_records(ev, tokenizer, **kw)
     if cfg.trigger_mode == "alora":

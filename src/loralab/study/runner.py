@@ -49,6 +49,8 @@ def train_run(run: Run, run_dir: Path, data: dict[str, Path], progress: bool) ->
         return load_card(tdir / "adapter")
     fields = {"eval_frac": 0.1, "save_every": 10, **run.config.train,
               "model": run.config.model, "data": str(data["train"]), "out": str(tdir), "seed": run.config.seed}
+    if run.config.data.fmt != "chat" and "fmt" not in run.config.train:
+        fields["fmt"] = run.config.data.fmt
     if run.config.data.domain and "domain" not in run.config.train:
         fields["domain"] = run.config.data.domain
     cfg = TrainConfig(**fields)
