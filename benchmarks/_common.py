@@ -34,10 +34,15 @@ def lambada_pairs(n: int) -> list[tuple[str, str]]:
     return out
 
 
-def bf16_matmul_flops(n: int = 2048, reps: int = 10) -> float:
-    """This machine's bf16 matmul throughput in FLOP/s (square n x n, best of reps)."""
-    a = torch.randn(n, n, dtype=torch.bfloat16)
-    b = torch.randn(n, n, dtype=torch.bfloat16)
+def peak_matmul_flops() -> tuple[float, str]:
+    """(FLOP/s, dtype) of the faster of this machine's fp32 and bf16 matmuls: the MFU denominator."""
+    return max((bf16_matmul_flops(dtype=dt), str(dt).removeprefix("torch.")) for dt in (torch.float32, torch.bfloat16))
+
+
+def bf16_matmul_flops(n: int = 2048, reps: int = 10, dtype=torch.bfloat16) -> float:
+    """This machine's matmul throughput in FLOP/s (square n x n, best of reps; bf16 unless told)."""
+    a = torch.randn(n, n, dtype=dtype)
+    b = torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(reps):

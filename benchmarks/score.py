@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from _common import bf16_matmul_flops, forward_flops_per_token, olmo_root, peak_rss_mib
+from _common import forward_flops_per_token, olmo_root, peak_matmul_flops, peak_rss_mib
 from loralab import models
 from loralab.data.records import Record, to_messages
 from loralab.data.render import chat_split
@@ -106,7 +106,7 @@ def main() -> None:
     tokens = res32.stats["forward_tokens"]
     n_resp = sum(r.meta["score"]["n_resp_tokens"] for r in res32.records)
 
-    peak = bf16_matmul_flops()  # CPU bf16 matmul; on CUDA read MFU against the GPU's own peak
+    peak, peak_dt = peak_matmul_flops()  # the faster of fp32/bf16 here; on CUDA read MFU against the GPU's peak
     seq = tokens / (2 * len(recs))  # mean sequence length per pass
     fpt = forward_flops_per_token(fp32.model.config, seq)
     print(f"records: {len(recs)} MedMCQA items, {tokens} forward tokens ({seq:.0f}/pass), "
@@ -120,7 +120,7 @@ def main() -> None:
     for name, t, tk in (("reference (Cherry loop, fp32)", t_ref, ref_tokens),
                         ("loralab fp32", t32, tokens), (f"loralab {resbf.stats['placement']}", tbf, tokens)):
         print(f"{name:32s}{tk / t:10.0f}{len(recs) / t:11.2f}{t_ref / t:8.1f}{fpt * tk / t / peak:8.1%}")
-    print(f"bf16 matmul peak here: {peak / 1e12:.2f} TFLOP/s; model FLOPs/token {fpt / 1e6:.0f} M; "
+    print(f"matmul peak here: {peak / 1e12:.3f} TFLOP/s ({peak_dt}); model FLOPs/token {fpt / 1e6:.0f} M; "
           f"peak RSS {peak_rss_mib():.0f} MiB")
 
 

@@ -57,7 +57,6 @@ def test_overtrained_adapter_contaminates_more(tiny, tmp_path, heavy):
         with drift.active(wrapped.model, name):
             kl[name] = {ps.domain: drift.divergence(wrapped, ps, progress=False) for ps in sets}
     for dom in ("medical", "fiction"):
-        print(dom, {k: round(v[dom]["kl"], 6) for k, v in kl.items()})
         assert kl["heavy"][dom]["kl"] > 5 * kl["light"][dom]["kl"] > 0
         assert kl["heavy"][dom]["js"] > kl["light"][dom]["js"]
         assert kl["heavy"][dom]["tokens"] == sum(len(a) + 1 for a in sets[0 if dom == "medical" else 1].answer_ids)
