@@ -109,3 +109,11 @@ def test_report_renders_in_chromium(study, tmp_path):
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert shot.stat().st_size > 20_000
+
+
+def test_held_out_qa_measured_for_every_adapter_of_the_group(study):
+    for name in ("raw", "qa"):  # raw and qa share one evaluation: both are also scored on held-out Q&A
+        m = json.loads((study["root"] / "runs" / study["runs"][name].id / "metrics.json").read_text())
+        q = m["in_domain"]["structured"]
+        assert math.isclose(q["gain"], q["base_loss"] - q["adapter_loss"], rel_tol=1e-9, abs_tol=1e-12)
+        assert q["records"] > 0 and "heldout-structure" in q["source"]

@@ -49,6 +49,8 @@ class EvalConfig(StageConfig):
     out: str = Field(description="Output folder; one sub-folder with metrics.json per adapter (or base/).")
     eval_data: str | None = Field(None, description="Held-out records folder for in-domain loss; default: each "
                                                     "adapter's own eval split, rebuilt from its card.")
+    extra_eval: dict[str, str] = Field(default_factory=dict, description="More held-out records folders for "
+                                       "in-domain loss, by name (e.g. structured: DIR); base scored once for all.")
     tasks: list[str] | None = Field(None, description="Multiple-choice tasks instead of the suite's (see tasks.py).")
     gen_tasks: list[Literal["arithmetic", "gsm8k"]] | None = Field(
         None, description="Generation tasks instead of the suite's.")
@@ -192,6 +194,8 @@ def evaluate(cfg: EvalConfig) -> dict:
         if r and key not in cache:
             cache[key] = drift.record_losses(loaded, r, progress=cfg.progress)
     base_loss = [cache.get(tuple(x.id for x in r)) for r in recs]
+    extra = {k: drift.eval_records(None, v, plan["records"], cfg.seed) for k, v in cfg.extra_eval.items()}
+    extra_base = {k: drift.record_losses(loaded, r, progress=cfg.progress) for k, r in extra.items() if r}
     sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains)
             if cfg.contamination and folders else [])
     head["seconds_base"] = round(time.time() - t0, 1)
@@ -218,6 +222,11 @@ def evaluate(cfg: EvalConfig) -> dict:
                 m["in_domain"] = {"base": drift.loss_summary(bl, None, cfg.seed),
                                   "adapter": drift.loss_summary(al, bl, cfg.seed),
                                   "source": cfg.eval_data or (card.get("data") or {}).get("path")}
+            for k, bl_k in extra_base.items():  # same adapter, other held-out forms
+                al_k = drift.record_losses(wrapped, extra[k], trigger=card.get("trigger"), progress=cfg.progress)
+                m.setdefault("in_domain_extra", {})[k] = {
+                    "base": drift.loss_summary(bl_k, None, cfg.seed),
+                    "adapter": drift.loss_summary(al_k, bl_k, cfg.seed), "source": cfg.extra_eval[k]}
             if sets:
                 t2 = time.time()
                 m["contamination"] = _contamination(wrapped, sets, card, rs, plan, cfg)

@@ -54,13 +54,15 @@ def data_summary(data: dict[str, Path]) -> dict[str, Any]:
 def summarize(m: dict) -> dict[str, Any]:
     """The evaluator's metrics for one adapter -> the report's schema."""
     out: dict[str, Any] = {}
-    ind = m.get("in_domain")
-    if ind:
+    forms = {"raw": m.get("in_domain"), **(m.get("in_domain_extra") or {})}
+    for form, ind in forms.items():
+        if not ind:
+            continue
         b, a = ind["base"]["loss"], ind["adapter"]["loss"]
         g = _ci(ind["adapter"].get("delta_vs_base"), sign=-1.0)  # gain = base - adapter
-        out["in_domain"] = {"raw": {"base_loss": b, "adapter_loss": a, "gain": b - a,
-                                    "gain_ci": [g[1], g[2]] if g else [float("nan")] * 2,
-                                    "records": ind["adapter"].get("records")}}
+        out.setdefault("in_domain", {})[form] = {
+            "base_loss": b, "adapter_loss": a, "gain": b - a, "gain_ci": [g[1], g[2]] if g else [float("nan")] * 2,
+            "records": ind["adapter"].get("records"), "source": ind.get("source")}
     f = m.get("forgetting") or {}
     if f.get("delta"):
         d = _ci(f["delta"])
@@ -108,6 +110,9 @@ def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, pr
     if "foreign" in run0.config.eval:
         fields["domains"] = sorted(set(run0.config.eval["foreign"]) | ({run0.config.data.domain} - {None}))
     out = root / "eval" / group_key(run0, data0)
+    structured = next((str(d["heldout_structured"]) for _, _, d in runs if "heldout_structured" in d), None)
+    if structured:  # every adapter of the group is also measured on the held-out games as Q&A
+        fields["extra_eval"] = {"structured": structured}
     cfg = EvalConfig(**{"seed": run0.config.seed, **fields, "model": run0.config.model,
                         "adapters": [str(d / "train" / "adapter") for _, d, _ in runs],
                         "eval_data": str(data0["heldout_raw"]), "out": str(out), "progress": progress})

@@ -5,7 +5,8 @@ metrics.json, train/train_log.jsonl, the scored data folders), so the page and t
 CSV always match what the runs wrote.
 
 Run metrics schema (written by study/evaluation.py), all losses in nats/token:
-  in_domain.<form>.{base_loss, adapter_loss, gain, gain_ci}      form: raw | structured
+  in_domain.<form>.{base_loss, adapter_loss, gain, gain_ci}      form: raw | structured (held-out
+                                                                  documents as text / as the runs' Q&A)
   forgetting.{base_acc, adapter_acc, delta, delta_ci, per_task}
   contamination.<domain>.{kl, js, style_leak}  (+ <domain>+trigger for trigger adapters)
   weights.{delta_fro, rel_delta, eff_rank, intruders}
@@ -106,6 +107,12 @@ def findings(runs: list[dict]) -> list[str]:
         g = get(best["metrics"], "in_domain.raw")
         out.append(f"Largest in-domain gain on held-out raw text: {best['label']} "
                    f"({_fmt(g['gain'])} nats/token, 95% CI {_fmt(g['gain_ci'][0])}..{_fmt(g['gain_ci'][1])}).")
+        with_q = [r for r in done if get(r["metrics"], "in_domain.structured.gain") is not None]
+        if with_q:
+            bq = max(with_q, key=lambda r: get(r["metrics"], "in_domain.structured.gain"))
+            q = get(bq["metrics"], "in_domain.structured")
+            out.append(f"Largest in-domain gain on the held-out documents as Q&A: {bq['label']} "
+                       f"({_fmt(q['gain'])} nats/token, 95% CI {_fmt(q['gain_ci'][0])}..{_fmt(q['gain_ci'][1])}).")
         safest = min(done, key=lambda r: abs(get(r["metrics"], "forgetting.delta", 0.0) or 0.0))
         f = get(safest["metrics"], "forgetting")
         if f:
@@ -292,9 +299,15 @@ img{max-width:100%}.ok{color:#1a7f37}.bad{color:#c62828}li{margin:4px 0}.muted{c
 """
 
 
+def _gain(g: dict | None) -> str:
+    if not g:
+        return "n/a"
+    return f"{_fmt(g.get('gain'))} [{_fmt(g['gain_ci'][0])}, {_fmt(g['gain_ci'][1])}]"
+
+
 def _table(runs: list[dict]) -> str:
     head = ("<tr><th>run</th><th>state</th><th>train n</th><th>IFD mean</th><th>held-out loss base → adapter</th>"
-            "<th>gain [95% CI]</th><th>general acc Δ (pts) [95% CI]</th><th>max foreign KL</th><th>‖ΔW‖</th></tr>")
+            "<th>gain [95% CI]</th><th>gain on held-out Q&amp;A [95% CI]</th><th>general acc Δ (pts) [95% CI]</th><th>max foreign KL</th><th>‖ΔW‖</th></tr>")
     body = []
     for r in runs:
         m, st = r["metrics"] or {}, r["status"]["state"]
@@ -307,6 +320,7 @@ def _table(runs: list[dict]) -> str:
             f"<td>{get(m, 'data.n_train', '')}</td><td>{_fmt(get(m, 'data.ifd_mean'))}</td>"
             f"<td>{_fmt(g.get('base_loss'))} → {_fmt(g.get('adapter_loss'))}</td>"
             f"<td>{_fmt(g.get('gain'))} [{_fmt((g.get('gain_ci') or [None])[0])}, {_fmt((g.get('gain_ci') or [None, None])[1])}]</td>"
+            f"<td>{_gain(get(m, 'in_domain.structured'))}</td>"
             f"<td>{_fmt(f.get('delta', float('nan')) * 100, 1)} [{_fmt((f.get('delta_ci') or [float('nan')])[0] * 100, 1)}, "
             f"{_fmt((f.get('delta_ci') or [0, float('nan')])[1] * 100, 1)}]</td>"
             f"<td>{_fmt(max(kl) if kl else None, 4)}</td><td>{_fmt(get(m, 'weights.delta_fro'), 2)}</td></tr>")
