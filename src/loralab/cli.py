@@ -6,8 +6,6 @@ or on the `data` sub-app.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import sys
 
 import typer
@@ -92,10 +90,8 @@ def generate_cmd(
 
 app.add_typer(data_app, name="data")
 
-# verb groups beside this file register themselves when present
-for _mod in ("cli_data", "cli_score", "cli_train", "cli_eval", "cli_study"):
-    if importlib.util.find_spec(f"loralab.{_mod}") is not None:
-        importlib.import_module(f"loralab.{_mod}")
+# verb groups beside this file register their commands on `app` / `data_app`
+from . import cli_data, cli_eval, cli_score, cli_study, cli_train  # noqa: E402,F401
 
 
 def main() -> None:
