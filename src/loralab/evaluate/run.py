@@ -30,12 +30,13 @@ SUITES: dict[str, dict[str, Any]] = {
     "quick": {
         "mc": {"arc_easy": 40, "hellaswag": 24, "piqa": 40, "winogrande": 40},
         "gen": {"arithmetic": 12}, "prompts": 6, "records": 32, "answer_tokens": 24, "cot_tokens": 48,
+        "intruders": False,
     },
     "full": {
         "mc": {"arc_easy": None, "arc_challenge": None, "hellaswag": 1000, "piqa": None, "winogrande": None,
                "boolq": None, "sciq": None, "openbookqa": None, "mmlu": 1000, "medmcqa": 1000, "medqa": None},
         "gen": {"arithmetic": 200, "gsm8k": None}, "prompts": 32, "records": None, "answer_tokens": 48,
-        "cot_tokens": 256,
+        "cot_tokens": 256, "intruders": True,
     },
 }
 
@@ -61,7 +62,8 @@ class EvalConfig(StageConfig):
     answer_tokens: int | None = Field(None, ge=1, description="Greedy answer tokens per contamination prompt.")
     cot_tokens: int | None = Field(None, ge=1, description="Greedy tokens of a step-by-step answer.")
     weights: bool = Field(True, description="ΔW diagnostics (norms, effective rank, intruder dimensions).")
-    intruders: bool = Field(True, description="Intruder dimensions (two SVDs per adapted layer).")
+    intruders: bool | None = Field(None, description="Intruder dimensions (two SVDs per adapted layer); "
+                                   "default: the suite's (off in quick, on in full).")
     intruder_top_k: int = Field(10, ge=1, description="Top singular vectors of W + ΔW checked for intruders.")
     intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Max |cos| below which a direction intrudes.")
     seed: int = Field(0, description="Seed of item subsets, prompt sets and bootstrap resampling.")
@@ -248,6 +250,7 @@ def _weights(folder: Path, model, cfg: EvalConfig, svd_cache: dict) -> dict:
 
     try:
         return diagnostics(folder, model, intruder_top_k=cfg.intruder_top_k, threshold=cfg.intruder_threshold,
-                           intruders_on=cfg.intruders, svd_cache=svd_cache)
+                           intruders_on=cfg.plan()["intruders"] if cfg.intruders is None else cfg.intruders,
+                           svd_cache=svd_cache)
     except (ValueError, KeyError, FileNotFoundError) as e:  # e.g. DoRA, or a layer the base lacks
         return {"error": str(e)}
