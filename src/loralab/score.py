@@ -107,21 +107,10 @@ def adapter_digest(path: str | None) -> str:
 
 
 def with_adapter(loaded: Loaded, path: str | None) -> Loaded:
-    """`loaded` with the PEFT adapter at `path` applied (loralab.adapters when present)."""
-    if not path:
-        return loaded
-    try:
-        from .adapters import apply_adapters
-    except ImportError:
-        apply_adapters = None
-    if apply_adapters is not None:
-        return apply_adapters(loaded, [path])
-    from peft import PeftModel
+    """`loaded` with the PEFT adapter at `path` applied (every mismatch reported by loralab.adapters)."""
+    from .adapters import apply_adapters
 
-    model = PeftModel.from_pretrained(loaded.model, path, is_trainable=False)
-    model.eval()
-    return Loaded(model=model, tokenizer=loaded.tokenizer, fingerprint=loaded.fingerprint,
-                  spec=loaded.spec, path=loaded.path)
+    return apply_adapters(loaded, [path]) if path else loaded
 
 
 def load_scorer(cfg: ScoreConfig) -> Loaded:

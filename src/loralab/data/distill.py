@@ -120,16 +120,13 @@ def _process(cfg: DistillConfig, loaded):
         kept_new = [n for n in new if n is not None]
         before, after = _loss(loaded, kept_old), _loss(loaded, kept_new) if kept_new else []
         k = 0
-        for (loc, rec), why, n in zip(buf, verdicts, new):
+        for (loc, rec), why, n, text in zip(buf, verdicts, new, outs):
             if why:
-                yield loc, rec, Reject(why.split(":")[0], f"{why} | rewrite: {text_of(outs, buf, rec)[:160]}")
+                yield loc, rec, Reject(why.split(":")[0], f"{why} | rewrite: {text[:160]}")
                 continue
             meta = {**n.meta, "distill": {"from_id": rec.id, "loss_before": before[k], "loss_after": after[k]}}
             k += 1
             yield loc, rec, [n.model_copy(update={"meta": meta})]
-
-    def text_of(outs, buf, rec):
-        return next(o for (_, r), o in zip(buf, outs) if r is rec)
 
     def process(items: Iterable[tuple[dict, Record]]):
         buf: list[tuple[dict, Record]] = []

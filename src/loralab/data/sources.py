@@ -239,8 +239,13 @@ def read_parquet(path: Path) -> Iterator[Item | Bad]:
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for damaged files
         yield Bad({"path": str(path), "offset": 0}, "unreadable", f"{type(e).__name__}: {e}")
         return
+    yield from _batch_rows(path, pf.iter_batches(batch_size=1024))
+
+
+def _batch_rows(path: Path, batches) -> Iterator[Item]:
+    """One Item per row of Arrow record batches, numbered across batches."""
     i = 0
-    for batch in pf.iter_batches(batch_size=1024):
+    for batch in batches:
         for row in batch.to_pylist():
             yield Item({"path": str(path), "item": i}, row)
             i += 1
@@ -261,11 +266,7 @@ def read_arrow(path: Path) -> Iterator[Item | Bad]:
     except Exception as e:
         yield Bad({"path": str(path), "offset": 0}, "unreadable", f"{type(e).__name__}: {e}")
         return
-    i = 0
-    for batch in reader:
-        for row in batch.to_pylist():
-            yield Item({"path": str(path), "item": i}, row)
-            i += 1
+    yield from _batch_rows(path, reader)
 
 
 def read_hf_folder(path: Path) -> Iterator[Item | Bad]:

