@@ -39,7 +39,8 @@ test: install install-browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: install
-	cd benchmarks && ../$(BIN)/python logprobs.py
+	$(BIN)/pip install -q -e ".[bench]"
+	cd benchmarks && for b in logprobs score train eval mfu; do ../$(BIN)/python $$b.py || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

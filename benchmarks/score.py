@@ -14,8 +14,10 @@ fp32 model. Both sides use the same rendered prompt / response text.
 Printed: the identity check (loralab in fp32 vs the reference: max |Δ ifd| <= 1e-3), the
 agreement of loralab's default dtype (bf16 on a CPU with native bf16) with the reference,
 throughput (forward tokens/s, records/s) of each and the ratio, and model-FLOPs
-utilisation = (2 N_non-embedding + attention) FLOPs/token x tokens/s / measured bf16 matmul
-FLOP/s.
+utilisation = FLOPs each side ran per second / the machine's measured matmul peak (the
+faster of fp32 and bf16 here), FLOPs = (2 N_non-embedding + attention) per decoder position
++ 2 H V per row of vocabulary logits (every position for the reference, scored ones for
+loralab).
 """
 
 from __future__ import annotations
@@ -88,7 +90,7 @@ def timed(fn):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--batch-tokens", type=int, default=None, help="default: loralab's, by device")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides run there)")
     args = ap.parse_args()
     recs = medmcqa(args.n)
@@ -103,23 +105,31 @@ def main() -> None:
     ifd32 = np.array([r.meta["score"]["ifd"] for r in res32.records])
     ifdbf = np.array([r.meta["score"]["ifd"] for r in resbf.records])
     ref = np.array(ref)
-    tokens = res32.stats["forward_tokens"]
+    tokens = res32.stats["forward_tokens"]  # positions separate passes run: the reference's unit
+    computed = res32.stats["computed_tokens"]  # positions loralab ran (shared prefixes once)
     n_resp = sum(r.meta["score"]["n_resp_tokens"] for r in res32.records)
 
     peak, peak_dt = peak_matmul_flops()  # the faster of fp32/bf16 here; on CUDA read MFU against the GPU's peak
     seq = tokens / (2 * len(recs))  # mean sequence length per pass
     fpt = forward_flops_per_token(fp32.model.config, seq)
+    head = 2 * fp32.model.config.hidden_size * fp32.model.config.vocab_size  # vocabulary projection per row
     print(f"records: {len(recs)} MedMCQA items, {tokens} forward tokens ({seq:.0f}/pass), "
           f"{n_resp / len(recs):.0f} response tokens/record; threads {torch.get_num_threads()}")
+    print(f"loralab ran {computed} positions ({computed / tokens:.0%}): the chat template is shared "
+          f"within a row, the empty-prompt template by all response-only passes of a row")
     d32 = np.abs(ifd32 - ref).max()
     print(f"identity  loralab fp32 vs reference fp32: max |Δ ifd| = {d32:.2e}  "
           f"({'OK' if d32 <= 1e-3 else 'FAIL'} at 1e-3)")
     print(f"agreement loralab {resbf.stats['placement']} vs reference: max |Δ ifd| = {np.abs(ifdbf - ref).max():.2e}, "
           f"mean |Δ| = {np.abs(ifdbf - ref).mean():.2e}, Spearman rho = {spearmanr(ifdbf, ref).statistic:.4f}")
-    print(f"{'':32s}{'tokens/s':>10s}{'records/s':>11s}{'x ref':>8s}{'MFU':>8s}")
-    for name, t, tk in (("reference (Cherry loop, fp32)", t_ref, ref_tokens),
-                        ("loralab fp32", t32, tokens), (f"loralab {resbf.stats['placement']}", tbf, tokens)):
-        print(f"{name:32s}{tk / t:10.0f}{len(recs) / t:11.2f}{t_ref / t:8.1f}{fpt * tk / t / peak:8.1%}")
+    print(f"{'':32s}{'tokens/s':>10s}{'records/s':>11s}{'x ref':>8s}{'MFU':>8s}   (tokens/s in the reference's "
+          f"unit; MFU from the positions each side ran)")
+    for name, t, tk, ran in (("reference (Cherry loop, fp32)", t_ref, ref_tokens, ref_tokens),
+                             ("loralab fp32", t32, tokens, computed),
+                             (f"loralab {resbf.stats['placement']}", tbf, tokens, resbf.stats["computed_tokens"])):
+        logits_rows = ref_tokens if name.startswith("reference") else 2 * n_resp  # full (T, V) vs scored rows
+        flops = fpt * ran + head * logits_rows
+        print(f"{name:32s}{tk / t:10.0f}{len(recs) / t:11.2f}{t_ref / t:8.1f}{flops / t / peak:8.1%}")
     print(f"matmul peak here: {peak / 1e12:.3f} TFLOP/s ({peak_dt}); model FLOPs/token {fpt / 1e6:.0f} M; "
           f"peak RSS {peak_rss_mib():.0f} MiB")
 

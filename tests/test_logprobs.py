@@ -92,3 +92,62 @@ def test_engine_matches_naive_on_smollm2():
     # the real model finds the right answer far more likely than a wrong one
     paris, rome = L.score_texts(smol32, [("The capital of France is", " Paris"), ("The capital of France is", " Rome")])
     assert paris.sum > rome.sum + 2
+
+
+SHARED = [  # multiple choice (one context, several answers) and chat records (one template)
+    ("Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
+    ("Question: Which gas do plants take in?\nAnswer:", " oxygen"),
+    ("Question: Which gas do plants take in?\nAnswer:", " nitrogen, mostly from the soil"),
+    ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a prime.<|im_end|>\n"
+     "<|im_start|>assistant\n", "7"),
+    ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nName a colour of the sky at dusk."
+     "<|im_end|>\n<|im_start|>assistant\n", "Orange, then deep blue."),
+    ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<|im_end|>\n<|im_start|>assistant\n", "7"),
+    ("Unrelated", " text with no shared prefix at all."),
+]
+
+
+@pytest.mark.parametrize("row_tokens", [8, 40, 512])
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_prefix_shared_rows_match_naive_forward(tiny, row_tokens, attn):
+    """Shared prefixes computed once per row give the per-pair naive results (fp32, 1e-4)."""
+    from loralab.prefixrows import plan_rows
+
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in SHARED]
+    plan = plan_rows([(c + x)[:-1] for c, x in enc], row_tokens)
+    if row_tokens == 512:  # the three choices share a row and their context; the chats share the template
+        assert max(len(r.members) for r in plan) >= 3 and sum(r.length for r in plan) < sum(
+            len(c) + len(x) - 1 for c, x in enc)
+    assert sorted(m for r in plan for m in r.members) == list(range(len(enc)))
+    old = tiny.model.config._attn_implementation
+    tiny.model.config._attn_implementation = attn
+    try:
+        got = L.token_logprobs(tiny.model, enc, top_k=3, row_tokens=row_tokens, batch_tokens=64)
+        div = L.token_divergence(tiny.model, tiny.model, enc, row_tokens=row_tokens)
+    finally:
+        tiny.model.config._attn_implementation = old
+    for (ctx, cont), r, d in zip(enc, got, div):
+        ref, lsm = naive(tiny.model, ctx, cont)
+        assert r.tokens.tolist() == list(cont)
+        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+        np.testing.assert_allclose(r.topk_logprobs, lsm.topk(3, dim=-1).values.numpy(), atol=1e-4)
+        np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
+
+
+def test_prefix_rows_layout():
+    from loralab.prefixrows import build_batch, plan_rows
+
+    seqs = [[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [7, 8], [1, 2, 3, 4, 5, 7, 7]]
+    rows = plan_rows(seqs, row_tokens=100, min_prefix=4)
+    assert [(r.prefix, r.members) for r in rows] == [(4, [0, 3, 1]), (2, [2])]
+    r = rows[0]
+    assert r.starts == [4, 6, 9] and r.length == 10
+    ids, pos, mask = build_batch(seqs, rows, pad_id=0)
+    assert ids[0].tolist() == [1, 2, 3, 4, 5, 6, 5, 7, 7, 9]
+    assert pos[0].tolist() == [0, 1, 2, 3, 4, 5, 4, 5, 6, 4]
+    m = mask[0, 0]
+    assert m[6, :4].all() and not m[6, 4:6].any() and m[6, 6] and not m[6, 7:].any()  # branch 2 sees prefix + itself
+    assert m[9, :4].all() and not m[9, 4:9].any() and m[9, 9]
+    assert r.index(1, 5) == 7 and r.index(2, 2) == 2  # member 3's 6th token; member 1's prefix token
+    assert ids[1].tolist()[:2] == [7, 8] and mask[1, 0, 5].tolist() == [False] * 5 + [True] + [False] * 4  # padding
+    assert len(plan_rows(seqs, row_tokens=6)) == 4  # no room to share: a row each

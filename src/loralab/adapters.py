@@ -81,6 +81,12 @@ def peft_model(model):
     return model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
 
 
+def is_alora(model) -> bool:
+    """True when the active adapter is an activated LoRA (alora_invocation_tokens set)."""
+    pm = peft_model(model)
+    return pm is not None and bool(getattr(pm.active_peft_config, "alora_invocation_tokens", None))
+
+
 def alora_context(model, input_ids: torch.Tensor):
     """Context that feeds PEFT's activated-LoRA offsets to the LoRA layers.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -22,7 +23,7 @@ def score_cmd(
     adapter: str = typer.Option(None, "--adapter", "-a", help="PEFT adapter folder to score with."),
     engine: str = typer.Option("local", help="local (in-process) | ray (Ray Data actors)."),
     workers: int = typer.Option(2, help="Ray actors (engine ray)."),
-    batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward pass (default 2048 on CPU, 16384 on CUDA)."),
     max_length: int = typer.Option(None, help="Context window in tokens (default: the model's)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
@@ -91,7 +92,7 @@ def consistency_cmd(
     adapter_a: str = typer.Option(None, "--adapter-a", help="Adapter folder on model A."),
     adapter_b: str = typer.Option(None, "--adapter-b", help="Adapter folder on model B."),
     out_file: Path = typer.Option(Path("consistency.json"), "--out", "-o", help="JSON report path."),
-    batch_tokens: int = typer.Option(8192, help="Padded tokens per forward pass."),
+    batch_tokens: Optional[int] = typer.Option(None, help="Padded tokens per forward pass (default 2048 on CPU, 16384 on CUDA)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),

@@ -27,6 +27,7 @@ import math
 import numpy as np
 import torch
 
+from .prefixrows import Row, build_batch, plan_rows
 from .progress import tracker
 
 Pair = tuple[Sequence[int], Sequence[int]]
@@ -97,6 +98,12 @@ def plan_batches(lengths: Sequence[int], batch_tokens: int, max_rows: int = 256)
     return batches
 
 
+def default_batch_tokens(dev: torch.device) -> int:
+    """Tokens per forward when not told: small batches stay in a CPU's caches (measured fastest
+    here at 1-2k), a GPU wants many more."""
+    return 2048 if dev.type == "cpu" else 16384
+
+
 def _unwrap(model):
     return getattr(model, "model", model) if hasattr(model, "fingerprint") else model
 
@@ -114,12 +121,19 @@ def _logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
     return fn
 
 
-def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, H) last hidden states; the decoder alone, so no (B, T, V) logits appear."""
+def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T, H) last hidden states; the decoder alone, so no (B, T, V) logits appear.
+
+    `mask` is a (B, T) padding mask, or a (B, 1, T, T) boolean mask (True = may attend)
+    with explicit position ids `pos` for prefix-shared rows.
+    """
     from .adapters import alora_context  # activated LoRA: PEFT's offsets, as its own forward computes them
 
+    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+        dt = next(model.parameters()).dtype  # eager & co. add a float mask to the scores
+        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill(~mask, torch.finfo(dt).min)
     with alora_context(model, ids):
-        out = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False)
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
@@ -142,24 +156,45 @@ def _prepare_rows(model, pairs: Sequence[Pair], max_length: int | None):
     return rows, trunc
 
 
-def _continuation_hidden(model, rows, batch: list[int], pad_id: int, dev):
+def can_share(model) -> bool:
+    """Prefix-shared rows need a 4D mask (not flash-attention-2) and no activated LoRA
+    (whose offsets are per row, not per branch)."""
+    from .adapters import is_alora
+
+    return "flash" not in str(getattr(model.config, "_attn_implementation", "")) and not is_alora(model)
+
+
+def _plan(model, rows, share: bool, row_tokens: int) -> list[Row]:
+    """Prefix-shared rows of the pairs' decoder inputs (one pair per row when not sharing)."""
+    inputs = [r[0][:-1] for r in rows]
+    if share and can_share(model):
+        return plan_rows(inputs, row_tokens)
+    return [Row(prefix=len(x), members=[i], starts=[len(x)], length=len(x)) for i, x in enumerate(inputs)]
+
+
+def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
     """Decoder hidden states of one batch's continuation positions: (N, H), targets (N,), spans."""
-    T = max(len(rows[i][0]) - 1 for i in batch)
-    ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), T), dtype=torch.long)
-    for r, i in enumerate(batch):
-        seq = rows[i][0][:-1]
-        ids[r, : len(seq)] = torch.tensor(seq)
-        mask[r, : len(seq)] = 1
-    hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
+    if all(len(r.members) == 1 for r in plan):  # plain padded rows: causal kernels, 2D mask
+        T = max(r.length for r in plan)
+        ids = torch.full((len(plan), T), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(plan), T), dtype=torch.long)
+        for b, r in enumerate(plan):
+            seq = rows[r.members[0]][0][:-1]
+            ids[b, : len(seq)] = torch.tensor(seq)
+            mask[b, : len(seq)] = 1
+        hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
+    else:
+        ids, pos, mask = build_batch([r[0][:-1] for r in rows], plan, pad_id)
+        hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev))
     # keep only continuation positions: position j predicts token j+1
     sel_r, sel_t, targets, spans = [], [], [], []
-    for r, i in enumerate(batch):
-        full, c, n = rows[i]
-        sel_r.append(torch.full((n,), r))
-        sel_t.append(torch.arange(c - 1, c - 1 + n))
-        targets.append(torch.tensor(full[c: c + n]))
-        spans.append((i, n))
+    for b, r in enumerate(plan):
+        for k, i in enumerate(r.members):
+            full, c, n = rows[i]
+            sel_r.append(torch.full((n,), b))
+            sel_t.append(torch.tensor([r.index(k, p) for p in range(c - 1, c - 1 + n)], dtype=torch.long))
+            targets.append(torch.tensor(full[c: c + n]))
+            spans.append((i, n))
     h = hidden[torch.cat(sel_r).to(dev), torch.cat(sel_t).to(dev)]  # (N, H)
     return h, torch.cat(targets).to(dev), spans
 
@@ -170,31 +205,45 @@ def token_logprobs(
     pairs: Sequence[Pair],
     *,
     top_k: int = 0,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     logits_chunk: int = 512,
     max_length: int | None = None,
     pad_id: int = 0,
+    share_prefix: bool = True,
+    row_tokens: int = 512,
     progress: bool | str = False,
+    stats: dict | None = None,
 ) -> list[TokenScores]:
     """Per-token log-probs of each continuation given its context, in input order.
 
     model        an HF causal LM (or PEFT-wrapped one, or a models.Loaded)
     pairs        [(context_ids, continuation_ids)]; context must hold >= 1 token
     top_k        also return the k most likely next tokens at each continuation position
-    batch_tokens padded tokens per forward (rows x length): the memory knob
+    batch_tokens padded tokens per forward (rows x length): the memory knob (default: by device)
     logits_chunk rows of fp32 logits materialised at once: (logits_chunk, V)
     max_length   window; longer pairs lose context tokens on the left (default: model's)
+    share_prefix compute a prefix shared by several pairs (a multiple-choice context, a
+                 chat template) once per row of <= `row_tokens` (prefixrows.py); results
+                 equal those of separate rows
+    stats        if given, receives the work done: `pair_tokens` (decoder positions that
+                 separate passes would run), `computed_tokens` (positions actually run,
+                 padding excluded), `padded_tokens`, `rows`, `batches`
     """
     model = _unwrap(model)
     dev = next(model.parameters()).device
     rows, trunc = _prepare_rows(model, pairs, max_length)
-    lengths = [len(r[0]) - 1 for r in rows]
+    plan = _plan(model, rows, share_prefix, row_tokens)
+    batches = plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev))
+    if stats is not None:
+        stats.update(pair_tokens=sum(len(r[0]) - 1 for r in rows), computed_tokens=sum(r.length for r in plan),
+                     padded_tokens=sum(len(b) * max(plan[j].length for j in b) for b in batches),
+                     rows=len(plan), batches=len(batches))
     results: list[TokenScores | None] = [None] * len(rows)
     logits_of = _logits_fn(model)
-    total = sum(lengths)
-    with tracker(progress, "log-probs", total, "tokens") as advance:
-        for batch in plan_batches(lengths, batch_tokens):
-            h, tgt, spans = _continuation_hidden(model, rows, batch, pad_id, dev)  # (N, H), (N,)
+    with tracker(progress, "log-probs", sum(r.length for r in plan), "tokens") as advance:
+        for batch in batches:
+            part = [plan[j] for j in batch]
+            h, tgt, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H), (N,)
             lp_parts, ki_parts, kv_parts = [], [], []
             for s in range(0, h.shape[0], logits_chunk):
                 lsm = torch.log_softmax(logits_of(h[s: s + logits_chunk]), dim=-1)  # (chunk, V) fp32
@@ -217,7 +266,7 @@ def token_logprobs(
                     truncated=trunc[i],
                 )
                 off += n
-            advance(sum(lengths[i] for i in batch))
+            advance(sum(r.length for r in part))
     return results  # type: ignore[return-value]
 
 
@@ -245,10 +294,12 @@ def token_divergence(
     *,
     p_context: Callable[[], object] | None = None,
     q_context: Callable[[], object] | None = None,
-    batch_tokens: int = 8192,
+    batch_tokens: int | None = None,
     logits_chunk: int = 256,
     max_length: int | None = None,
     pad_id: int = 0,
+    share_prefix: bool = True,
+    row_tokens: int = 512,
     progress: bool | str = False,
 ) -> list[Divergence]:
     """Per-position KL(p || q) and JS(p, q) between two models' full next-token distributions.
@@ -264,15 +315,16 @@ def token_divergence(
     model_p, model_q = _unwrap(model_p), _unwrap(model_q)
     dev = next(model_p.parameters()).device
     rows, _ = _prepare_rows(model_p, pairs, max_length)
-    lengths = [len(r[0]) - 1 for r in rows]
+    plan = _plan(model_p, rows, share_prefix and can_share(model_q), row_tokens)
     out: list[Divergence | None] = [None] * len(rows)
-    with tracker(progress, "divergence", sum(lengths), "tokens") as advance:
-        for batch in plan_batches(lengths, batch_tokens):
+    with tracker(progress, "divergence", sum(r.length for r in plan), "tokens") as advance:
+        for batch in plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev)):
+            part = [plan[j] for j in batch]
             sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
             hs = []
             for model, ctx in sides:
                 with ctx():
-                    h, _, spans = _continuation_hidden(model, rows, batch, pad_id, dev)  # (N, H)
+                    h, _, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H)
                 hs.append(h)
             kl_parts, js_parts = [], []
             for s in range(0, hs[0].shape[0], logits_chunk):
@@ -290,7 +342,7 @@ def token_divergence(
             for i, n in spans:
                 out[i] = Divergence(kl=kl[off: off + n].astype(np.float32), js=js[off: off + n].astype(np.float32))
                 off += n
-            advance(sum(lengths[i] for i in batch))
+            advance(sum(r.length for r in part))
     return out  # type: ignore[return-value]
 
 

@@ -69,7 +69,7 @@ class ScoreConfig(BaseModel):
     adapter: str | None = Field(None, description="PEFT adapter folder applied on the model (None: base model).")
     device: str = Field("auto", description="auto | cpu | cuda[:N] (see loralab.device).")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 for the frozen weights.")
-    batch_tokens: int = Field(8192, ge=16, description="Padded tokens per forward pass (rows x length).")
+    batch_tokens: int | None = Field(None, ge=16, description="Padded tokens per forward pass (rows x length); default 2048 on CPU, 16384 on CUDA.")
     logits_chunk: int = Field(512, ge=1, description="Rows of fp32 vocabulary logits materialised at once.")
     max_length: int | None = Field(None, description="Context window in tokens (default: the model's).")
     engine: Literal["local", "ray"] = Field("local", description="local: in-process; ray: Ray Data actors.")
@@ -199,7 +199,7 @@ def summarize(raw: bool, scores: Sequence[logprobs.TokenScores]) -> dict[str, An
 
 
 def compute(model, jobs: Sequence[Job], *, batch_tokens: int, logits_chunk: int, window: int,
-            pad_id: int, progress: bool | str = False) -> list[dict[str, Any]]:
+            pad_id: int, progress: bool | str = False, stats: dict | None = None) -> list[dict[str, Any]]:
     """Scores of every job: all distinct pairs of all jobs go to the engine in one call.
 
     Identical pairs (e.g. the response-only pass of two records with the same answer) are
@@ -214,7 +214,7 @@ def compute(model, jobs: Sequence[Job], *, batch_tokens: int, logits_chunk: int,
     if not uniq:
         return []
     res = logprobs.token_logprobs(model, uniq, batch_tokens=batch_tokens, logits_chunk=logits_chunk,
-                                  max_length=window, pad_id=pad_id, progress=progress)
+                                  max_length=window, pad_id=pad_id, progress=progress, stats=stats)
     return [summarize(j.raw, [res[slot[(tuple(a), tuple(b))]] for a, b in j.pairs]) for j in jobs]
 
 
@@ -311,12 +311,13 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     hits = cache.get_many([j.key for j in jobs]) if cache else {}
     todo = [j for j in jobs if j.key not in hits]
     t1 = time.perf_counter()
+    work: dict[str, int] = {}
     if cfg.engine == "ray" and todo:
         fresh = ray_compute(todo, cfg, loaded.fingerprint, window)
     else:
         fresh = compute(model, todo, batch_tokens=cfg.batch_tokens, logits_chunk=cfg.logits_chunk,
                         window=window, pad_id=tok.pad_token_id or 0,
-                        progress="scoring" if cfg.progress else False)
+                        progress="scoring" if cfg.progress else False, stats=work)
     t2 = time.perf_counter()
     new = {j.key: s for j, s in zip(todo, fresh)}
     if cache:
@@ -329,11 +330,13 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
         meta = {**rec.meta, "score": {**hits[j.key], "model": loaded.fingerprint, "adapter": adapter or None}}
         kept.append(rec.model_copy(update={"meta": meta}))
     distinct = {(tuple(a), tuple(b)) for j in todo for a, b in j.pairs}
-    tokens = sum(len(a) + len(b) - 1 for a, b in distinct)  # forward positions run
+    tokens = sum(len(a) + len(b) - 1 for a, b in distinct)  # positions separate passes would run
     stats = {"model": loaded.spec, "fingerprint": loaded.fingerprint, "placement": placement,
              "adapter": cfg.adapter, "adapter_digest": adapter or None, "window": window,
              "scorer_version": SCORER_VERSION, "engine": cfg.engine, "from_cache": len(jobs) - len(todo),
-             "computed": len(todo), "forward_tokens": tokens, "score_seconds": round(t2 - t1, 3),
+             "computed": len(todo), "forward_tokens": tokens,
+             "computed_tokens": work.get("computed_tokens"),  # after prefix sharing (in-process engine)
+             "score_seconds": round(t2 - t1, 3),
              "tokens_per_s": round(tokens / (t2 - t1), 1) if todo and t2 > t1 else None,
              "seconds": round(time.perf_counter() - t0, 3)}
     return Scored(kept, quarantine, stats)

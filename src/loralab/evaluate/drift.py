@@ -161,7 +161,7 @@ def _rendered(rec: Record, tokenizer, trigger: str | None) -> Rendered:
 
 
 def record_losses(loaded, records: Sequence[Record], *, trigger: str | None = None,
-                  batch_tokens: int = 8192, progress: bool = True) -> dict:
+                  batch_tokens: int | None = None, progress: bool = True) -> dict:
     """Per-record mean response loss (nats/token) and token counts, for one model state."""
     tok = loaded.tokenizer
     enc = []
@@ -224,7 +224,7 @@ def _peft(model):
     return pm
 
 
-def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int = 8192,
+def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int | None = None,
                progress: bool = True, seed: int = 0) -> dict:
     """Mean per-token KL(base || adapter) and JS over the base answers' positions."""
     tok = loaded.tokenizer

@@ -68,7 +68,7 @@ class EvalConfig(StageConfig):
     intruder_threshold: float = Field(0.5, gt=0, lt=1, description="Max |cos| below which a direction intrudes.")
     seed: int = Field(0, description="Seed of item subsets, prompt sets and bootstrap resampling.")
     bootstrap: int = Field(1000, ge=100, description="Bootstrap resamples for every 95 % interval.")
-    batch_tokens: int = Field(8192, ge=64, description="Padded tokens per forward pass (memory knob).")
+    batch_tokens: int | None = Field(None, ge=64, description="Padded tokens per forward pass (memory knob); default 2048 on CPU, 16384 on CUDA.")
     device: str = Field("auto", description="auto | cpu | cuda[:N]")
     dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 (frozen weights).")
     progress: bool = Field(True, description="Show progress bars on stderr.")

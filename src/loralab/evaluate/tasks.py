@@ -95,7 +95,7 @@ class MCTask:
         keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:limit])
         return [items[i] for i in keep]
 
-    def evaluate(self, loaded, items: list[MCItem], *, batch_tokens: int = 8192, progress: bool = True) -> MCResult:
+    def evaluate(self, loaded, items: list[MCItem], *, batch_tokens: int | None = None, progress: bool = True) -> MCResult:
         """Score all choices of all items in one engine call."""
         tok = loaded.tokenizer
         flat = [p for it in items for p in it.pairs()]
