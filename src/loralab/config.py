@@ -62,7 +62,8 @@ class TrainConfig(StageConfig):
     # adapter shape
     rank: int = Field(8, ge=1, description="LoRA rank r.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha; scale = alpha/r (alpha/sqrt(r) with rslora).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input (PEFT's default, 0; "
+                           "0.05 costs ~35 % more time per step and ~40 % more memory on CPU).")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     target_modules: str | list[str] = Field(
         "all-linear", description="Modules to adapt: 'all-linear' or a list of module names.")
@@ -91,7 +92,8 @@ class TrainConfig(StageConfig):
         "response", description="Loss on the response only, or on prompt + response. Raw records: whole text.")
     packing: bool | None = Field(
         None, description="Pack several examples per row (no cross-example attention). Default: on, off for alora.")
-    logits_chunk: int = Field(1024, ge=1, description="Rows of fp32 (rows, vocab) logits alive at once in the loss.")
+    logits_chunk: int = Field(128, ge=1, description="Rows of fp32 (rows, vocab) logits alive at once in the loss "
+                              "(small blocks are reused by the allocator instead of mapped afresh).")
 
     # signal token
     trigger: str | None = Field(

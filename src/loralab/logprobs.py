@@ -27,6 +27,7 @@ import math
 import numpy as np
 import torch
 
+from .fastlora import fast_lora
 from .prefixrows import Row, build_batch, plan_rows
 from .progress import tracker
 
@@ -240,7 +241,7 @@ def token_logprobs(
                      rows=len(plan), batches=len(batches))
     results: list[TokenScores | None] = [None] * len(rows)
     logits_of = _logits_fn(model)
-    with tracker(progress, "log-probs", sum(r.length for r in plan), "tokens") as advance:
+    with tracker(progress, "log-probs", sum(r.length for r in plan), "tokens") as advance, fast_lora(model):
         for batch in batches:
             part = [plan[j] for j in batch]
             h, tgt, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H), (N,)
@@ -317,7 +318,8 @@ def token_divergence(
     rows, _ = _prepare_rows(model_p, pairs, max_length)
     plan = _plan(model_p, rows, share_prefix and can_share(model_q), row_tokens)
     out: list[Divergence | None] = [None] * len(rows)
-    with tracker(progress, "divergence", sum(r.length for r in plan), "tokens") as advance:
+    with tracker(progress, "divergence", sum(r.length for r in plan), "tokens") as advance, \
+            fast_lora(model_p), fast_lora(model_q):
         for batch in plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev)):
             part = [plan[j] for j in batch]
             sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]

@@ -2,9 +2,14 @@
 
 The decoder runs once, giving (B, T, H) hidden states; only labelled positions are
 kept, (N, H), and the vocabulary projection + fp32 cross-entropy runs over chunks of
-`chunk` rows. Each chunk is wrapped in activation checkpointing, so autograd keeps only
-its (chunk, H) input and recomputes the (chunk, V) fp32 logits in the backward pass:
-at most one (chunk, V) fp32 block is alive at a time, forward or backward.
+`chunk` rows, so at most one (chunk, V) fp32 block is alive at a time.
+
+With a plain frozen output layer (the LoRA case) the cross-entropy is fused with the
+projection (`FusedLinearCE`): each chunk's gradient with respect to its hidden rows,
+(softmax - onehot) @ W, is formed in the forward pass while the logits are at hand, and
+the backward pass only scales it; the logits are never stored nor recomputed. Any other
+head (trainable, soft-capped, wrapped) takes the general path: each chunk under
+activation checkpointing, its logits recomputed in the backward pass.
 
 A loss function has the signature `loss_fn(model, batch) -> (loss, stats)`, where
 `stats` holds detached sums (`ce_sum`, `tokens`, `kl_sum`, `kl_tokens`) so that callers
@@ -32,6 +37,54 @@ def decoder_hidden(model, batch: dict) -> torch.Tensor:
         # attention_mask=None + restarting position_ids -> block-diagonal causal attention
         out = model.get_decoder()(input_ids=ids, position_ids=batch["position_ids"], use_cache=False)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
+class FusedLinearCE(torch.autograd.Function):
+    """Σ_i CE(h_i W^T, t_i) over rows, the gradient w.r.t. h computed in the forward pass.
+
+    W (V, H) must not need a gradient. Logits are fp32 (computed in W's dtype, then cast,
+    as `_logits_fn` does); the returned gradient is in h's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        want_grad = ctx.needs_input_grad[0]
+        grad = torch.empty_like(h) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.shape[0], chunk):
+            hc, tc = h[s: s + chunk], targets[s: s + chunk]
+            logits = (hc.to(weight.dtype) @ weight.t()).float()  # (chunk, V)
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, tc[:, None])[:, 0]).sum()
+            if want_grad:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                p[torch.arange(p.shape[0], device=p.device), tc] -= 1.0
+                grad[s: s + chunk] = (p.to(weight.dtype) @ weight).to(h.dtype)
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype), None, None, None
+
+
+def plain_head_weight(model) -> torch.Tensor | None:
+    """The output layer's weight when the head is a frozen, bias-free nn.Linear without soft-capping."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    if getattr(model.config, "final_logit_softcapping", None):
+        return None
+    return head.weight
+
+
+def ce_sum(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Sum of fp32 next-token CE of targets (N,) from hidden rows h (N, H): fused when the head allows."""
+    w = plain_head_weight(model)
+    if w is not None:
+        return FusedLinearCE.apply(h, w, targets, chunk)
+    return chunked_ce_sum(_logits_fn(model), h, targets, chunk)
 
 
 def chunked_ce_sum(logits_of, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -69,7 +122,7 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
         targets = batch["labels"][:, 1:]
         sel = targets != -100
         n = sel.sum()
-        ce = chunked_ce_sum(logits_of, hidden[sel], targets[sel], chunk)
+        ce = ce_sum(model, hidden[sel], targets[sel], chunk)
         loss = ce / n.clamp(min=1)
         stats = {"ce_sum": ce.detach(), "tokens": n.detach()}
         kmask = batch["kl_mask"][:, :-1]

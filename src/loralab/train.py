@@ -35,6 +35,7 @@ from .config import TrainConfig
 from .data.records import Record, read_records
 from .data.split import split
 from .io import atomic_dir, iter_jsonl, read_json, write_json, write_jsonl
+from .fastlora import fast_lora
 from .losses import LossFn, Objective, make_loss
 from .packing import Batcher, Example, encode_records, eval_batches
 
@@ -326,7 +327,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     model = acc.unwrap_model(objective).model
     ev = [{k: v.to(acc.device) for k, v in b.items()}
           for b in eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad)]
-    start, rows = _restore(acc, out, resume, model, opt, sched, lambda: evaluate(model, loss_fn, ev))
+    with fast_lora(model):
+        start, rows = _restore(acc, out, resume, model, opt, sched, lambda: evaluate(model, loss_fn, ev))
     _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress)
     card = make_card(cfg, s, rows, steps)
     if acc.is_main_process:
@@ -362,7 +364,7 @@ def _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows
             acc.wait_for_everyone()
 
     try:
-        with pb:
+        with pb, fast_lora(model):
             loop(objective, batcher, opt, sched, accelerator=acc, steps=steps, start=start,
                  grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, on_step=on_step)
     finally:
