@@ -222,3 +222,16 @@ def test_smoke_real_model(tmp_path):
     assert all(np.isfinite(c[k]) for k in ("first_loss", "last_loss", "eval_before", "eval_after"))
     print(f"smoke: {time.time() - t0:.1f}s, loss {c['first_loss']:.3f}->{c['last_loss']:.3f}, "
           f"eval {c['eval_before']:.3f}->{c['eval_after']:.3f}, {c['mean_tokens_per_s']:.0f} tok/s")
+
+
+def test_compiled_layers_train_like_eager(data, tmp_path):
+    """--compile changes speed, not results: same losses and adapter as eager (fp32, tiny model)."""
+    cfg = dict(data=str(data), steps=3, lr=1e-2, **QUICK)
+    eager = _quiet_train(TrainConfig(out=str(tmp_path / "eager"), **cfg))
+    comp = _quiet_train(TrainConfig(out=str(tmp_path / "comp"), compile=True, **cfg))
+    assert comp["config"]["compile"] is True
+    np.testing.assert_allclose(comp["curve"]["last_loss"], eager["curve"]["last_loss"], atol=1e-5)
+    np.testing.assert_allclose(comp["curve"]["eval_after"], eager["curve"]["eval_after"], atol=1e-5)
+    a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "comp")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

@@ -47,6 +47,7 @@ def train_cmd(
     kl_weight: Optional[float] = typer.Option(None, help="λ of KL(base ‖ adapter) on anchors."),
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the decoder layers."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -63,7 +64,7 @@ def train_cmd(
                  (target_modules if target_modules == "all-linear" else target_modules.split(",")),
                  max_seq_len=max_seq_len, packing=packing, loss_on=loss_on, eval_every=eval_every,
                  save_every=save_every, trigger=trigger, trigger_mode=trigger_mode, replay=replay,
-                 replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype)
+                 replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype, compile=compile)
     try:
         cfg = load_config(TrainConfig, config, **flags)
         card = train(cfg, resume=resume, progress=not quiet)

@@ -55,7 +55,10 @@ def plan_rows(seqs: Sequence[Sequence[int]], row_tokens: int, min_prefix: int = 
         if cur is not None:
             p = _lcp(seqs[first], s, min(cur.prefix, len(s)))
             cost = p + sum(len(seqs[m]) - p for m in cur.members) + len(s) - p
-            if p >= min_prefix and cost <= row_tokens:
+            now = cur.prefix + sum(len(seqs[m]) - cur.prefix for m in cur.members)
+            # join only when it fits and costs no more than a row of its own: a shorter shared
+            # prefix must not undo the sharing the row's members already have
+            if p >= min_prefix and cost <= row_tokens and cost <= now + len(s):
                 cur.prefix = p
                 cur.members.append(i)
                 continue

@@ -108,7 +108,22 @@ def build_model(cfg: TrainConfig):
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             model = get_peft_model(model, lora_config(cfg, tok, trigger_id))  # adapters fp32 (autocast)
     model.train()
+    if cfg.compile:
+        compile_layers(model)
     return model, tok, loaded, len(tok) - n0
+
+
+def compile_layers(model) -> int:
+    """torch.compile every decoder layer in place (one graph, reused by identical layers)."""
+    layers = getattr(model.get_decoder(), "layers", None)
+    if layers is None:
+        from .adapters import peft_model
+
+        pm = peft_model(model)
+        layers = getattr(pm.get_base_model().get_decoder(), "layers", None) if pm is not None else None
+    for layer in layers or []:
+        layer.compile(dynamic=None)
+    return len(layers or [])
 
 
 def _read(path: str) -> list[Record]:
