@@ -235,3 +235,13 @@ def test_compiled_layers_train_like_eager(data, tmp_path):
     a, b = _weights(tmp_path / "eager"), _weights(tmp_path / "comp")
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)  # Adam: lr-sized steps from ~0 grads
+
+
+def test_gradient_checkpointing_trains_like_plain(data, tmp_path):
+    cfg = dict(data=str(data), steps=3, lr=1e-2, **QUICK)
+    plain = _quiet_train(TrainConfig(out=str(tmp_path / "plain"), **cfg))
+    ckpt = _quiet_train(TrainConfig(out=str(tmp_path / "ckpt"), gradient_checkpointing=True, **cfg))
+    np.testing.assert_allclose(ckpt["curve"]["last_loss"], plain["curve"]["last_loss"], atol=1e-5)
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "ckpt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-3)

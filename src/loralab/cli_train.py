@@ -48,6 +48,8 @@ def train_cmd(
     device: Optional[str] = typer.Option(None, help="auto | cpu | cuda[:N]"),
     dtype: Optional[str] = typer.Option(None, help="auto | float32 | bfloat16 | float16"),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the decoder layers."),
+    gradient_checkpointing: Optional[bool] = typer.Option(
+        None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Less memory, ~1/3 more compute."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -64,7 +66,8 @@ def train_cmd(
                  (target_modules if target_modules == "all-linear" else target_modules.split(",")),
                  max_seq_len=max_seq_len, packing=packing, loss_on=loss_on, eval_every=eval_every,
                  save_every=save_every, trigger=trigger, trigger_mode=trigger_mode, replay=replay,
-                 replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype, compile=compile)
+                 replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype, compile=compile,
+                 gradient_checkpointing=gradient_checkpointing)
     try:
         cfg = load_config(TrainConfig, config, **flags)
         card = train(cfg, resume=resume, progress=not quiet)

@@ -95,6 +95,8 @@ class TrainConfig(StageConfig):
     logits_chunk: int = Field(128, ge=1, description="Rows of fp32 (rows, vocab) logits alive at once in the loss "
                               "(small blocks are reused by the allocator instead of mapped afresh).")
 
+    gradient_checkpointing: bool = Field(False, description="Recompute each decoder layer in the backward pass: "
+                                         "activation memory ~1/30 for ~1/3 more compute (for small RAM).")
     compile: bool = Field(False, description="torch.compile each decoder layer: on a 2-core CPU ~10 % faster "
                           "steps after a one-off ~35 s compile, so worth it for runs of a few hundred steps.")
 

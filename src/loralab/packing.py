@@ -120,7 +120,8 @@ def group(examples: Sequence[Example], order: Sequence[int], *, packing: bool, m
     return batches
 
 
-def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: int,
+            pad_to: int | None = None) -> dict[str, torch.Tensor]:
     """Tensors for one micro-batch.
 
     input_ids    (B, T) token ids, padded on the right with `pad_id`
@@ -129,7 +130,7 @@ def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: 
     kl_mask      (B, T) True at positions t of anchor examples whose next token is in the same example
     n_real       ()     real (non-padding) tokens, for tokens/s
     """
-    T = max(sum(len(examples[i].ids) for i in row) for row in rows)
+    T = max(max(sum(len(examples[i].ids) for i in row) for row in rows), pad_to or 0)  # pad_to: fixed shapes
     B = len(rows)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     labels = torch.full((B, T), IGNORE, dtype=torch.long)
@@ -159,11 +160,12 @@ class Batcher:
     """
 
     def __init__(self, examples: Sequence[Example], *, seed: int, packing: bool, max_seq_len: int,
-                 batch_size: int, batch_tokens: int | None, pad_id: int, rank: int = 0, world: int = 1):
+                 batch_size: int, batch_tokens: int | None, pad_id: int, rank: int = 0, world: int = 1,
+                 pad_to: int | None = None):
         if not examples:
             raise ValueError("no training examples")
         self.examples = list(examples)
-        self.seed, self.pad_id, self.rank, self.world = seed, pad_id, rank, world
+        self.seed, self.pad_id, self.rank, self.world, self.pad_to = seed, pad_id, rank, world, pad_to
         self.kw = dict(packing=packing, max_seq_len=max_seq_len, batch_size=batch_size, batch_tokens=batch_tokens)
         self._plans: list[list[list[list[int]]]] = []
 
@@ -183,7 +185,7 @@ class Batcher:
         while g >= len(self.plan(e)):
             g -= len(self.plan(e))
             e += 1
-        return collate(self.examples, self.plan(e)[g], self.pad_id)
+        return collate(self.examples, self.plan(e)[g], self.pad_id, self.pad_to)
 
     def step(self, step: int, grad_accum: int) -> list[dict[str, torch.Tensor]]:
         """This process's `grad_accum` micro-batches for optimizer step `step` (0-based)."""
@@ -192,8 +194,8 @@ class Batcher:
 
 
 def eval_batches(examples: Sequence[Example], *, max_seq_len: int, batch_size: int, pad_id: int,
-                 packing: bool = False) -> list[dict[str, torch.Tensor]]:
+                 packing: bool = False, pad_to: int | None = None) -> list[dict[str, torch.Tensor]]:
     """Fixed-order micro-batches over the held-out examples."""
     groups = group(examples, range(len(examples)), packing=packing, max_seq_len=max_seq_len,
                    batch_size=batch_size, batch_tokens=None)
-    return [collate(examples, rows, pad_id) for rows in groups]
+    return [collate(examples, rows, pad_id, pad_to) for rows in groups]

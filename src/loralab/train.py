@@ -108,6 +108,8 @@ def build_model(cfg: TrainConfig):
             warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             model = get_peft_model(model, lora_config(cfg, tok, trigger_id))  # adapters fp32 (autocast)
     model.train()
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:
         compile_layers(model)
     return model, tok, loaded, len(tok) - n0
@@ -122,7 +124,7 @@ def compile_layers(model) -> int:
         pm = peft_model(model)
         layers = getattr(pm.get_base_model().get_decoder(), "layers", None) if pm is not None else None
     for layer in layers or []:
-        layer.compile(dynamic=None)
+        layer.compile(dynamic=False)  # packed rows padded to one shape (pad_to): static kernels
     return len(layers or [])
 
 
@@ -334,14 +336,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     pad = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
     batcher = Batcher(s.train, seed=cfg.seed, packing=cfg.packing, max_seq_len=cfg.max_seq_len,
                       batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, pad_id=pad,
-                      rank=acc.process_index, world=acc.num_processes)
+                      rank=acc.process_index, world=acc.num_processes,
+                      pad_to=cfg.max_seq_len if cfg.compile and cfg.packing else None)  # compiled: one shape
     steps = _total_steps(cfg, batcher, acc.num_processes)
     loss_fn = make_loss(chunk=cfg.logits_chunk, kl_weight=cfg.kl_weight)
     opt, sched = make_optimizer(s.model, cfg, steps)
     objective, opt = acc.prepare(Objective(s.model, loss_fn), opt)  # DDP wraps the objective
     model = acc.unwrap_model(objective).model
     ev = [{k: v.to(acc.device) for k, v in b.items()}
-          for b in eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad)]
+          for b in eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad,
+                                pad_to=cfg.max_seq_len if cfg.compile else None)]
     with fast_lora(model):
         start, rows = _restore(acc, out, resume, model, opt, sched, lambda: evaluate(model, loss_fn, ev))
     _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress)
