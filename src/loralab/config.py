@@ -96,7 +96,7 @@ class TrainConfig(StageConfig):
                               "(small blocks are reused by the allocator instead of mapped afresh).")
 
     gradient_checkpointing: bool = Field(False, description="Recompute each decoder layer in the backward pass: "
-                                         "activation memory ~1/30 for ~1/3 more compute (for small RAM).")
+                                         "SmolLM2, 8 x 256 tokens: 2.5 GB instead of 6 GB peak RSS, ~18 % slower.")
     compile: bool = Field(False, description="torch.compile each decoder layer: on a 2-core CPU ~10 % faster "
                           "steps after a one-off ~35 s compile, so worth it for runs of a few hundred steps.")
 
