@@ -185,7 +185,8 @@ def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
             mask[b, : len(seq)] = 1
         hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
     else:
-        ids, pos, mask = build_batch([r[0][:-1] for r in rows], plan, pad_id)
+        seqs = {i: rows[i][0][:-1] for r in plan for i in r.members}  # this batch's inputs only
+        ids, pos, mask = build_batch(seqs, plan, pad_id)
         hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev))
     # keep only continuation positions: position j predicts token j+1
     sel_r, sel_t, targets, spans = [], [], [], []

@@ -75,9 +75,10 @@ def plan_rows(seqs: Sequence[Sequence[int]], row_tokens: int, min_prefix: int = 
     return rows
 
 
-def build_batch(seqs: Sequence[Sequence[int]], rows: Sequence[Row], pad_id: int):
+def build_batch(seqs, rows: Sequence[Row], pad_id: int):
     """(ids (B, T), position ids (B, T), mask (B, 1, T, T) bool, True = may attend).
 
+    `seqs[i]` (a list or a dict) gives member i's tokens.
     Padding positions attend only to themselves (no fully masked query row).
     """
     T = max(r.length for r in rows)
