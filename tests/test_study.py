@@ -117,3 +117,13 @@ def test_held_out_qa_measured_for_structured_runs(study):
         q = m["in_domain"]["structured"]
         assert math.isclose(q["gain"], q["base_loss"] - q["adapter_loss"], rel_tol=1e-9, abs_tol=1e-12)
         assert q["records"] > 0 and "heldout-structure" in q["source"]
+
+
+def test_runs_of_an_earlier_spec_are_left_out_of_the_report(tmp_path):
+    from loralab.io import write_json
+    from loralab.study.report import load_runs
+
+    write_json(tmp_path / "study.json", {"runs": [{"id": "aaa", "labels": {"variant": "now"}}]})
+    for rid in ("aaa", "old"):
+        write_json(tmp_path / "runs" / rid / "config.json", {"labels": {"variant": rid}})
+    assert [r["id"] for r in load_runs(tmp_path)] == ["aaa"]

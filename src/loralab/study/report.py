@@ -30,10 +30,16 @@ Z95 = 1.959964
 
 
 def load_runs(root: Path) -> list[dict]:
-    """Every run folder with a metrics.json, with its config, status and curve."""
+    """Every run folder of the study's current spec, with its config, status, metrics and curve.
+
+    Folders left in `runs/` by an earlier version of the spec (not in study.json) are not
+    part of this study's report.
+    """
+    study = root / "study.json"
+    current = {r["id"] for r in read_json(study)["runs"]} if study.exists() else None
     runs = []
     for d in sorted((root / "runs").glob("*")):
-        if not (d / "config.json").exists():
+        if not (d / "config.json").exists() or (current is not None and d.name not in current):
             continue
         cfg = read_json(d / "config.json")
         st = read_json(d / "status.json") if (d / "status.json").exists() else {"state": "pending"}
