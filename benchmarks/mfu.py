@@ -17,6 +17,7 @@ steps after one warm-up). Work counted is the work actually run (shared prefixes
 from __future__ import annotations
 
 import resource
+import tempfile
 import time
 
 import torch
@@ -63,7 +64,6 @@ def training(fpt, head) -> tuple[float, float]:
     from loralab.fastlora import fast_lora
     from loralab.losses import make_loss
     from loralab.packing import Batcher, encode_records
-    import tempfile
 
     loaded = models.load("smollm2-135m")
     with tempfile.TemporaryDirectory() as tmp:

@@ -117,7 +117,6 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
     """Mean next-token CE over labelled tokens (+ λ · mean KL(base ‖ adapter) on anchor positions)."""
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        logits_of = _logits_fn(model)
         hidden = decoder_hidden(model, batch)[:, :-1]  # (B, T-1, H): position t predicts t+1
         targets = batch["labels"][:, 1:]
         sel = targets != -100
@@ -129,7 +128,7 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
         if kl_weight > 0 and bool(kmask.any()):
             with torch.no_grad(), peft_model(model).disable_adapter():
                 base = decoder_hidden(model, batch)[:, :-1][kmask]  # (K, H) base hidden, no grad
-            kl = chunked_kl_sum(logits_of, base, hidden[kmask], chunk)
+            kl = chunked_kl_sum(_logits_fn(model), base, hidden[kmask], chunk)
             k = kmask.sum()
             loss = loss + kl_weight * kl / k
             stats.update(kl_sum=kl.detach(), kl_tokens=k.detach())

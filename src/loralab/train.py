@@ -115,17 +115,10 @@ def build_model(cfg: TrainConfig):
     return model, tok, loaded, len(tok) - n0
 
 
-def compile_layers(model) -> int:
+def compile_layers(model) -> None:
     """torch.compile every decoder layer in place (one graph, reused by identical layers)."""
-    layers = getattr(model.get_decoder(), "layers", None)
-    if layers is None:
-        from .adapters import peft_model
-
-        pm = peft_model(model)
-        layers = getattr(pm.get_base_model().get_decoder(), "layers", None) if pm is not None else None
-    for layer in layers or []:
-        layer.compile(dynamic=False)  # packed rows padded to one shape (pad_to): static kernels
-    return len(layers or [])
+    for layer in getattr(model.get_decoder(), "layers", None) or []:  # PEFT models forward get_decoder
+        layer.compile(dynamic=False)  # batches are padded to one shape (pad_to): static kernels
 
 
 def _read(path: str) -> list[Record]:
@@ -334,10 +327,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     _claim_out(acc, out, cfg, resume)
     s = build(cfg)
     pad = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
+    pad_to = cfg.max_seq_len if cfg.compile else None  # compiled layers: one shape, no recompiles
     batcher = Batcher(s.train, seed=cfg.seed, packing=cfg.packing, max_seq_len=cfg.max_seq_len,
                       batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, pad_id=pad,
-                      rank=acc.process_index, world=acc.num_processes,
-                      pad_to=cfg.max_seq_len if cfg.compile and cfg.packing else None)  # compiled: one shape
+                      rank=acc.process_index, world=acc.num_processes, pad_to=pad_to)
     steps = _total_steps(cfg, batcher, acc.num_processes)
     loss_fn = make_loss(chunk=cfg.logits_chunk, kl_weight=cfg.kl_weight)
     opt, sched = make_optimizer(s.model, cfg, steps)
@@ -345,10 +338,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     model = acc.unwrap_model(objective).model
     ev = [{k: v.to(acc.device) for k, v in b.items()}
           for b in eval_batches(s.eval, max_seq_len=cfg.max_seq_len, batch_size=cfg.batch_size, pad_id=pad,
-                                pad_to=cfg.max_seq_len if cfg.compile else None)]
+                                pad_to=pad_to)]
     with fast_lora(model):
         start, rows = _restore(acc, out, resume, model, opt, sched, lambda: evaluate(model, loss_fn, ev))
-    _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress)
+        _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows, start, steps, progress)
     card = make_card(cfg, s, rows, steps)
     if acc.is_main_process:
         with atomic_dir(out / "adapter") as tmp:
@@ -383,7 +376,7 @@ def _run(cfg, acc, out, objective, model, loss_fn, batcher, opt, sched, ev, rows
             acc.wait_for_everyone()
 
     try:
-        with pb, fast_lora(model):
+        with pb:
             loop(objective, batcher, opt, sched, accelerator=acc, steps=steps, start=start,
                  grad_accum=cfg.grad_accum, max_grad_norm=cfg.max_grad_norm, on_step=on_step)
     finally:
