@@ -10,7 +10,7 @@ from loralab.cli import app
 from loralab.data.records import Record, write_records
 from rich.console import Console
 
-from loralab.cli_eval import tables
+from loralab.cli.eval import tables
 from loralab.evaluate import EvalConfig, evaluate
 
 from test_eval_helpers import MEDICAL, train_adapter

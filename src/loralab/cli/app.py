@@ -1,18 +1,16 @@
 """The `loralab` command line: parse, call one stage function, print.
 
-Verb groups live beside this file (cli_*.py) and register themselves on `app`
-or on the `data` sub-app.
+The shared Typer apps and console; verb groups (one module each beside this file)
+register themselves on `app` or on the `data` sub-app when `loralab.cli` is imported.
 """
 
 from __future__ import annotations
-
-import sys
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
+from .. import __version__
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=(
     "loralab: LoRA adapters that learn the domain without damaging the model, measured."
@@ -37,7 +35,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 @app.command("models")
 def models_cmd() -> None:
     """List the known model specs and the cached model folders."""
-    from . import models
+    from .. import models
 
     t = Table(title="model specs")
     t.add_column("spec")
@@ -69,13 +67,13 @@ def generate_cmd(
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
 ) -> None:
     """Answer prompts with the model (and adapters, when given)."""
-    from . import generate as gen
-    from . import models
+    from .. import generate as gen
+    from .. import models
 
     try:
         loaded = models.load(model, device=device, dtype=dtype)
         if adapter:
-            from .adapters import apply_adapters
+            from ..adapters import apply_adapters
 
             loaded = apply_adapters(loaded, adapter)
     except (models.ModelError, ValueError, FileNotFoundError) as e:
@@ -89,17 +87,3 @@ def generate_cmd(
 
 
 app.add_typer(data_app, name="data")
-
-# verb groups beside this file register their commands on `app` / `data_app`
-from . import cli_data, cli_eval, cli_score, cli_study, cli_train  # noqa: E402,F401
-
-
-def main() -> None:
-    app(prog_name="loralab")
-
-
-if __name__ == "__main__":
-    # `python -m loralab.cli`: verb modules register on the importable loralab.cli, not on __main__
-    from loralab.cli import main as _main
-
-    sys.exit(_main())

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import typer
 
-from .cli import data_app, fail, out
+from .app import data_app, fail, out
 
 
 def _report(card: dict) -> None:
-    from .data.ledger import reasons_table, reconciliation_table
+    from ..data.ledger import reasons_table, reconciliation_table
 
     summary = card["reconciliation"]
     out.print(reconciliation_table(summary))
@@ -53,7 +53,7 @@ def ingest_cmd(
     seed: int = typer.Option(0, help="Seed of the split recorded in the card."),
 ) -> None:
     """Read any mix of sources into one records folder, quarantining what cannot be used."""
-    from .data.ingest import IngestConfig, ingest
+    from ..data.ingest import IngestConfig, ingest
 
     cfg = IngestConfig(domain=domain, chunk_tokens=chunk_tokens, limit=limit, max_record_chars=max_record_chars,
                        seed=seed)
@@ -72,7 +72,7 @@ def clean_cmd(
     max_garbage: float = typer.Option(0.2, help="Largest share of garbage characters kept."),
 ) -> None:
     """Repair unicode and OCR damage; drop garbage, other languages, duplicates and near duplicates."""
-    from .data.clean import CleanConfig, clean
+    from ..data.clean import CleanConfig, clean
 
     _need_records(in_dir)
     cfg = CleanConfig(near_dup=near_dup, language=None if language == "any" else language, min_chars=min_chars,
@@ -89,7 +89,7 @@ def corrupt_cmd(
     seed: int = typer.Option(0, help="Noise seed."),
 ) -> None:
     """Inject seeded OCR-like noise into responses (records link to their clean originals)."""
-    from .data.corrupt import corrupt
+    from ..data.corrupt import corrupt
 
     _need_records(in_dir)
     _report(corrupt(in_dir, out_dir, rate=rate, seed=seed))
@@ -107,7 +107,7 @@ def structure_cmd(
     seed: int = typer.Option(0, help="Seed of template choices."),
 ) -> None:
     """Turn raw passages into Q&A / instruction records, checked against their passage."""
-    from .data.structure import StructureConfig, structure
+    from ..data.structure import StructureConfig, structure
 
     _need_records(in_dir)
     if mode not in ("template", "model"):
@@ -124,7 +124,7 @@ def render_cmd(
     out_file: Path = typer.Option(..., "--out", "-o", help="JSONL file of {id, prompt, response}."),
 ) -> None:
     """Write each record as (prompt, response) text in a surface format."""
-    from .data.render import FORMATS, render_folder
+    from ..data.render import FORMATS, render_folder
 
     _need_records(in_dir)
     if fmt not in FORMATS:

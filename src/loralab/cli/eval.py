@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli import app, fail, out
+from .app import app, fail, out
 
 
 def _ci(c: dict | None, pct: bool = True, signed: bool = False) -> str:
@@ -108,9 +108,9 @@ def eval_cmd(
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
 ) -> None:
     """Gain, forgetting, reasoning, contamination and ΔW of adapters against their base."""
-    from . import models
-    from .config import ConfigError
-    from .evaluate import EvalConfig, evaluate
+    from .. import models
+    from ..config import ConfigError
+    from ..evaluate import EvalConfig, evaluate
 
     try:
         cfg = EvalConfig(model=model, adapters=adapter, suite=suite, out=str(out_dir), eval_data=eval_data,

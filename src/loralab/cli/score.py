@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli import data_app, fail, out
+from .app import data_app, fail, out
 
 
 def _fmt(x, nd: int = 3) -> str:
@@ -30,8 +30,8 @@ def score_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
 ) -> None:
     """Perplexity and IFD (Instruction-Following Difficulty) of every record."""
-    from . import models
-    from .score import ScoreConfig, score
+    from .. import models
+    from ..score import ScoreConfig, score
 
     if not records_dir.exists():
         fail(f"{records_dir} does not exist")
@@ -66,7 +66,7 @@ def select_cmd(
     seed: int = typer.Option(0, help="Seed of the random policy."),
 ) -> None:
     """Keep records by a composable list of policies; every drop is quarantined with its reason."""
-    from .select import SelectConfig, select
+    from ..select import SelectConfig, select
 
     if not scored_dir.exists():
         fail(f"{scored_dir} does not exist")
@@ -98,8 +98,8 @@ def consistency_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
 ) -> None:
     """Do two scorers agree? Spearman rho of IFD and perplexity, overlap of top-IFD sets."""
-    from . import models
-    from .score import ScoreConfig, consistency
+    from .. import models
+    from ..score import ScoreConfig, consistency
 
     if not records_dir.exists():
         fail(f"{records_dir} does not exist")

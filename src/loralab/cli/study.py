@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli import app, data_app, err, fail, out
+from .app import app, data_app, err, fail, out
 
 
 @app.command("study")
@@ -19,8 +19,8 @@ def study_cmd(
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from the run folders."),
 ) -> None:
     """Run a study matrix (resumable) and write report.html + results.csv."""
-    from .study import report, runner
-    from .study.spec import StudyError, expand, load_spec
+    from ..study import report, runner
+    from ..study.spec import StudyError, expand, load_spec
 
     try:
         s = load_spec(spec)
@@ -59,7 +59,7 @@ def distill_cmd(
     limit: int = typer.Option(None, help="Distill at most this many records."),
 ) -> None:
     """Rewrite responses with the model itself (self-distillation), keeping checked rewrites."""
-    from .data.distill import DistillConfig, distill
+    from ..data.distill import DistillConfig, distill
 
     if not (in_dir / "records.jsonl").exists():
         fail(f"{in_dir} holds no records.jsonl")

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .cli import app, err, fail, out
+from .app import app, err, fail, out
 
 
 @app.command("train")
@@ -54,10 +54,10 @@ def train_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a LoRA adapter (or a full/scratch baseline) on a records folder."""
-    from .adapters import AdapterError
-    from .config import ConfigError, TrainConfig, load_config
-    from .models import ModelError
-    from .train import train
+    from ..adapters import AdapterError
+    from ..config import ConfigError, TrainConfig, load_config
+    from ..models import ModelError
+    from ..train import train
 
     flags = dict(model=model, data=data, out=out_dir, method=method, steps=steps, epochs=epochs, seed=seed,
                  lr=lr, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, warmup_steps=warmup_steps,
