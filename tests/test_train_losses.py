@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from loralab.data.records import Record
-from loralab.losses import chunked_ce_sum, decoder_hidden, make_loss
-from loralab.logprobs import _logits_fn
+from loralab.losses import chunked_ce_sum, make_loss
+from loralab.heads import logits_fn
 from loralab.packing import IGNORE, Batcher, collate, encode_example, encode_records
 
 
@@ -102,7 +102,7 @@ def test_chunked_ce_independent_of_chunk(tiny):
     model = tiny.model
     h = torch.randn(37, model.config.hidden_size)
     t = torch.randint(0, model.config.vocab_size, (37,))
-    logits_of = _logits_fn(model)
+    logits_of = logits_fn(model)
     with torch.no_grad():
         ref = F.cross_entropy(logits_of(h), t, reduction="sum")
         for c in (1, 8, 37, 1024):

@@ -20,14 +20,14 @@ BOS id to the context; the engine itself never adds tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
-
 import math
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from .fastlora import fast_lora
+from .heads import decoder_hidden, logits_fn
 from .prefixrows import Row, build_batch, plan_rows
 from .progress import tracker
 
@@ -109,33 +109,8 @@ def _unwrap(model):
     return getattr(model, "model", model) if hasattr(model, "fingerprint") else model
 
 
-def _logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-
-    def fn(h: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()  # (rows, V) fp32
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    return fn
-
-
-def _decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, T, H) last hidden states; the decoder alone, so no (B, T, V) logits appear.
-
-    `mask` is a (B, T) padding mask, or a (B, 1, T, T) boolean mask (True = may attend)
-    with explicit position ids `pos` for prefix-shared rows.
-    """
-    from .adapters import alora_context  # activated LoRA: PEFT's offsets, as its own forward computes them
-
-    if mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
-        dt = next(model.parameters()).dtype  # eager & co. add a float mask to the scores
-        mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill(~mask, torch.finfo(dt).min)
-    with alora_context(model, ids):
-        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+_logits_fn = logits_fn  # the one head helper (heads.py), under the name callers know
+_decoder_hidden = decoder_hidden
 
 
 def _prepare_rows(model, pairs: Sequence[Pair], max_length: int | None):
@@ -183,11 +158,11 @@ def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
             seq = rows[r.members[0]][0][:-1]
             ids[b, : len(seq)] = torch.tensor(seq)
             mask[b, : len(seq)] = 1
-        hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
+        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
     else:
         seqs = {i: rows[i][0][:-1] for r in plan for i in r.members}  # this batch's inputs only
         ids, pos, mask = build_batch(seqs, plan, pad_id)
-        hidden = _decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev))
+        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev))
     # keep only continuation positions: position j predicts token j+1
     sel_r, sel_t, targets, spans = [], [], [], []
     for b, r in enumerate(plan):
@@ -241,7 +216,7 @@ def token_logprobs(
                      padded_tokens=sum(len(b) * max(plan[j].length for j in b) for b in batches),
                      rows=len(plan), batches=len(batches))
     results: list[TokenScores | None] = [None] * len(rows)
-    logits_of = _logits_fn(model)
+    logits_of = logits_fn(model)
     with tracker(progress, "log-probs", sum(r.length for r in plan), "tokens") as advance, fast_lora(model):
         for batch in batches:
             part = [plan[j] for j in batch]
@@ -334,7 +309,7 @@ def token_divergence(
                 lsm = []
                 for (model, ctx), h in zip(sides, hs):
                     with ctx():  # the head may carry an adapter too
-                        lsm.append(torch.log_softmax(_logits_fn(model)(h[s: s + logits_chunk]), dim=-1))
+                        lsm.append(torch.log_softmax(logits_fn(model)(h[s: s + logits_chunk]), dim=-1))
                 lp, lq = lsm  # (chunk, V) fp32 each
                 kl_parts.append(_kl(lp, lq))
                 lm = torch.logaddexp(lp, lq) - math.log(2.0)  # log of the mixture (p + q) / 2

@@ -24,26 +24,24 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .adapters import alora_context, peft_model
-from .logprobs import _logits_fn
+from .adapters import peft_model
+from .heads import decoder_hidden, logits_fn, plain_head_weight  # noqa: F401 (re-exported)
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]]
 
 
-def decoder_hidden(model, batch: dict) -> torch.Tensor:
-    """(B, T, H) last hidden states for a (possibly packed) batch; no (B, T, V) logits."""
-    ids = batch["input_ids"]
-    with alora_context(model, ids):
-        # attention_mask=None + restarting position_ids -> block-diagonal causal attention
-        out = model.get_decoder()(input_ids=ids, position_ids=batch["position_ids"], use_cache=False)
-    return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+def batch_hidden(model, batch: dict) -> torch.Tensor:
+    """(B, T, H) last hidden states for a (possibly packed) batch; no (B, T, V) logits.
+
+    attention_mask=None + restarting position_ids -> block-diagonal causal attention."""
+    return decoder_hidden(model, batch["input_ids"], pos=batch["position_ids"])
 
 
 class FusedLinearCE(torch.autograd.Function):
     """Σ_i CE(h_i W^T, t_i) over rows, the gradient w.r.t. h computed in the forward pass.
 
     W (V, H) must not need a gradient. Logits are fp32 (computed in W's dtype, then cast,
-    as `_logits_fn` does); the returned gradient is in h's dtype.
+    as `heads.logits_fn` does); the returned gradient is in h's dtype.
     """
 
     @staticmethod
@@ -69,22 +67,12 @@ class FusedLinearCE(torch.autograd.Function):
         return grad * g.to(grad.dtype), None, None, None
 
 
-def plain_head_weight(model) -> torch.Tensor | None:
-    """The output layer's weight when the head is a frozen, bias-free nn.Linear without soft-capping."""
-    head = model.get_output_embeddings()
-    if type(head) is not torch.nn.Linear or head.bias is not None or head.weight.requires_grad:
-        return None
-    if getattr(model.config, "final_logit_softcapping", None):
-        return None
-    return head.weight
-
-
 def ce_sum(model, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
     """Sum of fp32 next-token CE of targets (N,) from hidden rows h (N, H): fused when the head allows."""
     w = plain_head_weight(model)
     if w is not None:
         return FusedLinearCE.apply(h, w, targets, chunk)
-    return chunked_ce_sum(_logits_fn(model), h, targets, chunk)
+    return chunked_ce_sum(logits_fn(model), h, targets, chunk)
 
 
 def chunked_ce_sum(logits_of, h: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -117,7 +105,7 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
     """Mean next-token CE over labelled tokens (+ λ · mean KL(base ‖ adapter) on anchor positions)."""
 
     def loss_fn(model, batch: dict) -> tuple[torch.Tensor, dict]:
-        hidden = decoder_hidden(model, batch)[:, :-1]  # (B, T-1, H): position t predicts t+1
+        hidden = batch_hidden(model, batch)[:, :-1]  # (B, T-1, H): position t predicts t+1
         targets = batch["labels"][:, 1:]
         sel = targets != -100
         n = sel.sum()
@@ -127,8 +115,8 @@ def make_loss(*, chunk: int = 1024, kl_weight: float = 0.0) -> LossFn:
         kmask = batch["kl_mask"][:, :-1]
         if kl_weight > 0 and bool(kmask.any()):
             with torch.no_grad(), peft_model(model).disable_adapter():
-                base = decoder_hidden(model, batch)[:, :-1][kmask]  # (K, H) base hidden, no grad
-            kl = chunked_kl_sum(_logits_fn(model), base, hidden[kmask], chunk)
+                base = batch_hidden(model, batch)[:, :-1][kmask]  # (K, H) base hidden, no grad
+            kl = chunked_kl_sum(logits_fn(model), base, hidden[kmask], chunk)
             k = kmask.sum()
             loss = loss + kl_weight * kl / k
             stats.update(kl_sum=kl.detach(), kl_tokens=k.detach())
