@@ -46,18 +46,22 @@ def tables(res: dict) -> list[Table]:
         out_t.append(r)
     if any("in_domain" in ads[n] for n in names):
         g = Table(title="in-domain held-out loss (nats/token)")
-        for col in ("adapter", "records", "base loss", "adapter loss", "base ppl", "adapter ppl", "Δ loss [CI]"):
+        for col in ("adapter", "records", "base loss", "adapter loss", "base ppl", "adapter ppl", "Δ loss [CI]",
+                    "trained on"):
             g.add_column(col)
         for n in names:
             d = ads[n].get("in_domain")
             if d:
+                ov = d.get("overlap") or {}
                 g.add_row(n, str(d["adapter"]["records"]), f"{d['base']['loss']:.3f}", f"{d['adapter']['loss']:.3f}",
                           f"{d['base']['ppl']:.1f}", f"{d['adapter']['ppl']:.1f}",
-                          _ci(d["adapter"]["delta_vs_base"], pct=False, signed=True))
+                          _ci(d["adapter"]["delta_vs_base"], pct=False, signed=True),
+                          f"[bold red]{ov['records']} of {ov['of']}[/]" if ov.get("records") else
+                          ("0" if ov else "unknown"))
         out_t.append(g)
     if any("contamination" in ads[n] for n in names):
         doms = list(next(ads[n]["contamination"]["domains"] for n in names if "contamination" in ads[n]))
-        c = Table(title="contamination: KL(base‖adapter) nats/token · JS · style leak (pp)")
+        c = Table(title="contamination: KL(base‖adapter) nats/token [95% CI] · JS · style leak (pp)")
         for col in ["adapter"] + doms:
             c.add_column(col)
         for n in names:
@@ -67,7 +71,8 @@ def tables(res: dict) -> list[Table]:
                 for d in doms:
                     v = cm["domains"][d]
                     leak = v.get("style_leak", {}).get("leak", {}).get("mean")
-                    cells.append(f"{v['kl']:.3f} · {v['js']:.3f}" + (f" · {leak * 100:+.1f}" if leak is not None else "")
+                    cells.append(f"{_ci(v.get('kl_ci'), pct=False)} · {v['js']:.3f}"
+                                 + (f" · {leak * 100:+.1f}" if leak is not None else "")
                                  + (" (own)" if v["own"] else ""))
                 c.add_row(n, *cells)
         out_t.append(c)
@@ -96,7 +101,16 @@ def eval_cmd(
     adapter: list[str] = typer.Option([], "--adapter", "-a", help="Adapter folder(s); the base is scored once."),
     suite: str = typer.Option("quick", help="quick (seeded subsets) | full (full sets)."),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder: <adapter>/metrics.json (or base/)."),
-    eval_data: str = typer.Option(None, "--eval-data", help="Held-out records folder for in-domain loss."),
+    eval_data: str = typer.Option(None, "--eval-data", help="Records folder for in-domain loss (its eval split "
+                                  "unless it is a held-out folder; see --eval-split)."),
+    eval_split: str = typer.Option("auto", "--eval-split", help="auto (held-out folder whole, else its eval "
+                                   "split) | all (every record)."),
+    allow_overlap: bool = typer.Option(False, "--allow-overlap", help="Measure even when evaluated records "
+                                       "trained the adapter (the overlap is reported); default: refuse."),
+    domains: str = typer.Option(None, "--domains", help="Comma-separated contamination domains (default: "
+                                "the packaged ones)."),
+    domain_data: list[str] = typer.Option([], "--domain-data", help="NAME=DIR: a domain of your own and the "
+                                          "records folder its prompts come from (joins the domains)."),
     tasks: str = typer.Option(None, help="Comma-separated multiple-choice tasks instead of the suite's."),
     limit: int = typer.Option(None, help="Items per task (overrides the suite)."),
     gen_tasks: str = typer.Option(None, "--gen-tasks", help="Comma-separated: arithmetic, gsm8k; 'none' for none."),
@@ -112,8 +126,21 @@ def eval_cmd(
     from ..config import ConfigError
     from ..evaluate import EvalConfig, evaluate
 
+    dd = {}
+    for item in domain_data:
+        name, sep, folder = item.partition("=")
+        if not sep or not name.strip() or not folder.strip():
+            fail(f"--domain-data takes NAME=DIR, got {item!r}")
+        dd[name.strip()] = folder.strip()
+    doms = _names(domains)
+    if doms is None:
+        from ..evaluate.drift import DOMAINS
+
+        doms = list(DOMAINS)
+    doms += [d for d in dd if d not in doms]
     try:
         cfg = EvalConfig(model=model, adapters=adapter, suite=suite, out=str(out_dir), eval_data=eval_data,
+                         eval_split=eval_split, allow_overlap=allow_overlap, domains=doms, domain_data=dd,
                          tasks=_names(tasks), limit=limit,
                          gen_tasks=_names(gen_tasks), prompts=prompts,
                          contamination=not no_contamination, weights=not no_weights, seed=seed,

@@ -10,16 +10,41 @@ from rich.table import Table
 from .app import app, data_app, err, fail, out
 
 
+def print_results(root: Path) -> None:
+    """The results table and the findings, as the report has them (from the run folders)."""
+    from ..io import read_json
+    from ..study import report
+
+    head, rows = report.terminal_rows(report.load_runs(root))
+    t = Table(title="results (nats/token; accuracy in percentage points; 95% bootstrap intervals)")
+    for h in head:
+        t.add_column(h, overflow="fold")
+    for row in rows:
+        t.add_row(*row, style=None if row[1] == "done" else "red")
+    out.print(t)
+    f = read_json(root / "findings.json") if (root / "findings.json").exists() else {}
+    if f.get("weights"):
+        out.print(f["weights"])
+    out.print("[bold]Findings[/]")
+    for line in f.get("findings") or ["No finished runs yet."]:
+        out.print(f" • {line}")
+    if f.get("note"):
+        out.print(f"[dim]{f['note']}[/]")
+
+
 @app.command("study")
 def study_cmd(
     spec: Path = typer.Argument(..., help="Study spec (YAML), e.g. studies/quickstart.yaml."),
     out_dir: Path = typer.Option(Path("runs"), "--out", help="Studies are written to OUT/<study name>/."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the expansion into runs and stop."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the whole spec, print the runs and stop."),
     only: list[str] = typer.Option([], "--only", help="Run only these run ids."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from the run folders."),
 ) -> None:
-    """Run a study matrix (resumable) and write report.html + results.csv."""
+    """Run a study matrix (resumable), write report.html + results.csv, print results and findings.
+
+    Exits 1 when any run failed (the others still run and are reported)."""
     from ..study import report, runner
+    from ..study.data import steps
     from ..study.spec import StudyError, expand, load_spec
 
     try:
@@ -33,21 +58,32 @@ def study_cmd(
     cols = list(s.axes) + (["seed"] if len(s.seeds) > 1 else [])
     for k in cols:
         t.add_column(k)
+    t.add_column("data steps (in order)")
     t.add_column("status")
     for r in runs:
-        t.add_row(r.id, *[str(r.labels.get(k)) for k in cols], runner.status_of(root / "runs" / r.id)["state"])
+        t.add_row(r.id, *[str(r.labels.get(k)) for k in cols], " → ".join(steps(r.config.data)),
+                  runner.status_of(root / "runs" / r.id)["state"])
     out.print(t)
     if dry_run:
+        out.print(f"spec valid: {len(runs)} runs")
         return
+    states = {}
     if not report_only:
         def event(kind, run, st):
             msg = {"skip": "[dim]done, skipped[/]", "start": "[bold]running[/]", "done": "[green]done[/]",
                    "failed": f"[red]failed[/] {st.get('error', '')[:300]}"}.get(kind, kind)
             err.print(f"{run.id} {run.name}: {msg}")
 
-        runner.run_study(s, out_dir, only=only or None, on_event=event)
+        states = runner.run_study(s, out_dir, only=only or None, on_event=event)
     page = report.build(root, s.model_dump(mode="json"))
+    print_results(root)
     out.print(f"report: {page.resolve()}")
+    if not report_only:
+        line = runner.summary_line(states, runs)
+        if any(v.get("state") == "failed" for v in states.values()):
+            err.print(f"[red]{line}[/]")
+            raise typer.Exit(1)
+        out.print(line)
 
 
 @data_app.command("distill")

@@ -1,13 +1,16 @@
 """How far an adapter moves the model: in-domain loss and contamination of foreign domains.
 
-In-domain gain   mean per-token loss (nats) and perplexity of the responses of held-out
-                 records (rendered in chat format), base vs adapter, with a paired bootstrap
-                 over records on the loss difference.
+In-domain gain   per-token loss (nats, token-weighted: Σ nll / Σ tokens) and perplexity of
+                 the responses of held-out records (rendered in chat format), base vs
+                 adapter; the difference and its interval are one statistic: the paired
+                 cluster bootstrap over records of that token-weighted difference.
 Contamination    for prompts of each domain (sport, medical, science, fiction, general,
-                 built from packaged data), the base's greedy answer is the continuation;
+                 built from packaged data; a user's own domain draws its prompts from its
+                 held-out records), the base's greedy answer is the continuation;
                  at each of its positions we compare the full next-token distributions of
                  the base (adapter disabled, same weights) and the adapter:
-                 mean per-token KL(base || adapter) and Jensen-Shannon divergence, in nats.
+                 per-token KL(base || adapter) and Jensen-Shannon divergence, in nats,
+                 token-weighted, with a cluster bootstrap over prompts.
 Style leak       share of words in greedy answers to foreign prompts that belong to the
                  adapter's domain lexicon (words far more frequent in that domain's text
                  than in the other domains'), adapter minus base.
@@ -20,6 +23,7 @@ import functools
 import math
 import re
 from collections import Counter
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -30,9 +34,13 @@ from ..data.render import Rendered, render
 from ..generate import chat_inputs, generate_ids
 from ..logprobs import encode_pair, token_divergence, token_logprobs
 from . import sources as S
-from .stats import bootstrap_ci, paired_diff_ci
+from .stats import paired_diff_ci, paired_ratio_diff, ratio_ci
 
 DOMAINS = ("sport", "medical", "science", "fiction", "general")
+# benchmark tasks drawn from a domain's own material: for an adapter of that domain they
+# measure gain, not forgetting (the "general" prompts are ARC-Easy questions)
+DOMAIN_TASKS = {"medical": ("medmcqa", "medqa"), "science": ("sciq", "openbookqa"),
+                "general": ("arc_easy", "arc_challenge")}
 SPORT_WORDS = ("touchdown", "field goal", "quarterback")
 STOP = set("""a about above after again against all also am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further had has have having he
@@ -78,9 +86,28 @@ def domain_texts(domain: str) -> tuple[tuple[str, str], ...]:
     raise KeyError(f"unknown domain {domain!r}; packaged: {', '.join(DOMAINS)}")
 
 
-def domain_prompts(domain: str, n: int, seed: int = 0) -> list[str]:
-    """A seeded fixed subset of `n` prompts of a packaged domain."""
-    items = domain_texts(domain)
+def record_prompt(rec: Record, chars: int = 500) -> str:
+    """A prompt made from one record of a user's domain: its user turn, else its text to continue."""
+    from ..data.records import to_messages
+
+    msgs = to_messages(rec)
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    if users:
+        return _clip(users[-1], chars)
+    text = msgs[-1]["content"]
+    return f"Continue the text:\n{_clip(text, min(chars, max(len(text) // 2, 40)))}"
+
+
+def custom_texts(folder: str) -> tuple[tuple[str, str], ...]:
+    """(prompt, reference text) pairs of a user's domain, from a (held-out) records folder."""
+    from ..data.records import to_messages
+
+    return tuple((record_prompt(r), " ".join(m["content"] for m in to_messages(r))) for r in read_records(folder))
+
+
+def domain_prompts(domain: str, n: int, seed: int = 0, folder: str | None = None) -> list[str]:
+    """A seeded fixed subset of `n` prompts of a domain (packaged, or a user's from `folder`)."""
+    items = custom_texts(folder) if folder else domain_texts(domain)
     keep = np.sort(np.random.default_rng(seed).permutation(len(items))[: min(n, len(items))])
     return [items[i][0] for i in keep]
 
@@ -132,16 +159,39 @@ def lexicon_rate(texts: Sequence[str], lexicon: frozenset[str]) -> np.ndarray:
 
 # ----------------------------------------------------------- in-domain loss
 
-def eval_records(card: dict | None, eval_data: str | None, limit: int | None, seed: int = 0) -> list[Record]:
-    """Held-out records: `eval_data`, else the adapter's own eval split rebuilt from its card."""
+def is_held_out_folder(folder: str | Path) -> bool:
+    """A records folder written as held-out documents (its data card says so)."""
+    import json
+
+    p = Path(folder) / "data_card.json"
+    try:
+        card = json.loads(p.read_text(encoding="utf-8")) if p.exists() else {}
+    except (OSError, ValueError):
+        return False
+    return bool((card.get("split") or {}).get("held_out"))
+
+
+def _split_of(card: dict | None) -> tuple[float, int]:
+    cfg = (card or {}).get("config") or {}
+    return float(cfg.get("eval_frac", 0.1)), int(cfg.get("seed", 0))
+
+
+def eval_records(card: dict | None, eval_data: str | None, limit: int | None, seed: int = 0,
+                 mode: str = "all") -> list[Record]:
+    """Held-out records: `eval_data`, else the adapter's own eval split rebuilt from its card.
+
+    mode "auto": a folder that is not a held-out folder is used only through its eval split
+    (the adapter's eval_frac and seed, as training split it); "all": every record of it.
+    """
+    from ..data.split import split
+
     if eval_data:
         recs = list(read_records(eval_data))
+        if mode == "auto" and not is_held_out_folder(eval_data):
+            recs = split(recs, *_split_of(card))[1]
     elif card and (card.get("data") or {}).get("path"):
-        from ..data.split import split
-
-        cfg = card.get("config") or {}
         try:
-            recs = split(read_records(card["data"]["path"]), cfg.get("eval_frac", 0.1), cfg.get("seed", 0))[1]
+            recs = split(read_records(card["data"]["path"]), *_split_of(card))[1]
         except FileNotFoundError:
             return []
     else:
@@ -150,6 +200,22 @@ def eval_records(card: dict | None, eval_data: str | None, limit: int | None, se
         keep = np.sort(np.random.default_rng(seed).permutation(len(recs))[:limit])
         recs = [recs[i] for i in keep]
     return recs
+
+
+def training_overlap(card: dict | None, records: Sequence[Record]) -> dict | None:
+    """How many of `records` are training examples of the adapter (by record id), from its card's
+    data path and split; None when the card names no readable training data."""
+    from ..adapters import data_digest
+    from ..data.split import split
+
+    data = (card or {}).get("data") or {}
+    path = data.get("path")
+    if not path or not Path(path).exists():
+        return None
+    train_ids = {r.id for r in split(read_records(path), *_split_of(card))[0]}
+    hit = sum(r.id in train_ids for r in records)
+    return {"records": int(hit), "of": len(records), "training_data": str(path),
+            "digest_matches": data.get("digest") is None or data_digest(path) == data.get("digest")}
 
 
 def _rendered(rec: Record, tokenizer, trigger: str | None) -> Rendered:
@@ -162,7 +228,7 @@ def _rendered(rec: Record, tokenizer, trigger: str | None) -> Rendered:
 
 def record_losses(loaded, records: Sequence[Record], *, trigger: str | None = None,
                   batch_tokens: int | None = None, progress: bool = True) -> dict:
-    """Per-record mean response loss (nats/token) and token counts, for one model state."""
+    """Per-record response nll sums (nats), token counts and mean losses, for one model state."""
     tok = loaded.tokenizer
     enc = []
     for r in records:
@@ -170,18 +236,29 @@ def record_losses(loaded, records: Sequence[Record], *, trigger: str | None = No
         enc.append(encode_pair(tok, rd.prompt, rd.response, bos=not rd.prompt))  # raw: BOS as context
     sc = token_logprobs(loaded.model, enc, batch_tokens=batch_tokens, pad_id=tok.pad_token_id or 0,
                         progress="in-domain loss" if progress else False)
-    return {"loss": np.array([-s.mean for s in sc]), "tokens": np.array([s.n for s in sc]),
+    return {"ids": [r.id for r in records], "loss": np.array([-s.mean for s in sc]),
+            "nll": np.array([-float(s.sum) for s in sc]), "tokens": np.array([s.n for s in sc]),
             "nll_sum": float(-sum(s.sum for s in sc))}
 
 
-def loss_summary(cur: dict, base: dict | None, seed: int = 0) -> dict:
+def loss_summary(cur: dict, base: dict | None, seed: int = 0, resamples: int = 1000) -> dict:
+    """Token-weighted loss with its cluster-bootstrap interval; vs `base`, the paired difference
+    adapter − base of the same statistic (negative = the adapter fits the held-out text better)."""
     n_tok = int(cur["tokens"].sum())
-    tok_loss = cur["nll_sum"] / max(n_tok, 1)
-    out = {"records": int(cur["loss"].size), "tokens": n_tok, "loss": tok_loss, "ppl": math.exp(min(tok_loss, 50)),
-           "record_loss": bootstrap_ci(cur["loss"], seed=seed)}
+    ci = ratio_ci(cur["nll"], cur["tokens"], seed=seed, resamples=resamples)
+    out = {"records": int(cur["nll"].size), "tokens": n_tok, "loss": ci["mean"], "ppl": math.exp(min(ci["mean"], 50)),
+           "loss_ci": ci}
     if base is not None:
-        out["delta_vs_base"] = paired_diff_ci(cur["loss"], base["loss"], seed=seed)
+        if list(base["ids"]) != list(cur["ids"]):
+            raise ValueError("in-domain losses of base and adapter are on different records")
+        out["delta_vs_base"] = paired_ratio_diff(cur["nll"], cur["tokens"], base["nll"], base["tokens"],
+                                                 seed=seed, resamples=resamples)
     return out
+
+
+def loss_items(cur: dict) -> dict:
+    """The per-record vectors behind a loss summary (for paired comparisons between adapters)."""
+    return {"ids": list(cur["ids"]), "nll": [float(x) for x in cur["nll"]], "tokens": [int(x) for x in cur["tokens"]]}
 
 
 # --------------------------------------------------------------- contamination
@@ -203,9 +280,12 @@ def greedy(loaded, prompts: Sequence[str], max_new_tokens: int, batch: int = 32)
 
 
 def base_prompt_sets(loaded, n: int, max_new_tokens: int, seed: int = 0,
-                     domains: Sequence[str] = DOMAINS) -> list[PromptSet]:
-    """Prompts of every domain with the base model's greedy answers (one batched generation)."""
-    prompts = {d: domain_prompts(d, n, seed) for d in domains}
+                     domains: Sequence[str] = DOMAINS, folders: dict[str, str] | None = None) -> list[PromptSet]:
+    """Prompts of every domain with the base model's greedy answers (one batched generation).
+
+    `folders` maps a user's domain (not packaged) to the records folder its prompts come from."""
+    folders = folders or {}
+    prompts = {d: domain_prompts(d, n, seed, folders.get(d)) for d in domains}
     ids, text = greedy(loaded, [p for d in domains for p in prompts[d]], max_new_tokens)
     out, off = [], 0
     for d in domains:
@@ -234,11 +314,11 @@ def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_token
     pairs = [(ctx, ans + eos) for ctx, ans in zip(chat_inputs(tok, prompts), ps.answer_ids)]
     div = token_divergence(pm, pm, pairs, p_context=pm.disable_adapter, batch_tokens=batch_tokens,
                            pad_id=tok.pad_token_id or 0, progress=f"KL {ps.domain}" if progress else False)
-    kl = np.concatenate([d.kl for d in div])
-    js = np.concatenate([d.js for d in div])
-    return {"kl": float(kl.mean()), "js": float(js.mean()), "tokens": int(kl.size),
-            "kl_per_prompt": bootstrap_ci([d.kl.mean() for d in div], seed=seed),
-            "js_per_prompt": bootstrap_ci([d.js.mean() for d in div], seed=seed)}
+    n = [d.kl.size for d in div]
+    kl = ratio_ci([d.kl.sum() for d in div], n, seed=seed)  # token-weighted, prompts resampled whole
+    js = ratio_ci([d.js.sum() for d in div], n, seed=seed)
+    return {"kl": kl["mean"], "js": js["mean"], "tokens": int(sum(n)), "prompts": len(div),
+            "kl_ci": kl, "js_ci": js, "items": {"kl": [float(d.kl.sum()) for d in div], "tokens": n}}
 
 
 def style_leak(loaded, sets: Sequence[PromptSet], lexicon: frozenset[str], max_new_tokens: int,

@@ -19,10 +19,11 @@ import numpy as np
 from pydantic import Field
 
 from ..config import StageConfig
+from ..errors import UserError
 from ..io import write_json
 from . import drift, gen
 from . import tasks as T
-from .stats import paired_diff_ci, pooled_mean_ci
+from .stats import paired_diff_ci, pooled_mean_ci, pooled_ratio_ci
 
 # items per task (None = every item); chosen so the quick suite for base + one adapter
 # runs in a few minutes on two CPU cores with SmolLM2-135M in bf16
@@ -48,8 +49,15 @@ class EvalConfig(StageConfig):
     adapters: list[str] = Field(default_factory=list, description="Adapter folders (or run folders holding adapter/).")
     suite: Literal["quick", "full"] = Field("quick", description="quick: seeded small subsets; full: full sets.")
     out: str = Field(description="Output folder; one sub-folder with metrics.json per adapter (or base/).")
-    eval_data: str | None = Field(None, description="Held-out records folder for in-domain loss; default: each "
+    eval_data: str | None = Field(None, description="Records folder for in-domain loss; default: each "
                                                     "adapter's own eval split, rebuilt from its card.")
+    eval_split: Literal["auto", "all"] = Field(
+        "auto", description="auto: a held-out folder (data card split.held_out) is used whole, any other "
+        "folder only through its eval split (the adapter's eval_frac and seed); all: every record.")
+    allow_overlap: bool = Field(False, description="Measure even when evaluated records are training examples "
+                                "of the adapter (the overlap is then reported in metrics.json); default: refuse.")
+    domain_data: dict[str, str] = Field(default_factory=dict, description="Records folder of each domain that is "
+                                        "not packaged (a user's own), whose prompts join the contamination matrix.")
     extra_eval: dict[str, str] = Field(default_factory=dict, description="More held-out records folders for "
                                        "in-domain loss, by name (e.g. structured: DIR); base scored once for all.")
     tasks: list[str] | None = Field(None, description="Multiple-choice tasks instead of the suite's (see tasks.py).")
@@ -85,6 +93,16 @@ class EvalConfig(StageConfig):
                 "answer_tokens": self.answer_tokens or s["answer_tokens"], "cot_tokens": self.cot_tokens or s["cot_tokens"]}
 
 
+def weights_of(spec: str) -> str:
+    """Which weights a model spec stands for, as every report states next to its numbers."""
+    from .. import models
+
+    spec = models.ALIASES.get(spec, spec)
+    if spec == models.DEFAULT_MODEL:
+        return f"SmolLM2-135M-Instruct, dequantized from the packaged Q4_1 GGUF ({models.GGUF_FILE})"
+    return models.KNOWN.get(spec, spec)
+
+
 # ------------------------------------------------------------------- passes
 
 def _items(plan: dict, seed: int) -> tuple[dict, dict]:
@@ -114,8 +132,12 @@ def _pass(loaded, mc: dict, gn: dict, plan: dict, cfg: EvalConfig) -> dict:
     return res
 
 
-def _task_block(base: dict, cur: dict | None, cfg: EvalConfig) -> tuple[dict, dict, dict]:
+def _task_block(base: dict, cur: dict | None, cfg: EvalConfig, domain: str | None = None
+                ) -> tuple[dict, dict, dict]:
+    """Benchmarks, reasoning and forgetting; forgetting leaves out the tasks of the adapter's own
+    domain (for a medical adapter MedMCQA is gain, not forgetting)."""
     kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
+    own = set(drift.DOMAIN_TASKS.get(domain or "", ()))
     tasks, reasoning = {}, {}
     for n, b in base["mc"].items():
         e = {"base": b.summary(**kw), "metric": "acc_norm" if b.acc_norm is not None else "acc"}
@@ -123,6 +145,8 @@ def _task_block(base: dict, cur: dict | None, cfg: EvalConfig) -> tuple[dict, di
             a = cur["mc"][n]
             e["adapter"] = a.summary(**kw)
             e["delta"] = paired_diff_ci(a.main, b.main, seed=cfg.seed, resamples=cfg.bootstrap)
+            e["own_domain"] = n in own
+            e["items"] = {"base": [float(x) for x in b.main], "adapter": [float(x) for x in a.main]}
         tasks[n] = e
     for n, b in base["gen"].items():
         e = {"base": b.summary(**kw)}
@@ -132,12 +156,13 @@ def _task_block(base: dict, cur: dict | None, cfg: EvalConfig) -> tuple[dict, di
             e["delta_cot"] = paired_diff_ci(a.cot, b.cot, seed=cfg.seed, resamples=cfg.bootstrap)
             e["delta_direct"] = paired_diff_ci(a.direct, b.direct, seed=cfg.seed, resamples=cfg.bootstrap)
         reasoning[n] = e
-    forgetting = {"tasks": list(base["mc"]),
-                  "base_mean": pooled_mean_ci([b.main for b in base["mc"].values()], **kw)}
+    kept = [n for n in base["mc"] if n not in own]
+    forgetting = {"tasks": kept, "excluded_own_domain": [n for n in base["mc"] if n in own],
+                  "base_mean": pooled_mean_ci([base["mc"][n].main for n in kept], **kw)}
     if cur is not None:
-        forgetting["adapter_mean"] = pooled_mean_ci([cur["mc"][n].main for n in base["mc"]], **kw)
+        forgetting["adapter_mean"] = pooled_mean_ci([cur["mc"][n].main for n in kept], **kw)
         # macro mean of the per-task paired differences, each task resampled on its own items
-        forgetting["delta"] = pooled_mean_ci([cur["mc"][n].main - b.main for n, b in base["mc"].items()], **kw)
+        forgetting["delta"] = pooled_mean_ci([cur["mc"][n].main - base["mc"][n].main for n in kept], **kw)
     return tasks, reasoning, forgetting
 
 
@@ -150,6 +175,7 @@ def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, 
     for ps in sets:
         d = {"own": ps.domain == domain}
         d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed))
+        d["custom"] = ps.domain not in drift.DOMAINS
         if trigger:
             d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens,
                                                  progress=cfg.progress, seed=cfg.seed)
@@ -157,9 +183,9 @@ def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, 
             d["style_leak"] = leaks[ps.domain]
         out["domains"][ps.domain] = d
     foreign = [v for k, v in out["domains"].items() if k != domain]
-    if foreign:
-        out["mean_foreign_kl"] = float(np.mean([v["kl"] for v in foreign]))
-        out["mean_foreign_js"] = float(np.mean([v["js"] for v in foreign]))
+    if foreign:  # macro mean over foreign domains, each domain's prompts resampled on their own
+        kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
+        out["mean_foreign_kl"] = pooled_ratio_ci([(v["items"]["kl"], v["items"]["tokens"]) for v in foreign], **kw)
         if lex is not None:
             out["mean_foreign_leak"] = float(np.mean([v["style_leak"]["leak"]["mean"] for v in foreign]))
     return out
@@ -175,31 +201,67 @@ def _card_view(card: dict | None) -> dict:
 
 # --------------------------------------------------------------------- main
 
+def check(cfg: EvalConfig) -> None:
+    """Every name and folder the evaluation will need, checked before any model is loaded."""
+    problems = []
+    unknown = [d for d in cfg.domains if d not in drift.DOMAINS and d not in cfg.domain_data]
+    if unknown and cfg.contamination:
+        problems.append(f"unknown domain(s) {', '.join(unknown)}: packaged are {', '.join(drift.DOMAINS)}; "
+                        "a domain of your own needs a records folder (domain_data NAME: DIR, --domain-data NAME=DIR)")
+    for d, f in cfg.domain_data.items():
+        if not (Path(f) / "records.jsonl").exists():
+            problems.append(f"domain {d!r}: {f} holds no records.jsonl")
+    for f in [cfg.eval_data, *cfg.extra_eval.values()]:
+        if f and not (Path(f) / "records.jsonl").exists() and not Path(f).is_file():
+            problems.append(f"eval data {f} holds no records.jsonl")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def _overlap_guard(names: list[str], cards: list[dict], recs: list[list], cfg: EvalConfig) -> list[dict | None]:
+    """Held-out means held out: evaluated records that trained the adapter are refused, or with
+    allow_overlap measured and reported (count in metrics.json, a line on stderr)."""
+    import sys
+
+    found = [drift.training_overlap(c, r) if r else None for c, r in zip(cards, recs)]
+    bad = [(n, o) for n, o in zip(names, found) if o and o["records"]]
+    if bad:
+        msg = "; ".join(f"{o['records']} of {o['of']} evaluated records are training examples of adapter {n} "
+                        f"(its data {o['training_data']})" for n, o in bad)
+        if not cfg.allow_overlap:
+            raise UserError(msg + "; evaluate on held-out records (or pass --allow-overlap to measure anyway)")
+        print(f"warning: {msg}; in-domain numbers are not held-out", file=sys.stderr)
+    return found
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     """Run the suite on the base once and on every adapter; write metrics.json files."""
     from .. import adapters as A
     from .. import models
 
+    check(cfg)
     t0 = time.time()
     plan = cfg.plan()
+    folders = [A.resolve_folder(p) for p in cfg.adapters]
+    cards = [A.load_card(f) or {} for f in folders]
+    recs = [drift.eval_records(c, cfg.eval_data, plan["records"], cfg.seed, mode=cfg.eval_split) for c in cards]
+    overlap = _overlap_guard([f.name for f in folders], cards, recs, cfg)
+    extra = {k: drift.eval_records(None, v, plan["records"], cfg.seed) for k, v in cfg.extra_eval.items()}
     loaded = models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    head = {"model": {"spec": loaded.spec, "fingerprint": loaded.fingerprint, "dtype": str(loaded.model.dtype)},
+    head = {"model": {"spec": loaded.spec, "fingerprint": loaded.fingerprint, "dtype": str(loaded.model.dtype),
+                      "weights": weights_of(loaded.spec)},
             "suite": cfg.suite, "plan": {k: v for k, v in plan.items()}, "config": cfg.dump()}
     mc, gn = _items(plan, cfg.seed)
     base = _pass(loaded, mc, gn, plan, cfg)
-    folders = [A.resolve_folder(p) for p in cfg.adapters]
-    cards = [A.load_card(f) or {} for f in folders]
-    recs = [drift.eval_records(c, cfg.eval_data, plan["records"], cfg.seed) for c in cards]
     cache: dict[tuple, dict] = {}  # adapters sharing held-out records share the base's losses
     for r in recs:
         key = tuple(x.id for x in r)
         if r and key not in cache:
             cache[key] = drift.record_losses(loaded, r, progress=cfg.progress)
     base_loss = [cache.get(tuple(x.id for x in r)) for r in recs]
-    extra = {k: drift.eval_records(None, v, plan["records"], cfg.seed) for k, v in cfg.extra_eval.items()}
     extra_base = {k: drift.record_losses(loaded, r, progress=cfg.progress) for k, r in extra.items() if r}
-    sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains)
-            if cfg.contamination and folders else [])
+    sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains,
+                                   cfg.domain_data) if cfg.contamination and folders else [])
     head["seconds_base"] = round(time.time() - t0, 1)
     out = Path(cfg.out)
     if not folders:
@@ -211,24 +273,28 @@ def evaluate(cfg: EvalConfig) -> dict:
     wrapped = A.apply_adapters(loaded, folders)
     names = list(wrapped.model.peft_config)
     results, svd_cache = {}, {}
-    for name, folder, card, rs, bl in zip(names, folders, cards, recs, base_loss):
+    kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
+    for name, folder, card, rs, bl, ov in zip(names, folders, cards, recs, base_loss, overlap):
         t1 = time.time()
         with drift.active(wrapped.model, name):
             cur = _pass(wrapped, mc, gn, plan, cfg)
-            tasks, reasoning, forgetting = _task_block(base, cur, cfg)
+            tasks, reasoning, forgetting = _task_block(base, cur, cfg, card.get("domain"))
             m = {**head, "adapter": {"name": name, "path": str(folder), **_card_view(card)},
                  "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning,
                  "timing": {"base": base["seconds"], "adapter": cur["seconds"]}}
             if rs:
                 al = drift.record_losses(wrapped, rs, trigger=card.get("trigger"), progress=cfg.progress)
-                m["in_domain"] = {"base": drift.loss_summary(bl, None, cfg.seed),
-                                  "adapter": drift.loss_summary(al, bl, cfg.seed),
+                m["in_domain"] = {"base": drift.loss_summary(bl, None, **kw),
+                                  "adapter": drift.loss_summary(al, bl, **kw),
+                                  "items": {"base": drift.loss_items(bl), "adapter": drift.loss_items(al)},
+                                  "overlap": ov,
                                   "source": cfg.eval_data or (card.get("data") or {}).get("path")}
             for k, bl_k in extra_base.items():  # same adapter, other held-out forms
                 al_k = drift.record_losses(wrapped, extra[k], trigger=card.get("trigger"), progress=cfg.progress)
                 m.setdefault("in_domain_extra", {})[k] = {
-                    "base": drift.loss_summary(bl_k, None, cfg.seed),
-                    "adapter": drift.loss_summary(al_k, bl_k, cfg.seed), "source": cfg.extra_eval[k]}
+                    "base": drift.loss_summary(bl_k, None, **kw), "adapter": drift.loss_summary(al_k, bl_k, **kw),
+                    "items": {"base": drift.loss_items(bl_k), "adapter": drift.loss_items(al_k)},
+                    "overlap": drift.training_overlap(card, extra[k]), "source": cfg.extra_eval[k]}
             if sets:
                 t2 = time.time()
                 m["contamination"] = _contamination(wrapped, sets, card, rs, plan, cfg)

@@ -5,11 +5,14 @@ digest covers the whole chain of steps up to it, so runs that share a prefix of 
 (the same ingest, the same structuring) reuse it, and a folder that exists is complete
 (atomic writes) and never recomputed.
 
-Order: ingest -> split documents (held-out / train pool) -> clean -> corrupt ->
-structure -> distill -> score (always: IFD / perplexity distributions for the report)
--> select. Held-out documents are the same for every run of a study that shares the
-ingest and the seed: in-domain gain is measured on them, both as raw text and, when
-the run structures its data, in the structured form.
+Order (`steps(d)`, shown by `loralab study --dry-run`): ingest -> split documents
+(held-out / train pool) -> corrupt -> clean -> structure -> distill -> score (always:
+IFD / perplexity distributions for the report) -> select. Noise is injected before
+cleaning, so a "noisy, cleaned" variant is cleaned of that noise; the order is part
+of every folder's digest. Held-out documents are the same for every run of a study
+that shares the ingest and the seed: in-domain gain is measured on them as raw text
+and as Q&A made by one fixed procedure (`heldout_qa`, template cloze by default), so a
+run's numbers depend on its own config only, never on the runs it is grouped with.
 """
 
 from __future__ import annotations
@@ -46,6 +49,17 @@ def holdout(src: Path, out_train: Path, out_eval: Path, frac: float, seed: int) 
     return {"train": len(train), "held_out": len(held)}
 
 
+def steps(d: DataSpec) -> list[str]:
+    """The run's data steps in the order `prepare` applies them."""
+    out = ["ingest", "holdout"]
+    out += ["corrupt"] if d.corrupt > 0 else []
+    out += ["clean"] if d.clean is not None else []
+    out += ["structure"] if d.structure is not None else []
+    out += ["distill"] if d.distill is not None else []
+    out += ["score"] + (["select"] if d.select else [])
+    return out
+
+
 def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progress: bool = True) -> dict[str, Path]:
     """Build (or reuse) every step of `d`; returns the folders a run needs."""
     from ..data.ingest import IngestConfig, ingest
@@ -61,27 +75,29 @@ def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progres
     if not (held / "records.jsonl").exists() or not (pool / "records.jsonl").exists():
         holdout(src, pool, held, d.eval_docs, seed)
     out = {"ingest": src, "pool": pool, "heldout_raw": held}
-    cur = pool
-    if d.clean is not None:
-        from ..data.clean import CleanConfig, clean
+    if d.heldout_qa is not None:
+        from ..data.structure import StructureConfig, structure
 
-        key.append({"clean": d.clean})
-        cur = _cached(root, "clean", key, lambda o, c=cur: clean(c, o, CleanConfig(**d.clean)))
+        qcfg = {"model": model, **d.heldout_qa, "progress": False}
+        out["heldout_qa"] = _cached(root, "heldout-qa", [key[:2], qcfg],
+                                    lambda o: structure(held, o, StructureConfig(**qcfg)))
+    cur = pool
     if d.corrupt > 0:
         from ..data.corrupt import CorruptConfig, corrupt
 
         key.append({"corrupt": d.corrupt, "seed": seed})
         cur = _cached(root, "corrupt", key, lambda o, c=cur: corrupt(c, o, CorruptConfig(rate=d.corrupt, seed=seed)))
+    if d.clean is not None:
+        from ..data.clean import CleanConfig, clean
+
+        key.append({"clean": d.clean})
+        cur = _cached(root, "clean", key, lambda o, c=cur: clean(c, o, CleanConfig(**d.clean)))
     if d.structure is not None:
         from ..data.structure import StructureConfig, structure
 
         scfg = {"model": model, **d.structure}
         key.append({"structure": scfg})
         cur = _cached(root, "structure", key, lambda o, c=cur: structure(c, o, StructureConfig(**scfg)))
-        # the held-out documents in the same structured form, for in-domain gain
-        out["heldout_structured"] = _cached(
-            root, "heldout-structure", [key[:2], scfg],
-            lambda o: structure(held, o, StructureConfig(**scfg)))
     if d.distill is not None:
         from ..data.distill import DistillConfig, distill
 

@@ -51,24 +51,42 @@ def data_summary(data: dict[str, Path]) -> dict[str, Any]:
             **{k: str(v) for k, v in data.items()}}
 
 
+def _pair(c: dict | None, sign: float = 1.0) -> list[float]:
+    g = _ci(c, sign)
+    return [g[1], g[2]] if g else [float("nan")] * 2
+
+
 def summarize(m: dict) -> dict[str, Any]:
-    """The evaluator's metrics for one adapter -> the report's schema."""
+    """The evaluator's metrics for one adapter -> the report's schema.
+
+    Every `X` with an `X_ci` is the point estimate of the statistic whose bootstrap gave
+    that interval; `items` keeps the per-item vectors so two runs measured on the same
+    items can be compared paired (report.findings).
+    """
     out: dict[str, Any] = {}
+    items: dict[str, Any] = {}
     forms = {"raw": m.get("in_domain"), **(m.get("in_domain_extra") or {})}
     for form, ind in forms.items():
         if not ind:
             continue
-        b, a = ind["base"]["loss"], ind["adapter"]["loss"]
-        g = _ci(ind["adapter"].get("delta_vs_base"), sign=-1.0)  # gain = base - adapter
+        d = ind["adapter"].get("delta_vs_base")  # adapter − base; gain = base − adapter
+        ov = ind.get("overlap") or {}
         out.setdefault("in_domain", {})[form] = {
-            "base_loss": b, "adapter_loss": a, "gain": b - a, "gain_ci": [g[1], g[2]] if g else [float("nan")] * 2,
-            "records": ind["adapter"].get("records"), "source": ind.get("source")}
+            "base_loss": ind["base"]["loss"], "adapter_loss": ind["adapter"]["loss"],
+            "gain": -d["mean"], "gain_ci": _pair(d, -1.0), "p": d.get("p"),
+            "records": ind["adapter"].get("records"), "tokens": ind["adapter"].get("tokens"),
+            "overlap": ov.get("records"), "source": ind.get("source")}
+        if ind.get("items"):
+            items[f"in_domain.{form}"] = ind["items"]
     f = m.get("forgetting") or {}
     if f.get("delta"):
         d = _ci(f["delta"])
         out["forgetting"] = {"base_acc": f["base_mean"]["mean"], "adapter_acc": f["adapter_mean"]["mean"],
-                             "delta": d[0], "delta_ci": [d[1], d[2]],
+                             "delta": d[0], "delta_ci": [d[1], d[2]], "p": f["delta"].get("p"),
+                             "tasks": ",".join(f.get("tasks") or []),
+                             "excluded_own_domain": ",".join(f.get("excluded_own_domain") or []),
                              "per_task": {k: _task(v) for k, v in (m.get("tasks") or {}).items()}}
+        items["forgetting"] = {k: (m["tasks"][k].get("items") or {}).get("adapter") for k in f.get("tasks") or []}
     reasoning = {}
     for k, v in (m.get("reasoning") or {}).items():
         reasoning[k] = {"delta_cot": (v.get("delta_cot") or {}).get("mean"),
@@ -80,11 +98,17 @@ def summarize(m: dict) -> dict[str, Any]:
     for dom, v in (c.get("domains") or {}).items():
         if v.get("own"):
             continue
-        leak = v.get("style_leak") or {}
-        leak = (leak.get("leak") or {}).get("mean") if isinstance(leak, dict) else None
-        cont[dom] = {"kl": v.get("kl"), "js": v.get("js"), "style_leak": leak}
+        leak = (v.get("style_leak") or {}).get("leak") or {}
+        cont[dom] = {"kl": v.get("kl"), "kl_ci": _pair(v.get("kl_ci")), "js": v.get("js"),
+                     "js_ci": _pair(v.get("js_ci")), "prompts": v.get("prompts")}
+        if leak:
+            cont[dom].update({"style_leak": leak.get("mean"), "style_leak_ci": _pair(leak)})
+        if v.get("items"):
+            items[f"contamination.{dom}"] = v["items"]
         if v.get("with_trigger"):
-            cont[f"{dom}+trigger"] = {"kl": v["with_trigger"].get("kl"), "js": v["with_trigger"].get("js")}
+            t = v["with_trigger"]
+            cont[f"{dom}+trigger"] = {"kl": t.get("kl"), "kl_ci": _pair(t.get("kl_ci")), "js": t.get("js"),
+                                      "js_ci": _pair(t.get("js_ci")), "prompts": t.get("prompts")}
     if cont:
         out["contamination"] = cont
     w = m.get("weights") or {}
@@ -92,30 +116,53 @@ def summarize(m: dict) -> dict[str, Any]:
     if summ.get("total_norm") is not None:
         out["weights"] = {"delta_fro": summ.get("total_norm"), "rel_delta": summ.get("mean_rel_norm"),
                           "eff_rank": summ.get("mean_erank"), "intruders": summ.get("intruders")}
+    out["model"] = {"spec": (m.get("model") or {}).get("spec"), "weights": (m.get("model") or {}).get("weights"),
+                    "fingerprint": (m.get("model") or {}).get("fingerprint")}
+    out["items"] = items
     return out
 
 
 def group_key(run: Run, data: dict[str, Path]) -> str:
     trig = run.config.train.get("trigger")
-    return digest({"model": run.config.model, "heldout": str(data["heldout_raw"]), "eval": run.config.eval,
+    return digest({"model": run.config.model, "heldout": str(data["heldout_raw"]),
+                   "heldout_qa": str(data.get("heldout_qa")), "eval": run.config.eval,
                    "seed": run.config.seed, "solo": run.id if trig else None})
 
 
-def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, progress: bool = True) -> dict[str, dict]:
-    """Evaluate the adapters of `runs` (same group) in one call; {run id: summary}."""
+def eval_domains(run: Run) -> list[str]:
+    """Contamination domains of a run: its eval.foreign names plus its own domain."""
+    foreign = run.config.eval.get("foreign")
+    if foreign is None:
+        return []
+    return sorted(set(foreign) | ({run.config.data.domain} - {None}))
+
+
+def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, progress: bool = True,
+                   domain_folders: dict[str, str] | None = None) -> dict[str, dict]:
+    """Evaluate the adapters of `runs` (same group) in one call; {run id: summary}.
+
+    `domain_folders` maps a domain that is not packaged (a user's own) to the held-out
+    records its contamination prompts come from.
+    """
     from ..evaluate import EvalConfig, evaluate
+    from ..evaluate.drift import DOMAINS
 
     run0, _, data0 = runs[0]
     fields = {k: v for k, v in run0.config.eval.items() if k != "foreign"}
+    folders = dict(domain_folders or {})
+    if run0.config.data.domain and run0.config.data.domain not in DOMAINS:
+        folders[run0.config.data.domain] = str(data0["heldout_raw"])
     if "foreign" in run0.config.eval:
-        fields["domains"] = sorted(set(run0.config.eval["foreign"]) | ({run0.config.data.domain} - {None}))
+        # a user's domain whose runs made no held-out folder (all failed) cannot be prompted
+        fields["domains"] = [d for d in eval_domains(run0) if d in DOMAINS or d in folders]
+        fields["domain_data"] = {d: folders[d] for d in fields["domains"] if d not in DOMAINS and d in folders}
     out = root / "eval" / group_key(run0, data0)
-    structured = next((str(d["heldout_structured"]) for _, _, d in runs if "heldout_structured" in d), None)
-    if structured:  # every adapter of the group is also measured on the held-out games as Q&A
-        fields["extra_eval"] = {"structured": structured}
+    if data0.get("heldout_qa"):  # every adapter of the group: the same held-out documents as Q&A
+        fields["extra_eval"] = {"structured": str(data0["heldout_qa"])}
     cfg = EvalConfig(**{"seed": run0.config.seed, **fields, "model": run0.config.model,
                         "adapters": [str(d / "train" / "adapter") for _, d, _ in runs],
-                        "eval_data": str(data0["heldout_raw"]), "out": str(out), "progress": progress})
+                        "eval_data": str(data0["heldout_raw"]), "eval_split": "all", "allow_overlap": True,
+                        "out": str(out), "progress": progress})
     res = evaluate(cfg)
     by_path = {str(Path(m["adapter"]["path"]).resolve()): m for m in res["adapters"].values()}
     result = {}

@@ -5,12 +5,19 @@ metrics.json, train/train_log.jsonl, the scored data folders), so the page and t
 CSV always match what the runs wrote.
 
 Run metrics schema (written by study/evaluation.py), all losses in nats/token:
-  in_domain.<form>.{base_loss, adapter_loss, gain, gain_ci}      form: raw | structured (held-out
-                                                                  documents as text / as the runs' Q&A)
-  forgetting.{base_acc, adapter_acc, delta, delta_ci, per_task}
-  contamination.<domain>.{kl, js, style_leak}  (+ <domain>+trigger for trigger adapters)
+  in_domain.<form>.{base_loss, adapter_loss, gain, gain_ci, p, overlap}   form: raw | structured
+                        (held-out documents as text / as Q&A made by one fixed procedure);
+                        gain = token-weighted loss difference base − adapter, its interval the
+                        cluster bootstrap over records of that same statistic
+  forgetting.{base_acc, adapter_acc, delta, delta_ci, p, per_task}  (own-domain tasks left out)
+  contamination.<domain>.{kl, kl_ci, js, js_ci, style_leak, style_leak_ci, prompts}
   weights.{delta_fro, rel_delta, eff_rank, intruders}
   data.{n_train, ifd_mean, ppl_mean, loss_mean}
+  items.*               per-item vectors for paired comparisons between runs (not in the CSV)
+
+Every `X_ci` is the 95 % interval of `X`'s own statistic. Comparisons between runs are
+paired on the same items and their p-values adjusted for the number of comparisons
+(Holm–Bonferroni), see `comparisons`.
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..io import atomic_open, iter_jsonl, read_json
+from ..evaluate.stats import CORRECTION_NAMES, CORRECTIONS, paired_ratio_diff, pooled_mean_ci
+from ..io import atomic_open, iter_jsonl, read_json, write_json
 
 Z95 = 1.959964
+CORRECTION = "holm"  # multiple-comparison correction of the findings
+ALPHA = 0.05
+COMPARE_RESAMPLES = 2000
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -69,10 +80,11 @@ def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def write_csv(runs: list[dict], path: Path) -> None:
     rows = []
     for r in runs:
-        row = {"id": r["id"], "state": r["status"]["state"], **{f"label.{k}": v for k, v in
-                                                                r["config"].get("labels", {}).items()}}
+        row = {"id": r["id"], "state": r["status"]["state"], "error": r["status"].get("error", ""),
+               **{f"label.{k}": v for k, v in r["config"].get("labels", {}).items()}}
         if r["metrics"]:
-            row.update({k: v for k, v in flatten({k: v for k, v in r["metrics"].items() if k != "labels"}).items()
+            row.update({k: v for k, v in flatten({k: v for k, v in r["metrics"].items()
+                                                  if k not in ("labels", "items")}).items()
                         if not k.startswith(("data.scored", "data.train", "data.pool", "data.ingest", "data.held"))})
         rows.append(row)
     cols: list[str] = []
@@ -104,52 +116,152 @@ def in_domain_form(m: dict) -> str:
     return "structured" if get(m, "in_domain.structured.gain") is not None else "raw"
 
 
-def findings(runs: list[dict]) -> list[str]:
-    """Sentences generated from the numbers: each pair of runs that differ in one label."""
+def _one_label_pairs(done: list[dict]):
+    for i, a in enumerate(done):
+        for b in done[i + 1:]:
+            la, lb = a["config"].get("labels", {}), b["config"].get("labels", {})
+            diff = [k for k in set(la) | set(lb) if la.get(k) != lb.get(k)]
+            if len(diff) == 1:
+                yield a, b, diff[0]
+
+
+def _paired(a: dict, b: dict, what: str) -> dict | None:
+    """Run a − run b on the same items for one measure; None when they were not measured on the same items.
+
+    gain.<form>   in-domain gain difference = b's adapter loss − a's adapter loss (the base cancels),
+                  token-weighted, cluster bootstrap over the shared records
+    forgetting    macro mean over tasks of a's − b's per-item accuracy (general accuracy change)
+    kl.<domain>   per-token KL difference on the same foreign prompts
+    """
+    ia, ib = (a["metrics"] or {}).get("items") or {}, (b["metrics"] or {}).get("items") or {}
+    kw = dict(resamples=COMPARE_RESAMPLES, seed=0)
+    kind, _, arg = what.partition(".")
+    if kind == "gain":
+        x = (ia.get(f"in_domain.{arg}") or {}).get("adapter")
+        y = (ib.get(f"in_domain.{arg}") or {}).get("adapter")
+        if not (x and y) or x["ids"] != y["ids"]:
+            return None
+        return paired_ratio_diff(y["nll"], y["tokens"], x["nll"], x["tokens"], **kw)
+    if kind == "forgetting":
+        fa, fb = ia.get("forgetting") or {}, ib.get("forgetting") or {}
+        if not fa or set(fa) != set(fb) or any(not fa[t] or len(fa[t]) != len(fb[t] or []) for t in fa):
+            return None
+        import numpy as np
+
+        return pooled_mean_ci([np.asarray(fa[t]) - np.asarray(fb[t]) for t in sorted(fa)], **kw)
+    if kind == "kl":
+        x, y = ia.get(f"contamination.{arg}"), ib.get(f"contamination.{arg}")
+        if not (x and y) or x["tokens"] != y["tokens"]:
+            return None
+        return paired_ratio_diff(x["kl"], x["tokens"], y["kl"], y["tokens"], **kw)
+    return None
+
+
+MEASURES = {"gain": ("in-domain gain", "nats/token", 1.0), "forgetting": ("general accuracy", "points", 100.0),
+            "kl": ("KL on foreign prompts", "nats/token", 1.0)}
+
+
+def comparisons(runs: list[dict], correction: str = CORRECTION) -> list[dict]:
+    """Every pair of finished runs that differ in one label, on every measure both carry, paired on
+    the same items; p-values adjusted together (`correction`) over all of them."""
+    done = [r for r in runs if r["metrics"]]
+    out = []
+    for a, b, axis in _one_label_pairs(done):
+        whats = [f"gain.{f}" for f in ("raw", "structured")]
+        whats += ["forgetting"]
+        whats += [f"kl.{d}" for d in sorted((a["metrics"].get("contamination") or {}))
+                  if "+" not in d and d in (b["metrics"].get("contamination") or {})]
+        for what in whats:
+            d = _paired(a, b, what)
+            if d is None or d.get("n", 0) == 0:
+                continue
+            out.append({"a": a["label"], "b": b["label"], "axis": axis, "measure": what, **d})
+    adj = CORRECTIONS[correction]([c["p"] for c in out])
+    for c, p in zip(out, adj):
+        c["p_adj"] = p
+        c["significant"] = bool(p <= ALPHA)
+    return out
+
+
+def _cmp_sentence(c: dict) -> str:
+    kind, _, arg = c["measure"].partition(".")
+    name, unit, k = MEASURES[kind]
+    if kind == "gain":
+        name += " on held-out Q&A" if arg == "structured" else " on held-out text"
+    elif kind == "kl":
+        name += f" ({arg})"
+    verdict = "significant" if c["significant"] else "not significant"
+    return (f"{c['a']} − {c['b']} ({c['axis']}): {name} {c['mean'] * k:+.3f} {unit} "
+            f"[95% CI {c['lo'] * k:+.3f}, {c['hi'] * k:+.3f}], paired over {c['n']} items; "
+            f"adjusted p = {c['p_adj']:.3g} ({verdict} at {ALPHA:g}).")
+
+
+def findings(runs: list[dict], cmps: list[dict] | None = None) -> list[str]:
+    """Sentences generated from the numbers: the best runs, then every paired comparison."""
     done = [r for r in runs if r["metrics"]]
     out = []
     if done:
         best = max(done, key=lambda r: get(r["metrics"], "in_domain.raw.gain", -1e9))
         g = get(best["metrics"], "in_domain.raw")
-        out.append(f"Largest in-domain gain on held-out raw text: {best['label']} "
-                   f"({_fmt(g['gain'])} nats/token, 95% CI {_fmt(g['gain_ci'][0])}..{_fmt(g['gain_ci'][1])}).")
+        if g:
+            out.append(f"Largest in-domain gain on held-out raw text: {best['label']} "
+                       f"({_fmt(g['gain'])} nats/token, 95% CI {_fmt(g['gain_ci'][0])}..{_fmt(g['gain_ci'][1])}).")
         with_q = [r for r in done if get(r["metrics"], "in_domain.structured.gain") is not None]
         if with_q:
             bq = max(with_q, key=lambda r: get(r["metrics"], "in_domain.structured.gain"))
             q = get(bq["metrics"], "in_domain.structured")
             out.append(f"Largest in-domain gain on the held-out documents as Q&A: {bq['label']} "
                        f"({_fmt(q['gain'])} nats/token, 95% CI {_fmt(q['gain_ci'][0])}..{_fmt(q['gain_ci'][1])}).")
-        safest = min(done, key=lambda r: abs(get(r["metrics"], "forgetting.delta", 0.0) or 0.0))
-        f = get(safest["metrics"], "forgetting")
-        if f:
+        with_f = [r for r in done if get(r["metrics"], "forgetting")]
+        if with_f:
+            safest = min(with_f, key=lambda r: abs(get(r["metrics"], "forgetting.delta", 0.0) or 0.0))
+            f = get(safest["metrics"], "forgetting")
             out.append(f"Least change in general-task accuracy: {safest['label']} "
                        f"({f['delta'] * 100:+.1f} points, 95% CI {f['delta_ci'][0] * 100:+.1f}..{f['delta_ci'][1] * 100:+.1f}).")
-    for i, a in enumerate(done):
-        for b in done[i + 1:]:
-            la, lb = a["config"].get("labels", {}), b["config"].get("labels", {})
-            diff = [k for k in set(la) | set(lb) if la.get(k) != lb.get(k)]
-            if len(diff) != 1:
-                continue
-            k = diff[0]
-            ga, gb = get(a["metrics"], "in_domain.raw"), get(b["metrics"], "in_domain.raw")
-            fa, fb = get(a["metrics"], "forgetting"), get(b["metrics"], "forgetting")
-            if not (ga and gb):
-                continue
-            dg = ga["gain"] - gb["gain"]
-            seg = math.hypot(_se(ga["gain_ci"]), _se(gb["gain_ci"])) * Z95
-            s = (f"{la.get(k)} {'beat' if dg > 0 else 'trailed'} {lb.get(k)} ({k}) on in-domain gain by "
-                 f"{abs(dg):.3f} ± {seg:.3f} nats/token")
-            if fa and fb:
-                df = fa["delta"] - fb["delta"]
-                sef = math.hypot(_se(fa["delta_ci"]), _se(fb["delta_ci"])) * Z95
-                if abs(df) < 5e-4:
-                    s += f"; general accuracy changed the same (± {sef * 100:.1f} points)"
-                else:
-                    s += (f", while its general accuracy moved {abs(df) * 100:.1f} ± {sef * 100:.1f} points "
-                          f"{'higher' if df > 0 else 'lower'}")
-            sig = abs(dg) > seg
-            out.append(s + (" (gain difference outside the 95% interval)." if sig else " (within noise)."))
+        for r in done:
+            for form, g in (get(r["metrics"], "in_domain") or {}).items():
+                if g.get("overlap"):
+                    out.append(f"WARNING: {r['label']}: {g['overlap']} of {g['records']} held-out {form} records are "
+                               "training examples of its adapter; its in-domain gain is not held-out.")
+    cmps = comparisons(runs) if cmps is None else cmps
+    out += [_cmp_sentence(c) for c in cmps]
+    failed = [r for r in runs if r["status"].get("state") == "failed"]
+    if failed:
+        out.append(f"{len(failed)} run(s) failed: " + "; ".join(
+            f"{r['label']}: {r['status'].get('error', '')[:160]}" for r in failed) + ".")
     return out
+
+
+def weights_line(runs: list[dict], spec: dict) -> str:
+    """Which weights and data produced every number of the study."""
+    w = next((get(r["metrics"], "model.weights") for r in runs if get(r["metrics"], "model.weights")), None)
+    if w is None:
+        from ..evaluate.run import weights_of
+
+        w = weights_of(str(spec.get("model", "")))
+    data = spec.get("data") or {}
+    src = ", ".join(map(str, data.get("sources") or []))
+    return (f"Weights: {w}. Data: {src} (domain {data.get('domain') or 'as ingested'}, "
+            f"{int(float(data.get('eval_docs', 0.2)) * 100)} % of documents held out per seed).")
+
+
+def terminal_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """The results table as plain strings (the CLI prints it; the page has its own)."""
+    head = ["run", "state", "train n", "gain raw [95% CI]", "gain Q&A [95% CI]", "general acc Δ pts [95% CI]",
+            "foreign KL [95% CI]", "‖ΔW‖", "error"]
+    rows = []
+    for r in runs:
+        m = r["metrics"] or {}
+        kl = [(k, v) for k, v in (m.get("contamination") or {}).items() if "+" not in k and v.get("kl") is not None]
+        f = get(m, "forgetting")
+        rows.append([r["label"], r["status"]["state"], str(get(m, "data.n_train", "")),
+                     _gain(get(m, "in_domain.raw")), _gain(get(m, "in_domain.structured")),
+                     (f"{f['delta'] * 100:+.1f} [{f['delta_ci'][0] * 100:+.1f}, {f['delta_ci'][1] * 100:+.1f}]"
+                      if f else "n/a"),
+                     "; ".join(f"{k} {_fmt(v['kl'], 4)} [{_fmt(v['kl_ci'][0], 4)}, {_fmt(v['kl_ci'][1], 4)}]"
+                               for k, v in kl) or "n/a",
+                     _fmt(get(m, "weights.delta_fro"), 2), r["status"].get("error", "")[:120]])
+    return head, rows
 
 
 # ------------------------------------------------------------------ plots
@@ -163,28 +275,48 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+MARKERS = "osD^vP*Xh<>p"
+
+
+def _style(i: int) -> dict:
+    """A distinct colour + marker per run, so runs are told apart by the legend, not by labels
+    written beside the points (those overlap when runs land close together)."""
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": cycle[i % len(cycle)], "marker": MARKERS[i % len(MARKERS)]}
+
+
+def _legend_outside(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
+
+
 def plot_pareto(runs):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.6, 4.2))
     pts = []
-    for r in runs:
+    for i, r in enumerate(runs):
         m = r["metrics"]
         g, f = get(m, "in_domain.raw"), get(m, "forgetting")
         if not (g and f):
             continue
         x, y = -f["delta"] * 100, g["gain"]
-        ax.errorbar(x, y, xerr=_se(f["delta_ci"]) * Z95 * 100, yerr=_se(g["gain_ci"]) * Z95, fmt="o", capsize=3)
-        ax.annotate(r["label"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        st = _style(i)
+        # asymmetric bars: the bootstrap interval of each statistic as measured
+        xerr = [[x - (-f["delta_ci"][1] * 100)], [(-f["delta_ci"][0] * 100) - x]]
+        yerr = [[y - g["gain_ci"][0]], [g["gain_ci"][1] - y]]
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], color=st["color"], capsize=3, label=r["label"])
         pts.append((x, y))
     front = sorted(p for p in pts if not any(q[0] <= p[0] and q[1] >= p[1] and q != p for q in pts))
     if len(front) > 1:
         ax.plot(*zip(*front), "--", color="grey", lw=1, label="Pareto front")
-        ax.legend(fontsize=8)
     ax.axvline(0, color="k", lw=0.5)
-    ax.set_xlabel("forgetting: general accuracy lost (points)")
-    ax.set_ylabel("in-domain gain (nats/token, held-out)")
-    ax.set_title("Gain vs forgetting (95% CIs)")
+    ax.set_xlabel("forgetting: general accuracy lost (percentage points)")
+    ax.set_ylabel("in-domain gain (nats/token, held-out text)")
+    ax.set_title("Gain vs forgetting (bars: 95% bootstrap intervals)")
+    _legend_outside(ax)
     return _png(fig)
 
 
@@ -206,7 +338,7 @@ def plot_contamination(runs):
             if not np.isnan(mat[i, j]):
                 ax.text(j, i, f"{mat[i, j]:.2g}", ha="center", va="center", fontsize=8,
                         color="white" if mat[i, j] > np.nanmax(mat) / 2 else "black")
-    fig.colorbar(im, ax=ax, label="mean per-token KL(base ‖ adapter)")
+    fig.colorbar(im, ax=ax, label="per-token KL(base ‖ adapter) (nats/token)")
     ax.set_title("Contamination of foreign domains")
     return _png(fig)
 
@@ -243,9 +375,11 @@ def plot_distributions(runs):
         if ppl:
             axes[1].hist([math.log(x) for x in ppl], bins=30, alpha=0.5, label=name)
     axes[0].set_title("IFD of training examples")
-    axes[0].set_xlabel("IFD = loss(resp | prompt) / loss(resp)")
+    axes[0].set_xlabel("IFD = loss(resp | prompt) / loss(resp) (ratio)")
+    axes[0].set_ylabel("training examples")
+    axes[1].set_ylabel("training examples")
     axes[1].set_title("Perplexity of training examples")
-    axes[1].set_xlabel("log perplexity under the base model")
+    axes[1].set_xlabel("log perplexity under the base model (nats/token)")
     for a in axes:
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7)
@@ -255,39 +389,44 @@ def plot_distributions(runs):
 def plot_dw_vs_ppl(runs):
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(7.2, 4))
+    xs = []
+    for i, r in enumerate(runs):
         dw, ppl = get(r["metrics"], "weights.delta_fro"), get(r["metrics"], "data.ppl_mean")
         if dw is None or ppl is None:
             continue
-        ax.scatter(ppl, dw)
-        ax.annotate(r["label"], (ppl, dw), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    xs = [c.get_offsets()[0][0] for c in ax.collections]
+        st = _style(i)
+        ax.scatter(ppl, dw, color=st["color"], marker=st["marker"], s=40, label=r["label"])
+        xs.append(ppl)
     if xs and max(xs) / max(min(xs), 1e-9) > 10:
         ax.set_xscale("log")
-    ax.ticklabel_format(axis="x", style="sci", scilimits=(-3, 4)) if ax.get_xscale() == "linear" else None
-    ax.set_xlabel("training-data perplexity under the base model (mean)")
-    ax.set_ylabel("adapter ‖s·BA‖_F (sum over layers)")
+    ax.set_xlabel("training-data perplexity under the base model (mean, per token)")
+    ax.set_ylabel("adapter ‖s·BA‖_F, summed over layers (weight units)")
     ax.set_title("Weight change vs how familiar the data is")
+    _legend_outside(ax)
     return _png(fig)
 
 
 def plot_curves(runs):
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in runs:
+    fig, ax = plt.subplots(figsize=(7.6, 4))
+    any_eval = False
+    for i, r in enumerate(runs):
         pts = [(x["step"], x["loss"]) for x in r["curve"] if x.get("loss") is not None]
         ev = [(x["step"], x["eval_loss"]) for x in r["curve"] if x.get("eval_loss") is not None]
         if pts:
-            line, = ax.plot(*zip(*pts), lw=1, label=r["label"])
+            line, = ax.plot(*zip(*pts), lw=1, color=_style(i)["color"], label=r["label"])
             if ev:
                 ax.plot(*zip(*ev), "o--", color=line.get_color(), ms=3, lw=0.8)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token); dashed: held-out")
-    ax.set_title("Training curves")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7)
+                any_eval = True
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("Training curves" + ("" if any_eval else " (training loss)"))
+    if any_eval:  # the legend promises dashed held-out curves only when some are drawn
+        ax.add_line(Line2D([], [], ls="--", marker="o", ms=3, color="grey", lw=0.8, label="held-out (dashed)"))
+    _legend_outside(ax)
     return _png(fig)
 
 
@@ -313,28 +452,30 @@ def _gain(g: dict | None) -> str:
 
 def _table(runs: list[dict]) -> str:
     head = ("<tr><th>run</th><th>state</th><th>train n</th><th>IFD mean</th><th>held-out loss base → adapter</th>"
-            "<th>gain [95% CI]</th><th>gain on held-out Q&amp;A [95% CI]</th><th>general acc Δ (pts) [95% CI]</th><th>max foreign KL</th><th>‖ΔW‖</th></tr>")
+            "<th>gain [95% CI]</th><th>gain on held-out Q&amp;A [95% CI]</th><th>general acc Δ (pts) [95% CI]</th>"
+            "<th>foreign KL [95% CI]</th><th>‖ΔW‖</th><th>error</th></tr>")
     body = []
     for r in runs:
         m, st = r["metrics"] or {}, r["status"]["state"]
-        g, f = get(m, "in_domain.raw") or {}, get(m, "forgetting") or {}
-        kl = [v.get("kl") for v in (m.get("contamination") or {}).values() if isinstance(v, dict) and v.get("kl") is not None]
+        g, f = get(m, "in_domain.raw"), get(m, "forgetting")
+        kl = [(k, v) for k, v in (m.get("contamination") or {}).items() if "+" not in k and v.get("kl") is not None]
         cls = "ok" if st == "done" else "bad"
-        err = f"<div class='muted'>{html.escape(r['status'].get('error', '')[:200])}</div>" if st == "failed" else ""
+        fcell = (f"{f['delta'] * 100:+.1f} [{f['delta_ci'][0] * 100:+.1f}, {f['delta_ci'][1] * 100:+.1f}]"
+                 if f else "n/a")
+        kcell = "<br>".join(f"{html.escape(k)} {_fmt(v['kl'], 4)} [{_fmt(v['kl_ci'][0], 4)}, {_fmt(v['kl_ci'][1], 4)}]"
+                            f" <span class='muted'>n={v.get('prompts')}</span>" for k, v in kl) or "n/a"
         body.append(
-            f"<tr><td>{html.escape(r['label'])}<div class='muted'>{r['id']}</div>{err}</td><td class='{cls}'>{st}</td>"
+            f"<tr><td>{html.escape(r['label'])}<div class='muted'>{r['id']}</div></td><td class='{cls}'>{st}</td>"
             f"<td>{get(m, 'data.n_train', '')}</td><td>{_fmt(get(m, 'data.ifd_mean'))}</td>"
-            f"<td>{_fmt(g.get('base_loss'))} → {_fmt(g.get('adapter_loss'))}</td>"
-            f"<td>{_fmt(g.get('gain'))} [{_fmt((g.get('gain_ci') or [None])[0])}, {_fmt((g.get('gain_ci') or [None, None])[1])}]</td>"
-            f"<td>{_gain(get(m, 'in_domain.structured'))}</td>"
-            f"<td>{_fmt(f.get('delta', float('nan')) * 100, 1)} [{_fmt((f.get('delta_ci') or [float('nan')])[0] * 100, 1)}, "
-            f"{_fmt((f.get('delta_ci') or [0, float('nan')])[1] * 100, 1)}]</td>"
-            f"<td>{_fmt(max(kl) if kl else None, 4)}</td><td>{_fmt(get(m, 'weights.delta_fro'), 2)}</td></tr>")
+            f"<td>{_fmt((g or {}).get('base_loss'))} → {_fmt((g or {}).get('adapter_loss'))}</td>"
+            f"<td>{_gain(g)}</td><td>{_gain(get(m, 'in_domain.structured'))}</td><td>{fcell}</td>"
+            f"<td>{kcell}</td><td>{_fmt(get(m, 'weights.delta_fro'), 2)}</td>"
+            f"<td class='bad'>{html.escape(r['status'].get('error', '')[:300])}</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 
 def build(root: str | Path, spec: dict | None = None) -> Path:
-    """Write results.csv and report.html for the study folder `root`; returns the page's path."""
+    """Write results.csv, findings.json and report.html for the study folder `root`; returns the page's path."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -344,25 +485,34 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
     study = read_json(root / "study.json") if (root / "study.json").exists() else {}
     spec = spec or study.get("spec", {})
     done = [r for r in runs if r["metrics"]]
+    cmps = comparisons(runs)
+    finds = findings(runs, cmps)
+    source = weights_line(runs, spec)
+    note = (f"Comparisons between runs are paired on the same items (records, benchmark items, prompts); "
+            f"their p-values (two-sided bootstrap) are adjusted with {CORRECTION_NAMES[CORRECTION]} over "
+            f"the {len(cmps)} comparisons of this report.")
+    write_json(root / "findings.json", {"weights": source, "correction": CORRECTION, "note": note,
+                                         "findings": finds, "comparisons": cmps})
     figs = [("Gain vs forgetting", plot_pareto(done)), ("Contamination", plot_contamination(done)),
             ("Training data: IFD and perplexity", plot_distributions(done)),
             ("‖ΔW‖ vs training-data perplexity", plot_dw_vs_ppl(done)), ("Loss curves", plot_curves(runs))]
     figs_html = "".join(f"<div><h2>{html.escape(t)}</h2><img alt='{html.escape(t)}' src='{src}'></div>"
                         for t, src in figs if src)
-    finds = "".join(f"<li>{html.escape(s)}</li>" for s in findings(runs)) or "<li>No finished runs yet.</li>"
+    items = "".join(f"<li>{html.escape(s)}</li>" for s in finds) or "<li>No finished runs yet.</li>"
     n_done = sum(r["status"]["state"] == "done" for r in runs)
+    n_failed = sum(r["status"]["state"] == "failed" for r in runs)
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>loralab study: {html.escape(spec.get('name', root.name))}</title><style>{CSS}</style></head><body>
 <header><h1>Study: {html.escape(spec.get('name', root.name))}</h1>
 <p>{html.escape(spec.get('description', ''))}</p>
-<p>base model {html.escape(str(spec.get('model', '')))} · {len(runs)} runs, {n_done} done</p></header><main>
-<section id="findings"><h2>Findings</h2><ul>{finds}</ul>
-<p class="muted">Differences between two runs combine their 95% intervals as independent estimates
-(conservative: both are measured on the same items).</p></section>
+<p>base model {html.escape(str(spec.get('model', '')))} · {len(runs)} runs, {n_done} done, {n_failed} failed</p>
+<p>{html.escape(source)}</p></header><main>
+<section id="findings"><h2>Findings</h2><ul>{items}</ul>
+<p class="muted">{html.escape(note)} Intervals are 95 % bootstrap intervals of the statistic they follow.</p></section>
 <section id="runs"><h2>Runs</h2>{_table(runs)}</section>
 <section id="plots" class="grid">{figs_html}</section>
-<section><h2>Files</h2><p>results.csv (one row per run, every metric) and runs/&lt;id&gt;/ (config.json,
-status.json, metrics.json, train/) beside this page.</p></section>
+<section><h2>Files</h2><p>results.csv (one row per run, every metric, an error column), findings.json and
+runs/&lt;id&gt;/ (config.json, status.json, metrics.json, train/) beside this page.</p></section>
 </main></body></html>"""
     with atomic_open(root / "report.html") as f:
         f.write(page)

@@ -72,6 +72,17 @@ def prepare_and_train(run: Run, root: Path, progress: bool = True) -> dict[str, 
     return data
 
 
+def summary_line(states: dict[str, dict], runs: list[Run] | None = None) -> str:
+    """'3 done, 1 failed: <id> (<labels>): <error>' for the runs of this invocation."""
+    names = {r.id: r.name for r in runs or []}
+    done = [k for k, v in states.items() if v.get("state") == "done"]
+    failed = [k for k, v in states.items() if v.get("state") == "failed"]
+    line = f"{len(done)} done, {len(failed)} failed"
+    if failed:
+        line += ": " + "; ".join(f"{k} ({names.get(k, '')}): {states[k].get('error', '')[:160]}" for k in failed)
+    return line
+
+
 def _fail(e: BaseException) -> dict:
     return {"state": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(),
             "at": time.time()}
@@ -114,10 +125,15 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
     groups: dict[str, list] = {}
     for item in trained:
         groups.setdefault(evaluation.group_key(item[0], item[2]), []).append(item)
+    from ..evaluate.drift import DOMAINS
+
+    # a user's domain is a foreign domain for the other runs: its prompts come from its held-out documents
+    folders = {run.config.data.domain: str(data["heldout_raw"]) for run, _, data in trained
+               if run.config.data.domain and run.config.data.domain not in DOMAINS}
     for members in groups.values():  # phase 2: one evaluation per group shares the base passes
         t0 = time.time()
         try:
-            res = evaluation.evaluate_group(members, root, progress)
+            res = evaluation.evaluate_group(members, root, progress, domain_folders=folders)
         except KeyboardInterrupt:
             raise
         except Exception as e:

@@ -54,6 +54,10 @@ class DataSpec(BaseModel):
     distill: dict[str, Any] | None = Field(None, description="DistillConfig fields; null = original responses.")
     select: list[str] = Field(default_factory=list, description="Selection policies NAME[:ARGS] after scoring.")
     fmt: str = Field("chat", description="Surface format the training text is rendered in (chat, alpaca, json, yaml, plain).")
+    heldout_qa: dict[str, Any] | None = Field(
+        {"mode": "template", "tasks": ["cloze"]},
+        description="StructureConfig fields of the fixed procedure that turns the run's held-out documents into "
+                    "Q&A for in-domain gain (the same for every run, whatever its training data); null = none.")
 
 
 class RunConfig(BaseModel):
@@ -174,11 +178,72 @@ def expand(spec: StudySpec) -> list[Run]:
                 problems.append(f"run {labels}: " + "; ".join(
                     f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
                 continue
+            problems += [f"run {labels}: {x}" for x in check_run(rc)]
             rid = digest(rc.model_dump(mode="json"))
             if rid in seen:
                 continue  # two axis points that resolve to the same config run once
             seen.add(rid)
             runs.append(Run(rid, labels, rc))
+    problems += check_domains(runs)
     if problems:
-        raise StudyError("; ".join(problems))
+        uniq = _dedupe(problems)
+        raise StudyError(f"invalid study ({len(uniq)} problem{'s' * (len(uniq) > 1)}): " + "; ".join(uniq))
     return runs
+
+
+def _dedupe(problems: list[str]) -> list[str]:
+    """The same problem in every run (a misspelt base key) is listed once, with its runs counted."""
+    by: dict[str, list[str]] = {}
+    for p in problems:
+        head, sep, rest = p.partition("}: ")
+        key = rest if sep and p.startswith("run {") else p
+        by.setdefault(key, []).append(head + "}" if sep else "")
+    out = []
+    for key, whos in by.items():
+        whos = [w for w in whos if w]
+        out.append(key if not whos else (f"{whos[0]}: {key}" if len(whos) == 1 else f"{key} (in {len(whos)} runs)"))
+    return out
+
+
+def check_run(rc: RunConfig) -> list[str]:
+    """Every problem of one run's stage settings, with close-match suggestions for misspelt keys."""
+    from ..config import TrainConfig, check_mapping
+    from ..data.clean import CleanConfig
+    from ..data.structure import StructureConfig
+    from ..evaluate.run import EvalConfig
+
+    out = check_mapping(TrainConfig, rc.train, "train")
+    out += check_mapping(EvalConfig, {k: v for k, v in rc.eval.items() if k != "foreign"}, "eval")
+    foreign = rc.eval.get("foreign")
+    if foreign is not None and not (isinstance(foreign, list) and all(isinstance(x, str) for x in foreign)):
+        out.append(f"eval.foreign: a list of domain names, got {foreign!r}")
+    for name, cls, v in (("structure", StructureConfig, rc.data.structure), ("clean", CleanConfig, rc.data.clean),
+                         ("heldout_qa", StructureConfig, rc.data.heldout_qa)):
+        out += check_mapping(cls, v, f"data.{name}")
+    if rc.data.distill is not None:
+        from ..data.distill import DistillConfig
+
+        out += check_mapping(DistillConfig, rc.data.distill, "data.distill")
+    return out
+
+
+def check_domains(runs: list[Run]) -> list[str]:
+    """Every contamination domain a run names is packaged or the data domain of a run of this study
+    (whose held-out documents then give its prompts)."""
+    from ..config import suggest
+    from ..evaluate.drift import DOMAINS
+
+    own = {r.config.data.domain for r in runs} - {None}
+    known = set(DOMAINS) | own
+    out = []
+    for r in runs:
+        for d in (r.config.eval.get("foreign") or []) if isinstance(r.config.eval.get("foreign"), list) else []:
+            if d not in known:
+                out.append(f"run {r.labels}: eval.foreign names domain {d!r}, neither packaged "
+                           f"({', '.join(DOMAINS)}) nor the data domain of a run of this study"
+                           f"{suggest(d, sorted(known))}")
+        for d in r.config.eval.get("domains") or []:
+            if d not in known:
+                out.append(f"run {r.labels}: eval.domains names domain {d!r}, neither packaged nor a run's domain"
+                           f"{suggest(d, sorted(known))}")
+    return out
