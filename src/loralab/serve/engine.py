@@ -214,14 +214,14 @@ class Engine:
         params = params or Sampling()
         adapters = [(n, float(w)) for n, w in (adapters or []) if n != BASE_NAME]
         rows = []
-        with self.lock:
-            for n, w in adapters:
-                if n not in self.bank.slots or n in self._retire:
-                    raise UnknownAdapter(n, self.adapters())
-                if w != 0.0:
-                    rows.append((self.bank.slots[n].index, w))
-            if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests already queued (limit {self.max_queue})")
+        slots = dict(self.bank.slots)  # a snapshot: never wait for a running step here (event loops call this)
+        for n, w in adapters:
+            if n not in slots or n in self._retire:
+                raise UnknownAdapter(n, self.adapters())
+            if w != 0.0:
+                rows.append((slots[n].index, w))
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"{len(self._pending)} requests already queued (limit {self.max_queue})")
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) + params.max_tokens > self.max_context:
