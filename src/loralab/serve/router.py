@@ -473,7 +473,7 @@ class Router:
                           "reason": "the registry holds no adapters"})
         first = next((st for st in steps if st["adapter"]), None)
         rule = first["rule"] if first else "base"
-        conf = first["confidence"] if first else self._base_confidence(text, memo)
+        conf = picks[0][1] if picks else self._base_confidence(text, memo)
         return Decision(adapters=[(e.name, e.weight) for e, _ in picks], rule=rule, confidence=float(conf),
                         reason="; ".join(st["reason"] for st in steps), text=out_text if picks else text,
                         steps=steps)

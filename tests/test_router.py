@@ -1,0 +1,234 @@
+"""Router chain on synthetic cards: order (trigger > keyword > classifier > base), thresholds,
+roles, caching, held-out prompts. The embedder is a hashed bag of words (a real strategy
+object, fast); one test runs the packaged MiniLM."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pytest
+
+from loralab.data.records import Record, write_records
+from loralab.data.split import doc_key, is_eval
+from loralab.serve.router import NONE, Router, Settings, adapter_samples, pick_threshold, read_registry
+
+VOCAB = {
+    "sport": "touchdown quarterback yards field goal pass rushing interception kickoff punt score".split(),
+    "cooking": "flour oven bake sugar butter whisk simmer recipe dough saucepan".split(),
+    "law": "court statute plaintiff defendant contract appeal verdict clause judge liability".split(),
+}
+GENERAL = "what why how is the a of can you tell me about water sky tree day time people".split()
+
+
+def bow_embed(texts):
+    """Unit-norm hashed bag of words, 384 dims."""
+    out = np.zeros((len(texts), 384), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for w in re.findall(r"\w+", t.lower()):
+            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % 384] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+bow_embed.cache_name = "bow-test"
+
+
+def _sentence(rng, words, n=8):
+    return " ".join(rng.choice(words, size=n)) + "."
+
+
+def _general(n=120, seed=7):
+    rng = np.random.default_rng(seed)
+    return [(f"g:{i}", _sentence(rng, GENERAL)) for i in range(n)]
+
+
+def _adapter(root, name, domain, *, trigger=None, mode=None, keywords=None, role=None, weight=None, n=80,
+             fingerprint=None, words=None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(len(name))
+    data = root.parent / f"data-{name}"
+    data.mkdir(exist_ok=True)
+    recs = [Record(kind="qa", question=_sentence(rng, (words or VOCAB[domain]) + GENERAL[:4]), answer="x",
+                   domain=domain, source={"doc": f"{name}-doc{i}"}) for i in range(n)]
+    write_records(data, recs)
+    card = {"format": "loralab-adapter/1", "kind": "adapter", "domain": domain, "trigger": trigger,
+            "trigger_mode": mode, "data": {"path": str(data)}, "base": {"fingerprint": fingerprint}}
+    for k, v in (("keywords", keywords), ("role", role), ("weight", weight)):
+        if v is not None:
+            card[k] = v
+    (folder / "loralab.json").write_text(json.dumps(card))
+    return folder
+
+
+@pytest.fixture()
+def registry(tmp_path):
+    root = tmp_path / "registry"
+    _adapter(root, "sport", "sport", trigger="<|use_lora_sport|>", mode="prefix", keywords=["touchdown"])
+    _adapter(root, "cooking", "cooking", keywords=["recipe", "bake"])
+    _adapter(root, "law", "law", trigger="<law>", mode="alora")
+    (root / "notes").mkdir()  # a folder without a card is left out, with a note
+    return root
+
+
+def _router(root, tmp_path, **kw):
+    return Router.from_registry(root, embed=bow_embed, general=_general(), cache_dir=tmp_path / "cache", **kw)
+
+
+def test_registry_reads_cards_with_defaults(registry):
+    entries, notes = read_registry(registry)
+    by = {e.name: e for e in entries}
+    assert sorted(by) == ["cooking", "law", "sport"]
+    assert by["cooking"].role == "domain" and by["cooking"].weight == 1.0 and by["law"].keywords == ()
+    assert by["sport"].keywords == ("touchdown",) and by["law"].trigger_mode == "alora"
+    assert any(n.startswith("notes:") for n in notes)
+
+
+def test_trigger_first_and_stripped(registry, tmp_path):
+    r = _router(registry, tmp_path)
+    # a cooking keyword and cooking words are present, but the explicit trigger wins
+    d = r.route("<|use_lora_sport|> bake the flour recipe in the oven")
+    assert d.adapters == [("sport", 1.0)] and d.rule == "trigger" and d.confidence == 1.0
+    assert d.text == "bake the flour recipe in the oven"
+    assert "trigger '<|use_lora_sport|>' of sport" in d.reason
+    # the naming convention works for an adapter without a card trigger
+    d = r.route("please <|use_lora_cooking|> tell me about the day")
+    assert d.adapters == [("cooking", 1.0)] and d.rule == "trigger" and d.text == "please tell me about the day"
+    # an aLoRA keeps its invocation sequence in the text
+    d = r.route("Is the contract valid? <law>")
+    assert d.adapters == [("law", 1.0)] and d.rule == "trigger" and d.text == "Is the contract valid? <law>"
+    # two triggers of one role: the first in the prompt wins
+    assert r.route("<law> then <|use_lora_sport|>").adapters == [("law", 1.0)]
+
+
+def test_keyword_before_classifier_and_tie_falls_through(registry, tmp_path):
+    r = _router(registry, tmp_path)
+    # law words everywhere, but a cooking keyword fires before the classifier is asked
+    d = r.route("the court judge read the statute and the recipe")
+    assert d.adapters == [("cooking", 1.0)] and d.rule == "keyword" and d.confidence == 1.0
+    assert "keyword 'recipe' of cooking" in d.reason
+    # one sport and one cooking keyword: a tie, so the classifier decides (law words dominate)
+    d = r.route("touchdown recipe court statute plaintiff defendant verdict appeal judge clause")
+    assert d.rule == "classifier" and d.adapters == [("law", 1.0)]
+    assert "keywords tie between" in d.reason
+    # two cooking keywords against one sport keyword: share of hits = 2/3
+    d = r.route("bake this recipe after the touchdown")
+    assert d.adapters == [("cooking", 1.0)] and d.rule == "keyword" and d.confidence == pytest.approx(2 / 3)
+
+
+def test_classifier_then_base_and_threshold(registry, tmp_path):
+    r = _router(registry, tmp_path)
+    clf = r.classifiers["domain"]
+    assert clf.classes == ["cooking", "law", "sport", NONE]
+    assert clf.threshold >= 0.5 and clf.temperature > 0
+    d = r.route("plaintiff appeal against verdict, court judge statute")
+    assert d.rule == "classifier" and d.adapters == [("law", 1.0)] and d.confidence >= clf.threshold
+    assert f">= threshold {clf.threshold:.2f}" in d.reason and d.text.startswith("plaintiff")
+    d = r.route("can you tell me why the sky is blue during the day")
+    assert d.rule == "base" and d.adapters == [] and "classifier: none" in d.reason
+    # the same domain prompt under a threshold no probability can reach goes to the base, saying why
+    clf.threshold = 1.01
+    d = r.route("plaintiff appeal against verdict, court judge statute")
+    assert d.rule == "base" and d.adapters == [] and "< threshold 1.01" in d.reason
+
+
+def test_pick_threshold_hand_computed():
+    # classes: a, b, none(2); calibration rows (probabilities) and labels
+    probs = np.array([[0.9, 0.05, 0.05],  # a, right
+                      [0.6, 0.1, 0.3],  # a, right
+                      [0.1, 0.8, 0.1],  # b, right
+                      [0.7, 0.1, 0.2],  # none, fires a at 0.7
+                      [0.55, 0.05, 0.4],  # none, fires a at 0.55
+                      [0.1, 0.1, 0.8]])  # none, right
+    y = np.array([0, 0, 1, 2, 2, 2])
+    t, st = pick_threshold(probs, y, none=2, max_fa=0.0, floor=0.5)
+    assert t == pytest.approx(0.8)  # the smallest candidate with no false activation; a's 0.6 and 0.7 lost
+    assert st["false_activation"] == 0.0 and st["domain_accuracy"] == pytest.approx(2 / 3)
+    t, st = pick_threshold(probs, y, none=2, max_fa=0.34, floor=0.5)
+    assert t == pytest.approx(0.6) and st["false_activation"] == pytest.approx(1 / 3)
+    assert st["domain_accuracy"] == 1.0
+
+
+def test_roles_compose_with_weights(tmp_path):
+    root = tmp_path / "registry"
+    _adapter(root, "sport", "sport", keywords=["touchdown"])
+    _adapter(root, "cooking", "cooking")
+    _adapter(root, "steps", "reasoning", role="reasoning", weight=0.5, keywords=["step by step"],
+             words="therefore step reason compute deduce because logic infer".split())
+    r = _router(root, tmp_path)
+    assert r.roles == ["domain", "reasoning"]
+    d = r.route("Think step by step: how many yards after the touchdown?")
+    assert d.adapters == [("sport", 1.0), ("steps", 0.5)] and d.rule == "keyword"
+    assert [s["role"] for s in d.steps] == ["domain", "reasoning"]
+    d = r.route("Think step by step: tell me about the water")
+    assert d.adapters == [("steps", 0.5)] and d.rule == "keyword"  # the domain role went to the base
+    assert d.steps[0]["rule"] == "base"
+
+
+def test_cache_by_registry_digest_and_fingerprint(registry, tmp_path):
+    r1 = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache",
+                              settings=Settings(general=0))
+    files = list((tmp_path / "cache").glob("*.json"))
+    assert len(files) == 1
+    r2 = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
+    assert np.array_equal(r1.classifiers["domain"].W, r2.classifiers["domain"].W)
+    card = registry / "sport" / "loralab.json"
+    card.write_text(card.read_text().replace('"touchdown"', '"touchdowns"'))
+    Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
+    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # a changed card: a new digest
+
+    class Loaded:
+        fingerprint = "abc"
+
+    root = tmp_path / "reg2"
+    _adapter(root, "sport", "sport", fingerprint="abc")
+    _adapter(root, "cooking", "cooking", fingerprint="other")
+    r = Router.from_registry(root, model=Loaded(), embed=bow_embed, general=_general(), classifier=False)
+    assert [e.name for e in r.entries] == ["sport"] and any("cooking: trained on base" in n for n in r.notes)
+    assert r.route("hello").rule == "base"
+
+
+def test_heldout_prompts_are_other_documents(registry, tmp_path):
+    r = _router(registry, tmp_path)
+    e = r.by_name["sport"]
+    seen = {t for _, t in adapter_samples(e, r.settings, held_out=False)}
+    s = r.settings
+    from loralab.data.records import read_records
+
+    recs = list(read_records(e.data))
+    held_docs = {doc_key(x) for x in recs if is_eval(doc_key(x), s.holdout, s.seed)}
+    train_docs = {doc_key(x) for x in recs} - held_docs
+    assert held_docs and train_docs
+    held = [(t, lab) for t, lab in r.heldout_prompts(per_adapter=1000, general=0) if lab == "sport"]
+    assert len(held) == sum(is_eval(doc_key(x), s.holdout, s.seed) for x in recs)
+    assert not {t for t, _ in held} & seen
+
+
+def test_minilm_classifier_on_real_embeddings(tmp_path):
+    """The packaged MiniLM separates two real-worded domains from general questions."""
+    root = tmp_path / "registry"
+    sport = ["The quarterback threw a touchdown pass in the fourth quarter.",
+             "The kicker made a 45-yard field goal before halftime.",
+             "The running back rushed for 120 yards against the Bears.",
+             "An interception in the end zone sealed the win for the Packers."] * 5
+    med = ["Which drug is first line for hypertension in pregnancy?",
+           "A patient presents with chest pain radiating to the left arm.",
+           "What is the most common cause of iron deficiency anaemia?",
+           "Which nerve is damaged in a fracture of the humerus shaft?"] * 5
+    for name, texts in (("sport", sport), ("medical", med)):
+        _adapter(root, name, name, n=1, words=["x"])
+        data = tmp_path / f"data-{name}"
+        write_records(data, [Record(kind="qa", question=t, answer="x", source={"doc": f"{name}{i}"})
+                             for i, t in enumerate(texts)])
+    general = [(f"g{i}", t) for i, t in enumerate([
+        "Why does ice float on water?", "How do plants make food?", "What tool is best to cut paper?",
+        "How can you keep bread fresh?", "Which object is a conductor of electricity?",
+        "What causes day and night on Earth?", "How do you clean a window without streaks?",
+        "Which material would make the best insulating cup?"] * 3)]
+    r = Router.from_registry(root, general=general, settings=Settings(holdout=0.0, min_threshold=0.4))
+    assert r.route("Who scored the winning touchdown for the Packers?").adapters == [("sport", 1.0)]
+    assert r.route("What is the first line treatment of anaemia in a pregnant patient?").adapters == \
+        [("medical", 1.0)]
+    assert r.route("What is 2+2?").rule == "base"
