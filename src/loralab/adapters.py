@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
+from .errors import UserError
 from .io import read_json, write_json
 
 CARD = "loralab.json"
@@ -30,7 +31,7 @@ CARD_FORMAT = "loralab-adapter/1"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-class AdapterError(ValueError):
+class AdapterError(UserError):
     """An adapter that cannot be applied to a base; the message lists every problem."""
 
 

@@ -7,17 +7,24 @@ overlay on the YAML (`load_config(TrainConfig, "run.yaml", steps=50)`).
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Mapping, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-C = TypeVar("C", bound="StageConfig")
+from .errors import UserError
+
+C = TypeVar("C", bound=BaseModel)
 
 
-class ConfigError(ValueError):
-    """A config that does not validate; the message lists every problem."""
+class ConfigError(UserError):
+    """A config that does not validate; the message lists every problem (also in `.problems`)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = list(problems or [message])
 
 
 class StageConfig(BaseModel):
@@ -29,23 +36,99 @@ class StageConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+def suggest(word: str, choices: Any) -> str:
+    """' (did you mean X?)' for the closest of `choices` to `word`, or ''."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _field_help(cls: type[BaseModel], name: str) -> str:
+    f = cls.model_fields.get(name)
+    return f" -- {f.description}" if f is not None and f.description else ""
+
+
+def problems_of(cls: type[BaseModel], error: ValidationError, where: str = "") -> list[str]:
+    """One line per problem of a pydantic error: 'where.key: message', unknown keys with a suggestion."""
+    out = []
+    for x in error.errors():
+        loc = ".".join(str(p) for p in x["loc"])
+        key = f"{where}.{loc}" if where and loc else (loc or where or cls.__name__)
+        if x["type"] == "extra_forbidden":
+            out.append(f"{key}: unknown key{suggest(x['loc'][-1], cls.model_fields)}")
+        elif x["type"] == "missing":
+            out.append(f"{key}: required{_field_help(cls, str(x['loc'][0]))}")
+        else:
+            msg = x["msg"].removeprefix("Value error, ")
+            got = "" if not x["loc"] else f" (got {x.get('input')!r})"
+            out.append(f"{key}: {msg}{got}")
+    return out
+
+
+def check_mapping(cls: type[BaseModel], values: Mapping[str, Any] | None, where: str = "",
+                  partial: bool = True) -> list[str]:
+    """Every problem of `values` as a (partial) `cls` config, one line each; [] when it validates.
+
+    `partial`: required fields may be absent (a study's `train:` block, whose data and out
+    the study fills in). Unknown keys come with a close-match suggestion, out-of-range
+    values with their allowed range; cross-field rules run when no field is wrong.
+    """
+    if values is None:
+        return []
+    if not isinstance(values, Mapping):
+        return [f"{where or cls.__name__}: must be a mapping of key: value, got {type(values).__name__}"]
+    try:
+        cls.model_validate(dict(values))
+    except ValidationError as e:
+        found = problems_of(cls, e, where)
+        if partial:
+            missing = {f"{where}.{n}" if where else n for n in cls.model_fields if n not in values}
+            found = [p for p in found if not (p.split(":")[0] in missing and ": required" in p)]
+        return found
+    return []
+
+
+def build(cls: type[C], where: str = "", **values: Any) -> C:
+    """`cls(**values)` (None values left to the defaults), or a ConfigError listing every problem."""
+    values = {k: v for k, v in values.items() if v is not None}
+    try:
+        return cls.model_validate(values)
+    except ValidationError as e:
+        raise _error(cls, problems_of(cls, e, where)) from None
+
+
+def _error(cls: type[BaseModel], problems: list[str]) -> ConfigError:
+    name = cls.__name__.removesuffix("Config").lower() or cls.__name__
+    if len(problems) == 1:
+        return ConfigError(f"invalid {name} setting: {problems[0]}", problems)
+    return ConfigError(f"invalid {name} settings ({len(problems)} problems): " + "; ".join(problems), problems)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML file's content, or a ConfigError naming the file and the line of the mistake."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found" if not p.exists() else f"{path} is not a file")
+    try:
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        what = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from None
+
+
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
     """Defaults <- YAML file at `path` <- `overrides` (None values are ignored), validated."""
     values: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config {path}: {e}") from e
+        loaded = read_yaml(path) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {path} must be a mapping of field: value")
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return cls.model_validate(values)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or cls.__name__}: {x['msg']}" for x in e.errors())
-        raise ConfigError(f"invalid {cls.__name__}: {problems}") from e
+    return build(cls, **values)
 
 
 class TrainConfig(StageConfig):
@@ -99,6 +182,11 @@ class TrainConfig(StageConfig):
                                          "SmolLM2, 8 x 256 tokens: 2.5 GB instead of 6 GB peak RSS, ~18 % slower.")
     compile: bool = Field(False, description="torch.compile each decoder layer: on a 2-core CPU ~10 % faster "
                           "steps after a one-off ~35 s compile, so worth it for runs of a few hundred steps.")
+
+    # what the adapter is for (read by the router and the serving registry)
+    role: Literal["knowledge", "style", "epistemic", "metacognitive"] | None = Field(
+        None, description="What the adapter adds: knowledge | style | epistemic | metacognitive (card field).")
+    keywords: list[str] | None = Field(None, description="Words that route a prompt to this adapter (card field).")
 
     # signal token
     trigger: str | None = Field(

@@ -12,6 +12,7 @@ Specs:
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -26,6 +27,7 @@ import platformdirs
 import torch
 
 from . import device as devpolicy
+from .errors import UserError
 from .io import atomic_dir, write_json
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -40,7 +42,7 @@ TINY_SEED = 1234
 CARD = "loralab_model.json"
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError, RuntimeError):
     """A model spec that cannot be resolved or a model file that cannot be read."""
 
 
@@ -256,10 +258,34 @@ def resolve_path(spec: str | None) -> Path | None:
 
 def _unknown(spec: str) -> ModelError:
     names = ", ".join(KNOWN)
+    close = difflib.get_close_matches(spec.lower(), list(KNOWN) + list(ALIASES), n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return ModelError(
-        f"unknown model spec {spec!r}. Known names: {names}; "
+        f"unknown model spec {spec!r}{hint}. Known names: {names}; "
         "or a local HF model folder, or a hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'"
     )
+
+
+def check_spec(spec: str | None) -> str:
+    """The normalised spec when it can name a model (known name, model folder, hub id); else ModelError.
+
+    Cheap (nothing is loaded or built): verbs call it before any long work starts.
+    """
+    spec = normalize_spec(spec)
+    if spec in KNOWN:
+        return spec
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not p.is_dir():
+            raise ModelError(f"{p} is not a folder; a model spec is a name, a folder or a hub id")
+        if (p / "adapter_config.json").exists() and not (p / "config.json").exists():
+            raise ModelError(f"{p} is an adapter folder; pass it with --adapter, not as the model")
+        if not (p / "config.json").exists():
+            raise ModelError(f"{p} has no config.json: not an HF model folder")
+        return spec
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec) and not spec.startswith((".", "/")):
+        return spec
+    raise _unknown(spec)
 
 
 def quiet_hf() -> None:

@@ -46,22 +46,36 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
-from .data.records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, to_messages
+from .config import StageConfig
+from .data.checks import char_check
+from .data.records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, read_rows, response_text, to_messages
+from .errors import UserError
 from .io import atomic_dir, write_json, write_jsonl
-from .score import read_rows, response_text
 
 Drops = dict[int, str]  # index in the policy's input -> detail
 
 
-class SelectConfig(BaseModel):
+class SelectConfig(StageConfig):
     """Configuration of `loralab data select`."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    policies: list[str] = Field(..., min_length=1, description="Policies in order, NAME[:ARGS] (see module doc).")
+    policies: list[str] = Field(..., min_length=1, description="Policies in order, NAME[:ARGS] (see module doc); "
+                                "percentages in (0, 100], quantiles in [0, 1].")
     seed: int = Field(0, description="Seed of the random policy (and any tie-breaking).")
+
+    @field_validator("policies")
+    @classmethod
+    def _parse(cls, v: list[str]) -> list[str]:
+        problems = []
+        for spec in v:
+            try:
+                parse_policy(spec)
+            except UserError as e:
+                problems.append(str(e))
+        if problems:  # every policy's problem at once
+            raise ValueError(" | ".join(problems))
+        return v
 
 
 @dataclass
@@ -124,32 +138,6 @@ def ppl_band(recs: list[Record], ctx: Context, lo: float = 0.05, hi: float = 0.9
         elif not lo_v <= v <= hi_v:
             drops[i] = f"{field} {v:.3g} outside [{lo_v:.3g}, {hi_v:.3g}]"
     return drops
-
-
-def char_check(text: str, min_letter_ratio: float = 0.5, max_run: int = 12,
-               vowels: tuple[float, float] = (0.15, 0.75), min_unique_ratio: float = 0.08) -> str | None:
-    """Why `text` does not look like language at the character level (None when it does)."""
-    chars = [c for c in text if not c.isspace()]
-    if len(chars) >= 10:
-        letters = sum(c.isalpha() for c in chars)
-        if letters / len(chars) < min_letter_ratio:
-            return f"letter ratio {letters / len(chars):.2f} < {min_letter_ratio}"
-    run = best = 0
-    for a, b in zip(" " + text, text):
-        run = run + 1 if a == b else 1
-        best = max(best, run)
-    if best > max_run:
-        return f"a character repeated {best} times in a row (> {max_run})"
-    latin = [c.lower() for c in text if c.isascii() and c.isalpha()]
-    n_alpha = sum(c.isalpha() for c in text)
-    if len(latin) >= 20 and len(latin) >= 0.5 * n_alpha:
-        v = sum(c in "aeiouy" for c in latin) / len(latin)
-        if not vowels[0] <= v <= vowels[1]:
-            return f"vowel ratio {v:.2f} outside [{vowels[0]}, {vowels[1]}]"
-    head = text[:200]
-    if len(head) >= 40 and len(set(head)) / len(head) < min_unique_ratio:
-        return f"{len(set(head))} distinct characters in {len(head)} (< {min_unique_ratio:.0%})"
-    return None
 
 
 def gibberish_guard(recs: list[Record], ctx: Context, z: float = 3.5, max_loss: float | None = None,
@@ -247,11 +235,59 @@ def _coerce(value: str, default: Any) -> Any:
     return value
 
 
+def _pct(p: dict) -> list[str]:
+    pct = p.get("pct", 10.0)
+    return [] if 0 < pct <= 100 else [f"pct must be in (0, 100] (a percentage of the policy's input), got {pct:g}"]
+
+
+def _band(p: dict) -> list[str]:
+    lo, hi, mode = p.get("lo", 0.05), p.get("hi", 0.95), p.get("mode", "quantile")
+    if mode not in ("quantile", "value"):
+        return [f"mode must be quantile or value, got {mode!r}"]
+    if mode == "quantile" and not 0 <= lo < hi <= 1:
+        return [f"quantiles need 0 <= LO < HI <= 1, got {lo:g}, {hi:g}"]
+    if mode == "value" and not 0 <= lo < hi:
+        return [f"perplexity values need 0 <= LO < HI, got {lo:g}, {hi:g}"]
+    return []
+
+
+def _guard(p: dict) -> list[str]:
+    bad = []
+    if p.get("z", 3.5) < 0:
+        bad.append(f"z must be >= 0 (0 = off), got {p['z']:g}")
+    if p.get("max_loss") is not None and p["max_loss"] <= 0:
+        bad.append(f"max_loss must be > 0, got {p['max_loss']:g}")
+    for k in ("min_letter_ratio", "min_unique_ratio"):
+        if k in p and not 0 <= p[k] <= 1:
+            bad.append(f"{k} must be in [0, 1], got {p[k]:g}")
+    if p.get("max_run", 12) < 1:
+        bad.append(f"max_run must be >= 1, got {p['max_run']}")
+    try:
+        v_lo, v_hi = (float(x) for x in str(p.get("vowels", "0.15-0.75")).split("-"))
+        if not 0 <= v_lo < v_hi <= 1:
+            raise ValueError
+    except ValueError:
+        bad.append(f"vowels must be LO-HI with 0 <= LO < HI <= 1, got {p.get('vowels')!r}")
+    return bad
+
+
+# what each policy's parameters may be (problems, [] when fine)
+CHECKS: dict[str, Callable[[dict], list[str]]] = {
+    "ifd_topk": _pct, "random": _pct, "diversity": _pct, "ppl_band": _band, "gibberish_guard": _guard,
+}
+
+
 def parse_policy(spec: str) -> Policy:
-    """'ifd_topk:10' -> Policy('ifd_topk', {'pct': 10.0}); see the module doc for the syntax."""
+    """'ifd_topk:10' -> Policy('ifd_topk', {'pct': 10.0}); see the module doc for the syntax.
+
+    Raises UserError naming every problem: unknown name (with the closest one), unknown
+    parameter, bad or out-of-range value.
+    """
+    from .config import suggest
+
     name, _, args = spec.strip().partition(":")
     if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICIES)}")
+        raise UserError(f"unknown policy {name!r}{suggest(name, POLICIES)}; choose from {', '.join(POLICIES)}")
     sig = [p for p in inspect.signature(POLICIES[name]).parameters.values()][2:]
     defaults = {p.name: p.default for p in sig}
     params: dict[str, Any] = {}
@@ -259,15 +295,21 @@ def parse_policy(spec: str) -> Policy:
         key, eq, val = tok.partition("=")
         if not eq:
             if n >= len(sig):
-                raise ValueError(f"policy {spec!r}: too many values (parameters: {', '.join(defaults)})")
+                raise UserError(f"policy {spec!r}: too many values (parameters: {', '.join(defaults)})")
             key, val = sig[n].name, tok
         key = key.strip()
         if key not in defaults:
-            raise ValueError(f"policy {name} has no parameter {key!r} (parameters: {', '.join(defaults)})")
+            raise UserError(f"policy {name} has no parameter {key!r}{suggest(key, defaults)} "
+                            f"(parameters: {', '.join(defaults)})")
         try:
             params[key] = _coerce(val.strip(), defaults[key])
-        except ValueError as e:
-            raise ValueError(f"policy {spec!r}: bad value {val!r} for {key}") from e
+        except ValueError:
+            raise UserError(f"policy {spec!r}: bad value {val!r} for {key}") from None
+        if isinstance(params[key], float) and not math.isfinite(params[key]):
+            raise UserError(f"policy {spec!r}: {key} must be a finite number")
+    bad = CHECKS[name](params)
+    if bad:
+        raise UserError(f"policy {spec!r}: " + "; ".join(bad))
     return Policy(name, params, spec.strip())
 
 

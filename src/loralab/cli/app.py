@@ -2,34 +2,140 @@
 
 The shared Typer apps and console; verb groups (one module each beside this file)
 register themselves on `app` or on the `data` sub-app when `loralab.cli` is imported.
+
+`main()` is the one error boundary of every verb: a user's mistake (`UserError` and its
+subclasses, a usage error, a missing file, bad YAML, a full disk) prints one line on
+stderr and exits 2; anything else is an internal bug: one line and exit 1, with the
+traceback when `--debug` is given.
 """
 
 from __future__ import annotations
 
+import errno
+import sys
+import traceback
+
 import typer
+from typer.core import TyperGroup
+from typer._click import exceptions as click_errors  # Typer vendors its own click
 from rich.console import Console
 from rich.table import Table
 
 from .. import __version__
+from ..errors import UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=(
+
+class _Group(TyperGroup):
+    """The root command: every invocation (console script, `python -m`, CliRunner) runs inside `boundary`."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        code = boundary(lambda: super(_Group, self).main(args, prog_name, complete_var, standalone_mode=False,
+                                                         **extra), args, prog_name or "loralab")
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, help=(
     "loralab: LoRA adapters that learn the domain without damaging the model, measured."
 ))
 data_app = typer.Typer(no_args_is_help=True, help="Ingest, clean, structure, score and select training data.")
 out = Console()
 err = Console(stderr=True)
+DEBUG = {"on": False}
+USER_OS_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOSPC,
+                  errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENAMETOOLONG}
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
+    """Print one error line and exit with `code` (2: the user's mistake)."""
+    _line(msg)
     raise typer.Exit(code)
 
 
-@app.callback()
-def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
-    if version:
+def _line(msg: str, label: str = "error") -> None:
+    parts = [x.strip() for x in str(msg).splitlines() if x.strip()]
+    text = parts[0] if parts else label
+    if len(parts) > 1:  # several problems: one line, separated by "; "
+        text += ("" if text.endswith(":") else ";") + " " + "; ".join(parts[1:])
+    err.print(f"[bold red]{label}:[/] ", end="", soft_wrap=True)
+    err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _os_message(e: OSError) -> str:
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device writing {e.filename or 'the output'}: free some space or choose another --out"
+    if e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) or type(e).__name__
+
+
+def main(args: list[str] | None = None, prog_name: str = "loralab") -> None:
+    """Run the CLI on `args` (default: sys.argv) and exit: 0 ok, 2 the user's mistake, 1 a bug."""
+    typer.main.get_command(app).main(args, prog_name=prog_name)
+
+
+def boundary(run, args, prog_name: str) -> int:
+    """Run `run()` (the parsed command) and turn what it raises into one line and an exit status."""
+    args = list(sys.argv[1:] if args is None else args)
+    DEBUG["on"] = "--debug" in args
+    try:
+        rv = run()
+        code = rv if isinstance(rv, int) else 0
+    except click_errors.NoArgsIsHelpError as e:
+        out.print(e.format_message(), markup=False, highlight=False)
+        code = 2
+    except click_errors.ClickException as e:  # usage: missing/unknown option, bad value for a typed flag
+        where = e.ctx.command_path if getattr(e, "ctx", None) is not None else prog_name
+        _line(f"{where}: {e.format_message()} (see `{where} --help`)")
+        code = e.exit_code if e.exit_code else 2
+    except (typer.Abort, KeyboardInterrupt):
+        _line("interrupted")
+        code = 130
+    except UserError as e:
+        _line(str(e))
+        code = 2
+    except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        _line(_os_message(e))
+        code = 2
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            code = 1
+        elif e.errno in USER_OS_ERRORS:
+            if DEBUG["on"]:
+                traceback.print_exc()
+            _line(_os_message(e))
+            code = 2
+        else:
+            code = _bug(e)
+    except Exception as e:  # noqa: BLE001 - the boundary: everything else is a bug
+        code = _bug(e)
+    return code
+
+
+def _bug(e: BaseException) -> int:
+    if DEBUG["on"]:
+        traceback.print_exc()
+        _line(f"{type(e).__name__}: {e}", label="internal error")
+    else:
+        _line(f"{type(e).__name__}: {e} (a bug in loralab; run again with --debug for the traceback)",
+              label="internal error")
+    return 1
+
+
+def _version(value: bool) -> None:
+    if value:
         out.print(f"loralab {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                 help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an internal error."),
+) -> None:
+    DEBUG["on"] = DEBUG["on"] or debug
 
 
 @app.command("models")

@@ -7,7 +7,9 @@
     loralab data render data/qa --fmt alpaca --out data/qa.alpaca.jsonl
 
 Each stage prints its reconciliation (read = kept + quarantined per input file) and
-exits with status 1 only when no usable record remains.
+exits with status 1 only when no usable record remains. Inputs and settings are checked
+before anything is written; an existing --out is replaced only with --overwrite, and a
+folder being written by another process is refused (see loralab.io.claim_output).
 """
 
 from __future__ import annotations
@@ -16,7 +18,12 @@ from pathlib import Path
 
 import typer
 
+from ..config import build
+from ..errors import UserError
+from ..io import claim_output
 from .app import data_app, fail, out
+
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace --out if it exists.")
 
 
 def _report(card: dict) -> None:
@@ -38,8 +45,16 @@ def _report(card: dict) -> None:
 
 
 def _need_records(path: str) -> None:
-    if not (Path(path) / "records.jsonl").exists():
-        fail(f"{path} is not a records folder (no records.jsonl); run `loralab data ingest` first")
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such records folder")
+    if not (p / "records.jsonl").exists():
+        raise UserError(f"{path} is not a records folder (no records.jsonl); run `loralab data ingest` first")
+
+
+def _distinct(in_dir: str, out_dir: Path) -> None:
+    if Path(in_dir).resolve() == Path(out_dir).resolve():
+        raise UserError(f"--out {out_dir} is the input folder; write to another folder")
 
 
 @data_app.command("ingest")
@@ -51,13 +66,19 @@ def ingest_cmd(
     limit: int = typer.Option(None, help="At most this many items per source."),
     max_record_chars: int = typer.Option(50_000, help="Larger Q&A/instruction/chat records are quarantined."),
     seed: int = typer.Option(0, help="Seed of the split recorded in the card."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Read any mix of sources into one records folder, quarantining what cannot be used."""
     from ..data.ingest import IngestConfig, ingest
+    from ..data.sources import missing_sources
 
-    cfg = IngestConfig(domain=domain, chunk_tokens=chunk_tokens, limit=limit, max_record_chars=max_record_chars,
-                       seed=seed)
-    _report(ingest(paths, out_dir, cfg))
+    cfg = build(IngestConfig, domain=domain, chunk_tokens=chunk_tokens, limit=limit,
+                max_record_chars=max_record_chars, seed=seed)
+    if missing := missing_sources(paths):
+        raise UserError("cannot ingest: " + "; ".join(missing))
+    with claim_output(out_dir, overwrite=overwrite):
+        card = ingest(paths, out_dir, cfg)
+    _report(card)
     out.print(f"wrote {out_dir}")
 
 
@@ -70,14 +91,18 @@ def clean_cmd(
     min_chars: int = typer.Option(20, help="Shorter records are quarantined."),
     max_chars: int = typer.Option(50_000, help="Longer records are quarantined."),
     max_garbage: float = typer.Option(0.2, help="Largest share of garbage characters kept."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Repair unicode and OCR damage; drop garbage, other languages, duplicates and near duplicates."""
     from ..data.clean import CleanConfig, clean
 
+    cfg = build(CleanConfig, near_dup=near_dup, language=None if language == "any" else language,
+                min_chars=min_chars, max_chars=max_chars, max_garbage=max_garbage)
     _need_records(in_dir)
-    cfg = CleanConfig(near_dup=near_dup, language=None if language == "any" else language, min_chars=min_chars,
-                      max_chars=max_chars, max_garbage=max_garbage)
-    _report(clean(in_dir, out_dir, cfg))
+    _distinct(in_dir, out_dir)
+    with claim_output(out_dir, overwrite=overwrite):
+        card = clean(in_dir, out_dir, cfg)
+    _report(card)
     out.print(f"wrote {out_dir}")
 
 
@@ -87,12 +112,17 @@ def corrupt_cmd(
     out_dir: Path = typer.Option(..., "--out", "-o", help="Records folder to write."),
     rate: float = typer.Option(0.05, help="Share of characters / word gaps hit by OCR-like noise."),
     seed: int = typer.Option(0, help="Noise seed."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Inject seeded OCR-like noise into responses (records link to their clean originals)."""
-    from ..data.corrupt import corrupt
+    from ..data.corrupt import CorruptConfig, corrupt
 
+    cfg = build(CorruptConfig, rate=rate, seed=seed)
     _need_records(in_dir)
-    _report(corrupt(in_dir, out_dir, rate=rate, seed=seed))
+    _distinct(in_dir, out_dir)
+    with claim_output(out_dir, overwrite=overwrite):
+        card = corrupt(in_dir, out_dir, cfg)
+    _report(card)
     out.print(f"wrote {out_dir}")
 
 
@@ -105,15 +135,21 @@ def structure_cmd(
     limit: int = typer.Option(None, help="Structure at most this many raw records."),
     max_new_tokens: int = typer.Option(64, help="Generation budget per chunk (--mode model)."),
     seed: int = typer.Option(0, help="Seed of template choices."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Turn raw passages into Q&A / instruction records, checked against their passage."""
     from ..data.structure import StructureConfig, structure
 
+    cfg = build(StructureConfig, mode=mode, model=model, limit=limit, max_new_tokens=max_new_tokens, seed=seed)
     _need_records(in_dir)
-    if mode not in ("template", "model"):
-        fail("--mode must be template or model")
-    cfg = StructureConfig(mode=mode, model=model, limit=limit, max_new_tokens=max_new_tokens, seed=seed)
-    _report(structure(in_dir, out_dir, cfg))
+    _distinct(in_dir, out_dir)
+    if cfg.mode == "model":
+        from ..models import check_spec
+
+        check_spec(cfg.model)
+    with claim_output(out_dir, overwrite=overwrite):
+        card = structure(in_dir, out_dir, cfg)
+    _report(card)
     out.print(f"wrote {out_dir}")
 
 
@@ -122,12 +158,17 @@ def render_cmd(
     in_dir: str = typer.Argument(..., help="Records folder."),
     fmt: str = typer.Option("chat", "--fmt", help="chat | alpaca | json | yaml | plain"),
     out_file: Path = typer.Option(..., "--out", "-o", help="JSONL file of {id, prompt, response}."),
+    overwrite: bool = OVERWRITE,
 ) -> None:
     """Write each record as (prompt, response) text in a surface format."""
+    from ..config import suggest
     from ..data.render import FORMATS, render_folder
 
-    _need_records(in_dir)
     if fmt not in FORMATS:
-        fail(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    n = render_folder(in_dir, fmt, out_file)
+        raise UserError(f"unknown format {fmt!r}{suggest(fmt, FORMATS)}; choose one of {', '.join(FORMATS)}")
+    _need_records(in_dir)
+    if out_file.is_dir():
+        raise UserError(f"--out {out_file} is a folder; render writes one JSONL file")
+    with claim_output(out_file, overwrite=overwrite):
+        n = render_folder(in_dir, fmt, out_file)
     out.print(f"wrote {n} rendered records to {out_file}")

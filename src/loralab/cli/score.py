@@ -8,7 +8,27 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .app import data_app, fail, out
+from ..config import build
+from ..errors import UserError
+from ..io import claim_output
+from .app import data_app, out
+
+
+def _need(path: Path, what: str = "records folder") -> None:
+    if not path.exists():
+        raise UserError(f"{path}: no such {what}")
+    if path.is_dir() and not (path / "records.jsonl").exists():
+        raise UserError(f"{path} is not a records folder (no records.jsonl)")
+
+
+def _need_adapter(path: str | None, flag: str = "--adapter") -> None:
+    if path is None:
+        return
+    from ..adapters import resolve_folder
+
+    f = resolve_folder(path)
+    if not (f / "adapter_config.json").exists():
+        raise UserError(f"{flag} {path}: not an adapter folder (no adapter_config.json)")
 
 
 def _fmt(x, nd: int = 3) -> str:
@@ -27,24 +47,26 @@ def score_cmd(
     max_length: int = typer.Option(None, help="Context window in tokens (default: the model's)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    precision: str = typer.Option("exact", help="exact (fp32) | fast (the fastest low-precision format measured here; see `loralab doctor`)"),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Perplexity and IFD (Instruction-Following Difficulty) of every record."""
-    from .. import models
+    from ..models import check_spec
     from ..score import ScoreConfig, score
 
-    if not records_dir.exists():
-        fail(f"{records_dir} does not exist")
-    try:
-        cfg = ScoreConfig(model=model, adapter=adapter, engine=engine, workers=workers, batch_tokens=batch_tokens,
-                          max_length=max_length, device=device, dtype=dtype, cache=not no_cache)
+    cfg = build(ScoreConfig, model=model, adapter=adapter, engine=engine, workers=workers,
+                batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype, precision=precision,
+                cache=not no_cache)
+    _need(records_dir)
+    check_spec(cfg.model)
+    _need_adapter(cfg.adapter)
+    with claim_output(out_dir, overwrite=overwrite):
         card = score(records_dir, out_dir, cfg)
-    except (models.ModelError, ValueError, FileNotFoundError, RuntimeError) as e:
-        fail(str(e))
     c = card["counts"]
     out.print(f"read {c['read']}  kept {c['kept']}  quarantined {c['quarantined']}  "
               f"(from cache {card['from_cache']}, computed {card['computed']}, "
-              f"{card['tokens_per_s'] or 0:.0f} tokens/s)  -> {out_dir}")
+              f"{card['tokens_per_s'] or 0:.0f} tokens/s, {card['precision']['precision']})  -> {out_dir}")
     t = Table(title="score summary")
     for col in ("score", "mean", "p05", "median", "p95"):
         t.add_column(col)
@@ -64,16 +86,15 @@ def select_cmd(
         "gibberish_guard[:z=3.5,max_loss=..], diversity:PCT.")),
     out_dir: Path = typer.Option(..., "--out", "-o", help="Output folder."),
     seed: int = typer.Option(0, help="Seed of the random policy."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
     """Keep records by a composable list of policies; every drop is quarantined with its reason."""
     from ..select import SelectConfig, select
 
-    if not scored_dir.exists():
-        fail(f"{scored_dir} does not exist")
-    try:
-        card = select(scored_dir, out_dir, SelectConfig(policies=policy, seed=seed))
-    except (ValueError, RuntimeError) as e:
-        fail(str(e))
+    cfg = build(SelectConfig, policies=policy, seed=seed)
+    _need(scored_dir, "scored records folder")
+    with claim_output(out_dir, overwrite=overwrite):
+        card = select(scored_dir, out_dir, cfg)
     t = Table(title=f"selection -> {out_dir}")
     for col in ("policy", "in", "dropped", "kept"):
         t.add_column(col)
@@ -98,17 +119,18 @@ def consistency_cmd(
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
 ) -> None:
     """Do two scorers agree? Spearman rho of IFD and perplexity, overlap of top-IFD sets."""
-    from .. import models
+    from ..models import check_spec
     from ..score import ScoreConfig, consistency
 
-    if not records_dir.exists():
-        fail(f"{records_dir} does not exist")
     common = dict(batch_tokens=batch_tokens, device=device, dtype=dtype, cache=not no_cache)
-    try:
-        rep = consistency(records_dir, ScoreConfig(model=model_a, adapter=adapter_a, **common),
-                          ScoreConfig(model=model_b, adapter=adapter_b, **common), out=out_file)
-    except (models.ModelError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
+    cfg_a = build(ScoreConfig, model=model_a, adapter=adapter_a, **common)
+    cfg_b = build(ScoreConfig, model=model_b, adapter=adapter_b, **common)
+    _need(records_dir)
+    for m in (model_a, model_b):
+        check_spec(m)
+    _need_adapter(adapter_a, "--adapter-a")
+    _need_adapter(adapter_b, "--adapter-b")
+    rep = consistency(records_dir, cfg_a, cfg_b, out=out_file)
     a, b = rep["model_a"], rep["model_b"]
     t = Table(title=f"A {a['model']}{' + ' + a['adapter'] if a['adapter'] else ''} vs "
                     f"B {b['model']}{' + ' + b['adapter'] if b['adapter'] else ''}  ({rep['n']} records)")

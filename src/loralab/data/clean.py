@@ -27,8 +27,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..config import StageConfig
 from . import noise
 from .card import record_text
 from .ledger import add_repaired
@@ -37,7 +38,7 @@ from .split import doc_key
 from .stage import Reject, run_stage, set_text_fields, text_fields, with_content
 
 
-class CleanConfig(BaseModel):
+class CleanConfig(StageConfig):
     """Settings of `clean`."""
 
     min_chars: int = Field(20, ge=0, description="Records with fewer characters (all text fields) are dropped.")

@@ -18,8 +18,9 @@ import random
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..config import StageConfig
 from . import noise
 from .records import Record
 from .stage import run_stage, with_content
@@ -43,7 +44,7 @@ def corrupt_record(rec: Record, rate: float, seed: int) -> Record:
     return with_content(rec, fields, corrupted_from=rec.id, corruption={"rate": rate, "seed": seed, "ops": ops})
 
 
-class CorruptConfig(BaseModel):
+class CorruptConfig(StageConfig):
     """Settings of `corrupt`."""
 
     rate: float = Field(0.05, ge=0, le=1, description="Probability of a noise operation at each character.")

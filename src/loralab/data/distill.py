@@ -19,7 +19,7 @@ raw records have no response to rewrite and pass through unchanged.
 
 Each kept record carries meta["distill"] = {"from_id", "loss_before", "loss_after"}:
 the mean -log p(response | prompt) under the model of the original and of the rewrite
-(via the shared scorer), so the perplexity shift is on record per example.
+(the scorer's `loss_cond`, from the same log-prob engine), so the perplexity shift is on record per example.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ..config import StageConfig
+from .checks import char_check
 from .records import Record, to_messages
 from .stage import Reject, run_stage, with_content
 
@@ -41,10 +43,9 @@ PROMPT = (
 NUM = re.compile(r"-?\d+(?:[.,]\d+)?")
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(StageConfig):
     """Settings of `distill`; every field has a flag of the same name."""
 
-    model_config = ConfigDict(extra="forbid")
     model: str = Field("smollm2-135m", description="Model that rewrites (the base model being adapted).")
     max_new_tokens: int = Field(96, ge=8, description="Longest rewrite, in tokens.")
     batch_size: int = Field(16, ge=1, description="Prompts generated together.")
@@ -62,8 +63,6 @@ def split_prompt(rec: Record) -> tuple[list[dict], str]:
 
 def check_rewrite(original: str, rewrite: str, cfg: DistillConfig) -> str | None:
     """Why a rewrite is refused (None when it is kept)."""
-    from ..select import char_check
-
     rw = rewrite.strip()
     if not rw:
         return "empty_rewrite"
@@ -93,12 +92,17 @@ def _rewrite(rec: Record, text: str) -> Record:
 
 
 def _loss(loaded, recs: list[Record]) -> list[float]:
-    """Mean -log p(response | prompt) per record, through the shared scorer (no cache)."""
-    from ..score import ScoreConfig, score_records
+    """Mean -log p(response | prompt) per record: the scorer's `loss_cond`, from the one log-prob engine."""
+    from ..logprobs import encode_pair, token_logprobs
+    from .render import chat_split
 
-    res = score_records(list(enumerate(recs)), ScoreConfig(cache=False, progress=False), loaded)
-    by_id = {r.id: r.meta["score"].get("loss_cond") for r in res.records}
-    return [by_id.get(r.id) for r in recs]
+    tok = loaded.tokenizer
+    pairs = []
+    for r in recs:
+        ren = chat_split(to_messages(r), tok)
+        pairs.append(encode_pair(tok, ren.prompt, ren.response, bos=False))
+    res = token_logprobs(loaded.model, pairs, pad_id=tok.pad_token_id or 0)
+    return [-s.sum / max(s.n, 1) for s in res]
 
 
 def _process(cfg: DistillConfig, loaded):

@@ -19,8 +19,10 @@ import json
 from itertools import islice
 from pathlib import Path
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 
+from ..config import StageConfig
+from ..errors import UserError
 from ..io import atomic_dir, atomic_open, write_json
 from ..progress import bar
 from .card import build_card
@@ -28,10 +30,10 @@ from .chunk import Chunker
 from .ledger import Ledger, add_repaired
 from .records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record
 from .schema import SchemaError, content_chars, recognise, row_doc, row_domain
-from .sources import Bad, Item, read_source
+from .sources import Bad, Item, missing_sources, read_source
 
 
-class IngestConfig(BaseModel):
+class IngestConfig(StageConfig):
     """Settings of `ingest`; every field has a flag or a YAML key of the same name."""
 
     domain: str | None = Field(None, description="Domain label for every record (overrides the source's own).")
@@ -108,6 +110,9 @@ def build_records(it: Item, cfg: IngestConfig, chunker: Chunker) -> list[Record]
 def ingest(paths: list[str], out_dir: str | Path, cfg: IngestConfig | None = None) -> dict:
     """Read every source into `out_dir`; returns the data card (also written there)."""
     cfg = cfg or IngestConfig()
+    missing = missing_sources([str(x) for x in paths])
+    if missing:  # checked before any output exists
+        raise UserError("cannot ingest: " + "; ".join(missing))
     chunker = Chunker(cfg.chunk_tokens)
     with atomic_dir(out_dir) as tmp:
         with atomic_open(tmp / RECORDS_FILE) as rf, atomic_open(tmp / QUARANTINE_FILE) as qf, \

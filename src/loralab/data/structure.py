@@ -31,8 +31,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from ..config import StageConfig
 from .noise import STOPWORDS, WORD
 from .records import Record
 from .stage import Reject, run_stage
@@ -48,7 +49,7 @@ INSTRUCTION = ("Write one question about this passage and its short answer, take
                "Use the format:\nQuestion: ...\nAnswer: ...\n\nPassage:\n")
 
 
-class StructureConfig(BaseModel):
+class StructureConfig(StageConfig):
     """Settings of `structure`."""
 
     mode: Literal["template", "model"] = Field("template", description="template (rule-made) or model (generated).")
