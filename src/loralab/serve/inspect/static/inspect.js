@@ -1,0 +1,239 @@
+// loralab inspector: a thin view over /inspect/api/* (every number comes from the server).
+"use strict";
+const $ = (id) => document.getElementById(id);
+const S = { field: null, pos: null, detail: null, prompt: "", continuation: "", chat: true, timer: null };
+
+function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
+
+async function api(path, body) {
+  const opt = body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  const r = await fetch("api/" + path, opt);
+  let data = null;
+  try { data = await r.json(); } catch (e) { data = null; }
+  if (!r.ok) {
+    const d = data && data.detail;
+    throw new Error(typeof d === "string" ? d : (d ? JSON.stringify(d) : `HTTP ${r.status}`));
+  }
+  return data;
+}
+
+function busy(on) { $("busy").hidden = !on; }
+
+function weights() {
+  const w = {};
+  document.querySelectorAll(".adapter").forEach((row) => {
+    if (row.querySelector("input[type=checkbox]").checked) w[row.dataset.name] = parseFloat(row.querySelector("input[type=range]").value);
+  });
+  return w;
+}
+
+function addAdapterRow(name, checked) {
+  if (document.querySelector(`.adapter[data-name="${CSS.escape(name)}"]`)) {
+    if (checked) document.querySelector(`.adapter[data-name="${CSS.escape(name)}"] input[type=checkbox]`).checked = true;
+    return;
+  }
+  const row = document.createElement("div");
+  row.className = "adapter"; row.dataset.name = name;
+  row.innerHTML = `<input type="checkbox"><span class="name"></span>
+    <input type="range" min="0" max="2" step="0.05" value="1" aria-label="strength"><span class="val">1.00</span>`;
+  row.querySelector(".name").textContent = name;
+  const cb = row.querySelector("input[type=checkbox]"), sl = row.querySelector("input[type=range]");
+  cb.checked = !!checked;
+  sl.addEventListener("input", () => { row.querySelector(".val").textContent = parseFloat(sl.value).toFixed(2); schedule(); });
+  cb.addEventListener("change", schedule);
+  $("adapter-list").appendChild(row);
+}
+
+function schedule() {  // recompute live, a moment after the last change
+  if (!S.field) return;
+  clearTimeout(S.timer);
+  S.timer = setTimeout(() => refresh(true), 250);
+}
+
+async function init() {
+  try {
+    const st = await api("state");
+    $("model").textContent = `base: ${st.model}`;
+    const names = Object.keys(st.adapters);
+    names.forEach((n, i) => addAdapterRow(n, i === 0));
+    if (!names.length) $("adapter-list").textContent = "no adapters: the field shows the base alone";
+    const q = new URLSearchParams(location.search);
+    if (q.get("load")) {
+      const r = await api("adapters", { path: q.get("load") });
+      document.querySelectorAll(".adapter input[type=checkbox]").forEach((c) => (c.checked = false));
+      addAdapterRow(r.name, true);
+    }
+    if (q.get("adapter")) addAdapterRow(q.get("adapter"), true);
+    if (q.get("prompt")) $("prompt").value = q.get("prompt");
+  } catch (e) { showError(e.message); }
+}
+
+// ---------------------------------------------------------------- field
+const SCALES = {
+  kl: { label: "KL(base ‖ adapter), nats", diverging: false, rgb: [215, 48, 39] },
+  surprisal: { label: "surprisal −log p (adapter), nats", diverging: false, rgb: [230, 120, 0] },
+  logprob_diff: { label: "log p(adapter) − log p(base), nats", diverging: true },
+};
+
+function colourOf(metric, v, hi) {
+  const s = SCALES[metric], t = hi > 0 ? Math.min(Math.abs(v) / hi, 1) : 0;
+  const mix = (c) => Math.round(255 - (255 - c) * t);
+  if (!s.diverging) return `rgb(${mix(s.rgb[0])},${mix(s.rgb[1])},${mix(s.rgb[2])})`;
+  const c = v >= 0 ? [26, 152, 80] : [69, 117, 180];  // green: adapter more likely; blue: less
+  return `rgb(${mix(c[0])},${mix(c[1])},${mix(c[2])})`;
+}
+
+function renderField() {
+  const f = S.field, metric = $("colour").value, vals = f[metric];
+  const hi = Math.max(1e-9, ...vals.map(Math.abs));
+  const s = SCALES[metric];
+  $("legend").innerHTML = "";
+  const lo = document.createElement("span"), bar = document.createElement("span"), up = document.createElement("span");
+  lo.textContent = s.diverging ? (-hi).toFixed(3) : "0"; up.textContent = hi.toFixed(3);
+  bar.className = "bar";
+  bar.style.background = s.diverging
+    ? `linear-gradient(to right, ${colourOf(metric, -hi, hi)}, #fff, ${colourOf(metric, hi, hi)})`
+    : `linear-gradient(to right, #fff, ${colourOf(metric, hi, hi)})`;
+  const name = document.createElement("span"); name.textContent = s.label;
+  $("legend").append(name, lo, bar, up);
+  const box = $("field"); box.innerHTML = "";
+  f.tokens.forEach((t, i) => {
+    const sp = document.createElement("span");
+    sp.className = "tok" + (i === S.pos ? " sel" : ""); sp.dataset.i = i;
+    sp.textContent = t;
+    sp.style.background = colourOf(metric, vals[i], hi);
+    sp.title = `#${i}  KL ${f.kl[i].toFixed(4)}  surprisal ${f.surprisal[i].toFixed(3)} (base ${f.base_surprisal[i].toFixed(3)})  Δlog p ${f.logprob_diff[i].toFixed(3)}`;
+    sp.addEventListener("click", () => selectPos(i));
+    box.appendChild(sp);
+  });
+  const T = f.totals;
+  $("totals").textContent = `${f.tokens.length} tokens · NLL base ${T.base_nll.toFixed(3)} · adapter ${T.adapter_nll.toFixed(3)} · mean KL ${T.kl_mean.toFixed(4)} · max KL ${T.kl_max.toFixed(4)}`;
+  const ol = $("worst-list"); ol.innerHTML = "";
+  f.disagree.forEach((i) => {
+    const li = document.createElement("li"), a = document.createElement("a");
+    a.href = "#"; a.textContent = JSON.stringify(f.tokens[i]) + ` at #${i}`;
+    a.addEventListener("click", (ev) => { ev.preventDefault(); selectPos(i); });
+    li.append(a, ` KL ${f.kl[i].toFixed(4)}`);
+    ol.appendChild(li);
+  });
+  $("field-section").hidden = false;
+}
+
+function request() {
+  return { prompt: S.prompt, chat: S.chat, adapters: weights() };
+}
+
+async function run() {
+  showError("");
+  S.prompt = $("prompt").value; S.chat = document.querySelector("input[name=mode]:checked").value === "chat";
+  S.pos = null; $("position-section").hidden = true;
+  busy(true);
+  try {
+    const f = await api("field", { ...request(), continuation: $("continuation").value, seed: +$("seed").value });
+    S.field = f; S.continuation = f.continuation;
+    if (f.generated) $("continuation").value = f.continuation;
+    renderField();
+  } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+async function refresh(live) {
+  busy(true);
+  try {
+    const f = await api("field", { ...request(), continuation: S.continuation });
+    S.field = f; renderField();
+    if (S.pos !== null) await loadPos();
+    if (live) showError("");
+  } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+// ---------------------------------------------------------------- one position
+async function selectPos(i) {
+  S.pos = i;
+  document.querySelectorAll(".tok").forEach((t) => t.classList.toggle("sel", +t.dataset.i === i));
+  busy(true);
+  try { await loadPos(); showError(""); } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+async function loadPos() {
+  const body = { ...request(), continuation: S.continuation, position: S.pos, k: 10 };
+  if ($("bias").checked) body.bias_dataset = $("dataset").value;
+  const d = await api("position", body);
+  S.detail = d;
+  $("pos-label").textContent = `#${d.position}: ${JSON.stringify(d.actual)} after ${JSON.stringify(d.prefix_text.slice(-40))}`;
+  const box = $("dists"); box.innerHTML = "";
+  d.sides.forEach((s) => {
+    const col = document.createElement("div");
+    col.className = "dist " + (s.name === "base" ? "base" : "adapter"); col.dataset.side = s.name;
+    const h = document.createElement("h4");
+    const w = S.field.weights[s.name];
+    h.textContent = s.name + (w !== undefined ? ` × ${w.toFixed(2)}` : "");
+    col.appendChild(h);
+    s.top_ids.forEach((id, j) => {
+      const p = Math.exp(s.top_logprobs[j]);
+      const row = document.createElement("div");
+      row.className = "bar-row" + (id === d.actual_id ? " actual" : ""); row.dataset.id = id;
+      row.innerHTML = `<span class="lab"></span><span class="b"></span><span class="p"></span>`;
+      row.querySelector(".lab").textContent = JSON.stringify(s.top_tokens[j]);
+      row.querySelector(".b").style.width = Math.max(1, Math.round(160 * p)) + "px";
+      row.querySelector(".p").textContent = p.toFixed(4);
+      row.title = `log p ${s.top_logprobs[j].toFixed(5)}`;
+      row.addEventListener("click", () => { $("chosen").value = s.top_tokens[j]; });
+      col.appendChild(row);
+    });
+    box.appendChild(col);
+  });
+  const ol = $("pos-disagree"); ol.innerHTML = "";
+  d.disagree.forEach((t) => {
+    const li = document.createElement("li");
+    const probs = d.sides.map((s) => `${s.name} ${Math.exp(s.logprobs[d.candidates.indexOf(t.id)]).toFixed(4)}`).join(" · ");
+    li.textContent = `${JSON.stringify(t.token)}: ${probs}`;
+    ol.appendChild(li);
+  });
+  $("position-section").hidden = false;
+}
+
+async function save() {
+  showError("");
+  const d = S.detail;
+  if (!d) { showError("click a token first"); return; }
+  try {
+    const r = await api("corrections", {
+      dataset: $("dataset").value,
+      correction: { prompt: S.prompt, chat: S.chat, prefix: d.prefix_text, chosen: $("chosen").value,
+                    rejected: d.rest_text, replaced_id: d.actual_id, position: d.position, adapters: weights() },
+    });
+    $("saved").textContent = r.quarantine_reason
+      ? `not used (${r.quarantine_reason}); kept in ${r.dataset}/quarantine.jsonl`
+      : `saved record ${r.record_id} to ${r.dataset}/records.jsonl (${r.records} records, ${r.preferences} preference pairs, ${r.quarantined} quarantined)`;
+  } catch (e) { showError(e.message); }
+}
+
+async function generate() {
+  showError("");
+  const body = { prompt: $("prompt").value, chat: document.querySelector("input[name=mode]:checked").value === "chat",
+                 adapters: weights(), seed: +$("seed").value, temperature: +$("temperature").value,
+                 max_new_tokens: +$("max-new").value };
+  if ($("bias").checked) body.bias_dataset = $("dataset").value;
+  busy(true);
+  try {
+    const g = await api("generate", body);
+    const box = $("gens"); box.innerHTML = "";
+    Object.entries(g.generations).forEach(([name, x]) => {
+      const div = document.createElement("div"), h = document.createElement("h4"), t = document.createElement("div");
+      div.className = "gen"; div.dataset.side = name;
+      h.textContent = { base: "base", adapter: "adapter mix", bias: "adapter mix + logit bias" }[name] + ` (seed ${g.seed})`;
+      t.textContent = x.text;
+      div.append(h, t); box.appendChild(div);
+    });
+  } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+$("run").addEventListener("click", run);
+$("colour").addEventListener("change", () => S.field && renderField());
+$("save").addEventListener("click", save);
+$("generate").addEventListener("click", generate);
+init();

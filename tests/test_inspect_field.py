@@ -1,0 +1,200 @@
+"""Inspector pure functions: the field's numbers are the log-prob engine's, strengths and
+compositions equal merged weights, corrections make a records folder `loralab train` reads."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inspect_support import make_adapter
+from loralab.adapters import apply_adapters
+from loralab.errors import UserError
+from loralab.logprobs import token_divergence, token_logprobs
+from loralab.serve.inspect import corrections as corr
+from loralab.serve.inspect import field as fld
+from loralab.serve.inspect import runs as runsmod
+
+PROMPT, TEXT = "Who won the game on Sunday?", "The Bears won it by three points."
+
+
+@pytest.fixture(scope="module")
+def setup(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("inspect")
+    a = make_adapter(tiny, root / "a", seed=1)
+    b = make_adapter(tiny, root / "b", seed=2)
+    ins = fld.Inspector.load(tiny, {"a": a, "b": b})
+    return {"ins": ins, "a": a, "b": b, "root": root, "tiny": tiny}
+
+
+def _alone(tiny, folder):
+    """The adapter loaded on its own fresh copy of the base (independent of the inspector)."""
+    return apply_adapters(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)), [folder])
+
+
+def _merged(tiny, folders, weights):
+    """Reference: a plain copy of the base with W + Σ w_i (alpha_i / r_i) B_i A_i written into it."""
+    ref = copy.deepcopy(tiny.model)
+    both = apply_adapters(dataclasses.replace(tiny, model=copy.deepcopy(tiny.model)), folders, ["x0", "x1"][:len(folders)])
+    mods = dict(ref.named_modules())
+    with torch.no_grad():
+        for name, m in both.model.named_modules():
+            if hasattr(m, "lora_A") and "x0" in m.lora_A:
+                target = mods[name.removeprefix("base_model.model.")]
+                for key, w in zip(("x0", "x1"), weights):
+                    s = m.lora_alpha[key] / m.r[key]
+                    target.weight += w * s * (m.lora_B[key].weight @ m.lora_A[key].weight)
+    return ref
+
+
+def test_field_equals_the_engine(setup):
+    ins, tiny = setup["ins"], setup["tiny"]
+    f = fld.token_field(ins, PROMPT, TEXT, {"a": 1.0})
+    ctx, cont = fld.encode(ins, PROMPT, TEXT, chat=True)
+    assert f["ids"] == cont and "".join(f["tokens"]) == TEXT
+    base = token_logprobs(tiny.model, [(ctx, cont)])[0].logprobs
+    ad_model = _alone(tiny, setup["a"]).model
+    ad = token_logprobs(ad_model, [(ctx, cont)])[0].logprobs
+    kl = token_divergence(tiny.model, ad_model, [(ctx, cont)])[0]
+    np.testing.assert_allclose(f["base_logprob"], base, atol=1e-5)
+    np.testing.assert_allclose(f["adapter_logprob"], ad, atol=1e-5)
+    np.testing.assert_allclose(f["kl"], kl.kl, atol=1e-5)
+    np.testing.assert_allclose(f["js"], kl.js, atol=1e-5)
+    np.testing.assert_allclose(f["logprob_diff"], np.array(f["adapter_logprob"]) - np.array(f["base_logprob"]), atol=1e-12)
+    np.testing.assert_allclose(f["surprisal"], -np.array(f["adapter_logprob"]), atol=1e-12)
+    assert max(f["kl"]) > 1e-3  # the adapter really moves the field
+    assert f["disagree"][0] == int(np.argmax(f["kl"]))
+
+
+def test_strength_zero_is_the_base_and_strength_scales_the_update(setup):
+    ins, tiny = setup["ins"], setup["tiny"]
+    ctx, cont = fld.encode(ins, PROMPT, TEXT, chat=True)
+    f0 = fld.token_field(ins, PROMPT, TEXT, {"a": 0.0, "b": 0.0})
+    assert max(abs(x) for x in f0["logprob_diff"]) < 1e-6 and max(f0["kl"]) < 1e-6
+    for weights in ({"a": 0.5}, {"a": 0.7, "b": 1.6}):
+        f = fld.token_field(ins, PROMPT, TEXT, weights)
+        folders = [setup[k] for k in weights]
+        ref = token_logprobs(_merged(tiny, folders, list(weights.values())), [(ctx, cont)])[0].logprobs
+        np.testing.assert_allclose(f["adapter_logprob"], ref, atol=1e-4)
+    # strengths are restored after each call: strength 1 again equals the adapter alone
+    f1 = fld.token_field(ins, PROMPT, TEXT, {"a": 1.0})
+    ref = token_logprobs(_alone(tiny, setup["a"]).model, [(ctx, cont)])[0].logprobs
+    np.testing.assert_allclose(f1["adapter_logprob"], ref, atol=1e-5)
+
+
+def test_position_detail_matches_engine_topk(setup):
+    ins, tiny = setup["ins"], setup["tiny"]
+    d = fld.position_detail(ins, PROMPT, TEXT, {"a": 1.0, "b": 0.5}, 2, k=5)
+    assert [s["name"] for s in d["sides"]] == ["base", "a", "b", "mix"]
+    ctx, cont = fld.encode(ins, PROMPT, TEXT, chat=True)
+    ref = token_logprobs(_alone(tiny, setup["a"]).model, [(ctx, cont)], top_k=5)[0]
+    side = d["sides"][1]
+    assert side["top_ids"] == ref.topk_ids[2].tolist()
+    np.testing.assert_allclose(side["top_logprobs"], ref.topk_logprobs[2], atol=1e-5)
+    # each side's candidate log-probs contain its own top-k and the actual token's log-prob
+    f = fld.token_field(ins, PROMPT, TEXT, {"a": 1.0})
+    j = d["candidates"].index(d["actual_id"])
+    assert math.isclose(side["logprobs"][j], f["adapter_logprob"][2], abs_tol=1e-5)
+    for s in d["sides"]:
+        for i, lp in zip(s["top_ids"], s["top_logprobs"]):
+            assert math.isclose(s["logprobs"][d["candidates"].index(i)], lp, abs_tol=1e-5)
+    assert d["prefix_text"] + d["rest_text"] == TEXT
+    spreads = [t["spread"] for t in d["disagree"]]
+    assert spreads == sorted(spreads, reverse=True) and spreads[0] > 0
+
+
+@pytest.mark.parametrize("weights,prompt,message", [
+    ({"nope": 1.0}, PROMPT, "unknown adapter 'nope'"),
+    ({"a": 2.5}, PROMPT, "between 0 and 2"),
+    ({"a": -0.1}, PROMPT, "between 0 and 2"),
+    ({"a": float("nan")}, PROMPT, "between 0 and 2"),
+    ({"a": 1.0}, "   ", "the prompt is empty"),
+    ({"a": 1.0}, "x" * 100_000, "100,000 characters"),
+])
+def test_bad_input_is_a_user_error(setup, weights, prompt, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")):
+        fld.token_field(setup["ins"], prompt, TEXT, weights)
+
+
+def test_generations_share_the_seed_and_logit_bias_steers(setup):
+    ins = setup["ins"]
+    g1 = fld.side_by_side(ins, PROMPT, {"a": 1.0}, seed=7, temperature=1.0, max_new_tokens=6)
+    g2 = fld.side_by_side(ins, PROMPT, {"a": 1.0}, seed=7, temperature=1.0, max_new_tokens=6)
+    assert g1 == g2 and g1["generations"]["base"]["ids"] != g1["generations"]["adapter"]["ids"]
+    tok = ins.tokenizer
+    bias = fld.bias_from_corrections(tok, [{"chosen": " Bears", "replaced_id": 42}], strength=100.0)
+    bears = tok.encode(" Bears", add_special_tokens=False)[0]
+    assert bias == {bears: 100.0, 42: -100.0}
+    g = fld.side_by_side(ins, PROMPT, {"a": 1.0}, max_new_tokens=4, bias=bias)
+    assert g["generations"]["bias"]["ids"] == [bears] * 4
+    assert g["generations"]["adapter"]["ids"] != [bears] * 4
+    d = fld.position_detail(ins, PROMPT, TEXT, {"a": 1.0}, 0, k=3, bias=bias)
+    assert d["sides"][-1]["name"] == "bias" and d["sides"][-1]["top_ids"][0] == bears
+
+
+def test_corrections_folder_reconciles_and_trains(setup, tmp_path):
+    root = tmp_path / "datasets"
+    good = {"prompt": PROMPT, "prefix": "The", "chosen": " Lions", "rejected": " Bears won it.", "position": 1,
+            "replaced_id": 42802, "adapters": {"a": 1.0}}
+    s1 = corr.save(root, "fix", corr.parse(good))
+    s2 = corr.save(root, "fix", corr.parse({**good, "chosen": " Bears"}))  # what the model wrote: no change
+    s3 = corr.save(root, "fix", corr.parse({"prompt": "Once upon a time", "chat": False, "prefix": " there",
+                                            "chosen": " lived a king."}))
+    assert (s1["records"], s2["quarantine_reason"], s3["records"], s3["quarantined"]) == (1, "no_change", 2, 1)
+    d = root / "fix"
+    recs = [json.loads(x) for x in (d / "records.jsonl").read_text().splitlines()]
+    assert recs[0]["kind"] == "instruction" and recs[0]["output"] == "The Lions" and recs[0]["id"] == s1["record_id"]
+    assert recs[1] == {**recs[1], "kind": "raw", "text": "Once upon a time there lived a king."}
+    pairs = [json.loads(x) for x in (d / "preferences.jsonl").read_text().splitlines()]
+    assert pairs == [{"id": s1["record_id"], "prompt": PROMPT, "chosen": "The Lions", "rejected": "The Bears won it.",
+                      "chat": True, "source": recs[0]["source"]}]
+    q = [json.loads(x) for x in (d / "quarantine.jsonl").read_text().splitlines()]
+    assert [x["reason"] for x in q] == ["no_change"] and q[0]["location"]["line"] == 2
+    card = json.loads((d / "data_card.json").read_text())
+    t = card["reconciliation"]["totals"]
+    assert (t["read"], t["kept"], t["quarantined"], t["balanced"]) == (3, 2, 1, True)
+    assert all(card["checks"].values())
+    assert [c.chosen for c in corr.load(root, "fix")] == [" Lions", " lived a king."]
+    for bad, msg in (({**good, "chosen": ""}, "pick a token"), ({**good, "prompt": " "}, "prompt is empty"),
+                     ({**good, "extra": 1}, "extra")):
+        with pytest.raises(UserError, match=msg):
+            corr.parse(bad)
+    with pytest.raises(UserError, match="dataset name"):
+        corr.save(root, "../x", corr.parse(good))
+    # `loralab train` takes the folder as it is
+    out = tmp_path / "run"
+    r = subprocess.run([str(Path(sys.executable).parent / "loralab"), "train", "--model", "tiny-random", "--data",
+                        str(d), "--out", str(out), "--steps", "1", "--dtype", "float32", "--device", "cpu", "-q"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    listing = runsmod.scan(tmp_path)
+    assert [x["adapter"] for x in listing["runs"]] == ["run/adapter"]
+    with pytest.raises(UserError, match="outside"):
+        runsmod.resolve_inside(tmp_path, "../etc/passwd")
+
+
+def test_runs_scan_reads_a_study_folder(tmp_path, setup):
+    import shutil
+
+    run = tmp_path / "quick" / "runs" / "abc123"
+    shutil.copytree(setup["a"], run / "train" / "adapter")
+    (run / "config.json").write_text(json.dumps({"id": "abc123", "labels": {"variant": "qa"}}))
+    (run / "status.json").write_text(json.dumps({"state": "done"}))
+    (run / "metrics.json").write_text(json.dumps({"in_domain": {"gain": 0.5, "ci": [0.1, 0.9]}, "ok": True}))
+    (tmp_path / "quick" / "study.json").write_text(json.dumps({"spec": {"description": "a test study"}}))
+    (tmp_path / "quick" / "report.html").write_text("<html></html>")
+    s = runsmod.scan(tmp_path)
+    st = s["studies"][0]
+    assert (st["name"], st["description"], st["report"]) == ("quick", "a test study", "quick/report.html")
+    r = st["runs"][0]
+    assert r["adapter"] == "quick/runs/abc123/train/adapter" and r["metrics"] == {"in_domain.gain": 0.5}
+    assert r["labels"] == {"variant": "qa"} and r["domain"] == "test"
