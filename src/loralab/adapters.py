@@ -58,7 +58,14 @@ def load_card(path: str | Path) -> dict[str, Any] | None:
     return read_json(f) if f.exists() else None
 
 
+ROLES = ("knowledge", "style", "epistemic", "metacognitive")
+
+
 def write_card(folder: str | Path, card: dict[str, Any]) -> None:
+    """The card, with `role` (one of ROLES or None) and `keywords` (list of str) always at the top level."""
+    cfg = card.get("config") or {}
+    card = {**card, "role": card.get("role", cfg.get("role")), "keywords": list(card.get("keywords")
+                                                                               or cfg.get("keywords") or [])}
     write_json(Path(folder) / CARD, {"format": CARD_FORMAT, **card})
 
 

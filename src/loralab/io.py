@@ -212,7 +212,10 @@ def claim_output(path: str | Path, *, overwrite: bool = False, resume: bool = Fa
     """
     p = Path(path)
     created = _missing_ancestors(p.absolute())
-    if p.exists() and not (overwrite or resume):
+    empty = p.is_dir() and not p.is_symlink() and not any(p.iterdir())
+    if empty:  # an empty folder is as good as none, and is cleaned up like one
+        created = [p.absolute()]
+    if p.exists() and not empty and not (overwrite or resume):
         hint = " or --resume to continue it" if keep_on_error else ""
         raise UserError(f"{path} already exists; pass --overwrite to replace it{hint}, or choose another output")
     ok = False

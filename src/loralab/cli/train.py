@@ -7,11 +7,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .app import app, err, fail, out
+from .app import app, err, out
+
+
+def _resumable(run: Path) -> bool:
+    """A failed run folder is kept only when it holds a checkpoint to --resume from."""
+    return any((run / "checkpoints").glob("*/state.json"))
 
 
 @app.command("train")
@@ -42,6 +50,10 @@ def train_cmd(
     save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps (for --resume)."),
     trigger: Optional[str] = typer.Option(None, help="Signal token, e.g. '<|use_lora_sport|>'."),
     trigger_mode: Optional[str] = typer.Option(None, help="prefix | alora"),
+    role: Optional[str] = typer.Option(None, help="What the adapter adds: knowledge | style | epistemic | "
+                                       "metacognitive (written to its card)."),
+    keyword: list[str] = typer.Option([], "--keyword", "-k", help="A word that routes prompts to this adapter "
+                                      "(repeatable; written to its card)."),
     replay: Optional[str] = typer.Option(None, help="Anchor records folder mixed in (replay)."),
     replay_frac: Optional[float] = typer.Option(None, help="Fraction of examples from the anchors."),
     kl_weight: Optional[float] = typer.Option(None, help="λ of KL(base ‖ adapter) on anchors."),
@@ -51,12 +63,14 @@ def train_cmd(
     gradient_checkpointing: Optional[bool] = typer.Option(
         None, "--gradient-checkpointing/--no-gradient-checkpointing", help="Less memory, ~1/3 more compute."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the run folder's last checkpoint."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Train a LoRA adapter (or a full/scratch baseline) on a records folder."""
-    from ..adapters import AdapterError
-    from ..config import ConfigError, TrainConfig, load_config
-    from ..models import ModelError
+    from ..config import TrainConfig, load_config
+    from ..errors import UserError
+    from ..io import claim_output
+    from ..models import check_spec
     from ..train import train
 
     flags = dict(model=model, data=data, out=out_dir, method=method, steps=steps, epochs=epochs, seed=seed,
@@ -67,13 +81,21 @@ def train_cmd(
                  max_seq_len=max_seq_len, packing=packing, loss_on=loss_on, eval_every=eval_every,
                  save_every=save_every, trigger=trigger, trigger_mode=trigger_mode, replay=replay,
                  replay_frac=replay_frac, kl_weight=kl_weight, device=device, dtype=dtype, compile=compile,
-                 gradient_checkpointing=gradient_checkpointing)
-    try:
-        cfg = load_config(TrainConfig, config, **flags)
+                 gradient_checkpointing=gradient_checkpointing, role=role, keywords=keyword or None)
+    cfg = load_config(TrainConfig, config, **flags)
+    # every input checked before the run folder exists
+    for flag, folder in (("--data", cfg.data), ("--replay", cfg.replay)):
+        if folder is not None and not ((Path(folder) / "records.jsonl").exists() or Path(folder).is_file()):
+            raise UserError(f"{flag} {folder}: " + ("not a records folder (no records.jsonl)"
+                                                    if Path(folder).exists() else "no such records folder"))
+    if cfg.method != "scratch":
+        check_spec(cfg.model)
+    if resume and not (Path(cfg.out) / "config.json").exists():
+        raise UserError(f"--resume: {cfg.out} holds no run to resume")
+    main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` rank 0 owns the folder
+    with claim_output(cfg.out, overwrite=overwrite, resume=resume, clear=True, keep_on_error=_resumable) \
+            if main_process else contextlib.nullcontext():
         card = train(cfg, resume=resume, progress=not quiet)
-    except (ConfigError, ModelError, AdapterError, ValueError, FileNotFoundError, FileExistsError) as e:
-        fail(str(e))
-        return
     c = card["curve"]
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
     out.print(f"trained {cfg.method} on {card['train_examples']} examples for {c['steps']} steps "

@@ -7,7 +7,9 @@ Mode `template` (no model; every target is text of the passage itself):
   continue   instruction "Continue the passage.", input = the first sentences (about half
              the passage), output = the rest
   cloze      qa: the passage with one number or capitalised name (occurring once) blanked
-             as "____" as context, the question asks for the blank, the answer is the span
+             as "____" as context, the question asks for the blank, the answer is the span;
+             markdown structure is skipped (heading lines, list markers, the word opening a
+             list item) and so are stop words
   No summary task: a passage carries no summary of itself, and a made-up target (its
   first sentence as a "headline") would teach the wrong thing.
 Mode `model`: the base model reads a chunk (one worked example shown first) and writes
@@ -88,13 +90,48 @@ def template_continue(rec: Record) -> Record | None:
     return _link(rec, "continue", kind="instruction", instruction="Continue the passage.", input=head, output=tail)
 
 
+HEADING = re.compile(r"^[ \t]{0,3}(#{1,6}[ \t]|=+[ \t]*$|-{3,}[ \t]*$)")  # ATX heading / setext underline
+SETEXT = re.compile(r"[ \t]*(=+|-{3,})[ \t]*")
+LIST_MARKER = re.compile(r"^[ \t]*(?:[-*+\u2022]|\d{1,3}[.)])[ \t]+")
+
+
+def _line_of(text: str, pos: int) -> tuple[str, int]:
+    """(the line holding position `pos`, the line's start offset)."""
+    start = text.rfind("\n", 0, pos) + 1
+    end = text.find("\n", pos)
+    return text[start: end if end >= 0 else len(text)], start
+
+
+def _is_heading(text: str, pos: int) -> bool:
+    """Position `pos` lies on a markdown heading: '# ...', or a line underlined by === / ---."""
+    line, start = _line_of(text, pos)
+    if HEADING.match(line):
+        return True
+    nxt, _ = _line_of(text, start + len(line) + 1) if start + len(line) < len(text) else ("", 0)
+    return bool(line.strip()) and bool(SETEXT.fullmatch(nxt))
+
+
 def _is_name_or_number(text: str, m: re.Match) -> bool:
-    """Numbers, and capitalised words that are not capitalised only for starting a sentence."""
+    """Numbers, and capitalised words that are not capitalised only for starting a sentence.
+
+    Markdown structure is not content: nothing in a heading line, no list marker
+    ("1." / "2)") and no word that opens a list item counts; stop words never do.
+    """
+    if _is_heading(text, m.start()):
+        return False
+    line, start = _line_of(text, m.start())
+    marker = LIST_MARKER.match(line)
+    if marker and m.start() - start < marker.end():  # the list number itself
+        return False
     if m.group()[0].isdigit():
         return True
-    before = text[: m.start()].rstrip(" \t\"'“”‘’«»()[]")
-    starts_sentence = not before or before[-1] in ".!?:;\n…"
-    return not starts_sentence and m.group().split()[0].lower() not in STOPWORDS
+    if m.group().split()[0].lower() in STOPWORDS:
+        return False
+    if marker and m.start() - start == marker.end():  # first word of a list item: capitalised by position
+        return False
+    before = text[: m.start()].rstrip(" \t\"'“”‘’«»()[]*_`")
+    starts_sentence = not before or before[-1] in ".!?:;\n…|>"
+    return not starts_sentence
 
 
 def template_cloze(rec: Record, rng: random.Random) -> Record | None:
