@@ -75,7 +75,7 @@ def _train(spec: MetacogStudy, data: Path, out: Path, role: str | None, **extra)
     fields = {"model": spec.model, "data": str(data), "out": str(out), "seed": spec.seed, **spec.train, **extra}
     if role and "role" in TrainConfig.model_fields:
         fields["role"] = role
-    train(TrainConfig(**fields), progress=False)
+    train(TrainConfig(**fields), resume=out.exists(), progress=False)  # an interrupted run resumes
 
 
 def build(spec: MetacogStudy, root: Path) -> dict[str, Path]:
@@ -192,8 +192,8 @@ def report(res: dict) -> str:
 
 def _verdict(d: dict, what: str) -> str:
     sig = d["p_holm"] < 0.05
-    direction = "raises" if d["mean"] > 0 else "lowers" if d["mean"] < 0 else "does not change"
-    return (f"{what} {direction} it by {d['mean'] * 100:+.1f} points [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}]"
+    direction = "raises it by" if d["mean"] > 0 else "lowers it by" if d["mean"] < 0 else "leaves it at"
+    return (f"{what} {direction} {d['mean'] * 100:+.1f} points [{d['lo'] * 100:+.1f}, {d['hi'] * 100:+.1f}]"
             + ("" if sig else " — not distinguishable from no change at this size (p_holm "
                f"{d['p_holm']:.2f})"))
 

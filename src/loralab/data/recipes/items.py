@@ -159,8 +159,19 @@ def resolve(it: Item) -> Item:
     return resolve_arith(it) if it.source == "arith" else it
 
 
-def select(sources: list[str], n: int, *, part: str = "train", seed: int = 0) -> list[Item]:
-    """`n` items spread evenly over `sources` (seeded), all on one side of the split."""
+def _usable(it: Item) -> Item | None:
+    try:
+        return resolve(it)
+    except UnusableItem:
+        return None
+
+
+def select(sources: list[str], n: int, *, part: str = "train", seed: int = 0, verified: bool = False) -> list[Item]:
+    """`n` items spread evenly over `sources` (seeded), all on one side of the split.
+
+    verified=True: resolved items only, unusable ones passed over (for evaluation; the
+    recipes take them unresolved and quarantine what they cannot use).
+    """
     if part not in ("train", "heldout"):
         raise ValueError(f"part must be train or heldout, not {part!r}")
     unknown = [s for s in sources if s not in SOURCES]
@@ -171,5 +182,14 @@ def select(sources: list[str], n: int, *, part: str = "train", seed: int = 0) ->
     for src, k in zip(sources, per):
         pool = [it for it in load_source(src) if is_eval(it.id, HELDOUT_FRAC, SPLIT_SEED) == (part == "heldout")]
         order = np.random.default_rng([seed, SOURCES.index(src)]).permutation(len(pool))
-        out += [pool[i] for i in order[:k]]
+        if not verified:
+            out += [pool[i] for i in order[:k]]
+            continue
+        got = []
+        for i in order:
+            if len(got) == k:
+                break
+            if (r := _usable(pool[i])) is not None:
+                got.append(r)
+        out += got
     return out
