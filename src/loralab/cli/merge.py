@@ -50,19 +50,14 @@ def merge_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ) -> None:
     """Merge adapters (or full models) into a new adapter folder, and optionally measure it."""
-    from ..config import ConfigError, load_config
+    from ..config import load_config
     from ..merge import MergeConfig, merge
-    from ..models import ModelError
 
     flags = dict(parents=parents, method=method, weights=_weights(weights), out=out_dir, rank=rank, density=density,
                  drop=drop, sign=sign, rescale=rescale, normalize=normalize, t=t, seed=seed, base=base, full=full,
                  model=model, dtype=dtype, device=device, overwrite=overwrite or None)
-    try:
-        cfg = load_config(MergeConfig, None, **flags)
-        card = merge(cfg)
-    except (ConfigError, ModelError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-        return
+    cfg = load_config(MergeConfig, None, **flags)  # mistakes are UserErrors: one line, exit 2 (app.boundary)
+    card = merge(cfg)
     m = card["merge"]
     out.print(f"merged {len(cfg.parents)} {card['kind']}s by {cfg.method} "
               f"(weights {', '.join(f'{w:g}' for w in m['weights'])}) -> {cfg.out}")
@@ -78,12 +73,8 @@ def merge_cmd(
         return
     from ..study.merging import evaluate_merge
 
-    try:
-        res = evaluate_merge(cfg.out, cfg.parents, out=eval_out or f"{cfg.out.rstrip('/')}-eval", suite=suite,
-                             model=model, progress=not quiet)
-    except (ConfigError, ModelError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-        return
+    res = evaluate_merge(cfg.out, cfg.parents, out=eval_out or f"{cfg.out.rstrip('/')}-eval", suite=suite,
+                         model=model, progress=not quiet)
     from rich.table import Table
 
     tab = Table(title=f"merge vs parents ({suite} suite; ↑ higher is better, ↓ lower)")

@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from .. import __version__
 from ..config import StageConfig
-from ..io import atomic_dir
+from ..io import atomic_dir, claim_output
 from . import folders as F
 from . import methods as M
 from .folders import MergeError
@@ -133,13 +133,10 @@ def merge(cfg: MergeConfig) -> dict[str, Any]:
     """Merge `cfg.parents` into `cfg.out`; returns the card written there."""
     out = Path(cfg.out)
     kinds = {F.kind_of(p) for p in cfg.parents}
-    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
-        raise MergeError(f"{out} already exists; choose another --out or pass --overwrite")
     if len(kinds) > 1:
         raise MergeError("parents mix adapter folders and model folders; merge one kind at a time")
-    if kinds == {"model"}:
-        return _merge_models(cfg, out)
-    return _merge_adapters(cfg, out)
+    with claim_output(out, overwrite=cfg.overwrite):
+        return _merge_models(cfg, out) if kinds == {"model"} else _merge_adapters(cfg, out)
 
 
 # ------------------------------------------------------------------ adapters

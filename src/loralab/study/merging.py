@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..io import write_json
 
 
@@ -82,7 +83,7 @@ def evaluate_merge(merged: str, parents: list[str], *, out: str, suite: str = "q
     base = card.get("base") or {}
     spec = model or base.get("path") or base.get("spec")
     if not spec:
-        raise ValueError(f"{merged}: its card names no base model; pass --model")
+        raise UserError(f"{merged}: its card names no base model; pass --model")
     extra = heldout_folders(parents, root / "heldout", seed)
     cfg = EvalConfig(model=spec, adapters=[merged, *parents], suite=suite, out=str(root), extra_eval=extra,
                      seed=seed, progress=progress, **eval_fields)
