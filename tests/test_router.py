@@ -81,7 +81,7 @@ def test_registry_reads_cards_with_defaults(registry):
     entries, notes = read_registry(registry)
     by = {e.name: e for e in entries}
     assert sorted(by) == ["cooking", "law", "sport"]
-    assert by["cooking"].role == "domain" and by["cooking"].weight == 1.0 and by["law"].keywords == ()
+    assert by["cooking"].role == "knowledge" and by["cooking"].weight == 1.0 and by["law"].keywords == ()
     assert by["sport"].keywords == ("touchdown",) and by["law"].trigger_mode == "alora"
     assert any(n.startswith("notes:") for n in notes)
 
@@ -120,7 +120,7 @@ def test_keyword_before_classifier_and_tie_falls_through(registry, tmp_path):
 
 def test_classifier_then_base_and_threshold(registry, tmp_path):
     r = _router(registry, tmp_path)
-    clf = r.classifiers["domain"]
+    clf = r.classifiers["knowledge"]
     assert clf.classes == ["cooking", "law", "sport", NONE]
     assert clf.threshold >= 0.5 and clf.temperature > 0
     d = r.route("plaintiff appeal against verdict, court judge statute")
@@ -155,15 +155,15 @@ def test_roles_compose_with_weights(tmp_path):
     root = tmp_path / "registry"
     _adapter(root, "sport", "sport", keywords=["touchdown"])
     _adapter(root, "cooking", "cooking")
-    _adapter(root, "steps", "reasoning", role="reasoning", weight=0.5, keywords=["step by step"],
+    _adapter(root, "steps", "reasoning", role="metacognitive", weight=0.5, keywords=["step by step"],
              words="therefore step reason compute deduce because logic infer".split())
     r = _router(root, tmp_path)
-    assert r.roles == ["domain", "reasoning"]
+    assert r.roles == ["knowledge", "metacognitive"]
     d = r.route("Think step by step: how many yards after the touchdown?")
     assert d.adapters == [("sport", 1.0), ("steps", 0.5)] and d.rule == "keyword"
-    assert [s["role"] for s in d.steps] == ["domain", "reasoning"]
+    assert [s["role"] for s in d.steps] == ["knowledge", "metacognitive"]
     d = r.route("Think step by step: tell me about the water")
-    assert d.adapters == [("steps", 0.5)] and d.rule == "keyword"  # the domain role went to the base
+    assert d.adapters == [("steps", 0.5)] and d.rule == "keyword"  # the knowledge role went to the base
     assert d.steps[0]["rule"] == "base"
 
 
@@ -173,7 +173,7 @@ def test_cache_by_registry_digest_and_fingerprint(registry, tmp_path):
     files = list((tmp_path / "cache").glob("*.json"))
     assert len(files) == 1
     r2 = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
-    assert np.array_equal(r1.classifiers["domain"].W, r2.classifiers["domain"].W)
+    assert np.array_equal(r1.classifiers["knowledge"].W, r2.classifiers["knowledge"].W)
     card = registry / "sport" / "loralab.json"
     card.write_text(card.read_text().replace('"touchdown"', '"touchdowns"'))
     Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
@@ -206,6 +206,7 @@ def test_heldout_prompts_are_other_documents(registry, tmp_path):
     assert not {t for t, _ in held} & seen
 
 
+@pytest.mark.slow
 def test_minilm_classifier_on_real_embeddings(tmp_path):
     """The packaged MiniLM separates two real-worded domains from general questions."""
     root = tmp_path / "registry"

