@@ -256,3 +256,49 @@ def test_cli_merges_and_bad_input_is_one_line(pair, tmp_path):
                       ([str(a), str(b)], "already exists")):
         r = CliRunner().invoke(app, ["merge", *args, "--out", str(tmp_path / "m")])
         assert r.exit_code == 2 and msg in r.output and "Traceback" not in r.output, (args, r.output)
+
+
+# ------------------------------------------------------------------ --eval
+
+def test_compare_flags_metrics_where_the_merge_beats_both_parents():
+    from loralab.study.merging import compare
+
+    def m(loss, acc):
+        return {"in_domain_extra": {"sport": {"adapter": {"loss": loss}}},
+                "forgetting": {"adapter_mean": {"mean": acc}}}
+
+    rows = {r["metric"]: r for r in compare(m(1.0, 0.50), [m(1.2, 0.55), m(0.9, 0.40)])}
+    assert rows["in-domain loss: sport"]["beats_both"] is False  # 1.0 is not below 0.9
+    assert rows["general accuracy (mean)"]["beats_both"] is False
+    rows = {r["metric"]: r for r in compare(m(0.8, 0.6), [m(1.2, 0.55), m(0.9, 0.40)])}
+    assert all(r["beats_both"] for r in rows.values()) and rows["in-domain loss: sport"]["parents"] == [1.2, 0.9]
+
+
+def test_eval_runs_the_drift_suite_on_merge_and_parents(tiny, tmp_path):
+    from loralab.data.records import Record, write_records
+    from loralab.study.merging import evaluate_merge
+
+    parents = []
+    for i, dom in enumerate(("sport", "medical")):
+        recs = [Record(kind="qa", domain=dom, source={"doc": f"{dom}{j}"}, question=f"{dom} question {j}?",
+                       answer=f"{dom} answer {j}.") for j in range(10)]
+        write_records(tmp_path / f"data_{dom}", recs)
+        f = make_adapter(tiny, tmp_path / dom, seed=i + 1)
+        card = json.loads((f / "loralab.json").read_text())
+        card.update(domain=dom, data={"path": str(tmp_path / f"data_{dom}")}, config={"eval_frac": 0.3, "seed": 0})
+        (f / "loralab.json").write_text(json.dumps(card))
+        parents.append(str(f))
+    merge(MergeConfig(parents=parents, method="linear", out=str(tmp_path / "m")))
+    res = evaluate_merge(str(tmp_path / "m"), parents, out=str(tmp_path / "ev"), progress=False, tasks=["arc_easy"],
+                         limit=3, gen_tasks=[], contamination=False, weights=False, bootstrap=100, dtype="float32",
+                         device="cpu")
+    assert res["parents"] == ["sport", "medical"] and set(res["heldout"]) == {"sport", "medical"}
+    metrics = {r["metric"] for r in res["rows"]}
+    assert {"in-domain loss: sport", "in-domain loss: medical", "general accuracy (mean)", "arc_easy acc_norm"} <= metrics
+    saved = json.loads((tmp_path / "ev" / "comparison.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    # the same held-out records for all three: the merge's row equals its own metrics.json
+    mm = json.loads((tmp_path / "ev" / "m" / "metrics.json").read_text())
+    row = next(r for r in res["rows"] if r["metric"] == "in-domain loss: sport")
+    assert row["merge"] == mm["in_domain_extra"]["sport"]["adapter"]["loss"]
+    assert row["beats_both"] == (row["merge"] < min(row["parents"]))
