@@ -86,13 +86,14 @@ def profile_key(dev_type: str, shapes: tuple[int, ...], threads: int | None = No
             "shapes": list(shapes), "version": PROFILE_VERSION}
 
 
-def cache_path(key: dict) -> Path:
-    # $LORALAB_HOME as models.home() reads it (device sits below models, so it reads it itself)
-    import platformdirs
+def cache_path(key: dict, root: str | Path | None = None) -> Path:
+    """$LORALAB_HOME/device/<digest of key>.json (or under `root`)."""
+    if root is None:  # $LORALAB_HOME as models.home() reads it (device sits below models)
+        import platformdirs
 
-    root = Path(os.environ.get("LORALAB_HOME") or platformdirs.user_cache_dir("loralab"))
+        root = Path(os.environ.get("LORALAB_HOME") or platformdirs.user_cache_dir("loralab")) / "device"
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return root / "device" / f"{digest}.json"
+    return Path(root) / f"{digest}.json"
 
 
 # ---------------------------------------------------------------- measuring
@@ -194,11 +195,12 @@ def fast_format(gflops: dict[str, float]) -> str:
     return choose(gflops, "frozen", allow_int8=True)
 
 
-def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure: bool = False) -> Profile:
+def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure: bool = False,
+            root: str | Path | None = None, **measure_kw) -> Profile:
     """The cached measurement for this device, taken now when absent (or when `remeasure`)."""
     dev = torch.device(dev)
     key = profile_key(dev.type, tuple(shapes))
-    path = cache_path(key)
+    path = cache_path(key, root)
     if not remeasure and path.exists():
         try:
             saved = json.loads(path.read_text())
@@ -206,7 +208,7 @@ def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure
                 return Profile(key, saved["gflops"], path, cached=True)
         except (OSError, ValueError, KeyError):
             pass  # unreadable: measure again
-    gflops = measure(dev, shapes)
+    gflops = measure(dev, shapes, **measure_kw)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "gflops": gflops, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -271,12 +273,12 @@ def resolve(device: str = "auto", dtype: str = "auto", path: str = "frozen", sha
 # ------------------------------------------------------------- int8 frozen weights
 
 def quantize_int8(model) -> torch.nn.Module:
-    """Frozen nn.Linear layers of an fp32 CPU model as dynamic int8 (the vocabulary projection
-    included), in place; LoRA's own A/B matrices stay fp32. Returns the model."""
+    """The nn.Linear layers of an fp32 CPU model used for inference as dynamic int8 (per-tensor
+    int8 weights, activations quantized per call; the vocabulary projection included), in
+    place; LoRA's own A/B matrices stay fp32. Returns the model."""
     from torch.ao.quantization import quantize_dynamic
 
-    names = {n for n, m in model.named_modules()
-             if type(m) is torch.nn.Linear and "lora_" not in n and not m.weight.requires_grad}
+    names = {n for n, m in model.named_modules() if type(m) is torch.nn.Linear and "lora_" not in n}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
         quantize_dynamic(model, names, dtype=torch.qint8, inplace=True)

@@ -3,6 +3,13 @@
     loralab data score data/medical --out data/medical.scored
     loralab data score data/medical --out scored --model smollm2-135m --adapter runs/a1/adapter
     loralab data score data/medical --out scored --engine ray --workers 2
+    loralab data score data/medical --out scored --precision fast     # low-precision frozen weights
+
+Precision: `exact` (default) runs fp32 frozen weights; `fast` runs the fastest
+low-precision format `loralab doctor` measured here (bf16, or int8 dynamic quantization of
+every frozen linear layer, the vocabulary projection included); `--dtype` overrides both.
+The precision that produced a score ('cpu/float32', 'cpu/bfloat16', 'cpu/int8-dynamic')
+is stored with it (meta.score.precision, the card's `precision`) and is part of its cache key.
 
 Scores (written to each record's meta["score"]):
 
@@ -31,7 +38,7 @@ is identical in both passes and only the prompt's content differs.
 
 Both passes of every record go to the shared log-prob engine in ONE call (length-sorted,
 token-budget batches). Scores are cached (sqlite under $LORALAB_HOME/scores/) by
-(model fingerprint, placement, adapter digest, record content, window, scorer version), so
+(model fingerprint, precision, adapter digest, record content, window, scorer version), so
 re-scoring the same records with the same model costs no forward pass.
 Unusable records (no response, empty response, response longer than the window, invalid
 JSON) go to quarantine.jsonl with their line and reason; read = kept + quarantined.
@@ -48,10 +55,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from . import logprobs
-from .data.records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, content_id, to_messages
+from .data.records import (  # noqa: F401 - read_rows / response_text are used from here too
+    CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, content_id, read_rows, response_text, to_messages,
+)
 from .data.render import chat_split
 from .io import atomic_dir, write_json, write_jsonl
 from .models import DEFAULT_MODEL, Loaded, home
@@ -68,7 +77,12 @@ class ScoreConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model spec: smollm2-135m, tiny-random, an HF folder or hub id.")
     adapter: str | None = Field(None, description="PEFT adapter folder applied on the model (None: base model).")
     device: str = Field("auto", description="auto | cpu | cuda[:N] (see loralab.device).")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 for the frozen weights.")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 for the frozen weights (overrides precision).")
+    precision: Literal["exact", "fast"] = Field("exact", description=(
+        "exact: fp32 frozen weights; fast: the fastest low-precision format measured on this machine "
+        "(bf16/fp16, or int8 dynamic quantization of every frozen linear layer incl. the vocabulary "
+        "projection; see `loralab doctor`). Ranks, not values, are what selection needs; "
+        "benchmarks/score.py measures how far fast ranks from exact."))
     batch_tokens: int | None = Field(None, ge=16, description="Padded tokens per forward pass (rows x length); default 2048 on CPU, 16384 on CUDA.")
     logits_chunk: int = Field(512, ge=1, description="Rows of fp32 vocabulary logits materialised at once.")
     max_length: int | None = Field(None, description="Context window in tokens (default: the model's).")
@@ -113,23 +127,32 @@ def with_adapter(loaded: Loaded, path: str | None) -> Loaded:
     return apply_adapters(loaded, [path]) if path else loaded
 
 
+def scorer_format(cfg: ScoreConfig) -> str:
+    """The frozen-weight format `cfg` asks for: its --dtype when given, else by precision
+    (exact: float32; fast: the device policy's measured fastest low-precision format)."""
+    from . import device as devpolicy
+
+    if cfg.dtype != "auto":
+        return cfg.dtype
+    if cfg.precision == "exact":
+        return "float32"
+    dev = devpolicy.resolve_device(cfg.device)
+    return devpolicy.fast_format(devpolicy.profile(dev).gflops)
+
+
 def load_scorer(cfg: ScoreConfig) -> Loaded:
+    from . import device as devpolicy
     from . import models
 
-    return with_adapter(models.load(cfg.model, device=cfg.device, dtype=cfg.dtype), cfg.adapter)
+    fmt = scorer_format(cfg)
+    if fmt == devpolicy.INT8:  # int8 weights: load fp32, adapter on top, then quantize the frozen linears
+        loaded = with_adapter(models.load(cfg.model, device=cfg.device, dtype="float32"), cfg.adapter)
+        devpolicy.quantize_int8(loaded.model)
+        return loaded
+    return with_adapter(models.load(cfg.model, device=cfg.device, dtype=fmt), cfg.adapter)
 
 
 # ------------------------------------------------------------- preparation
-
-def response_text(rec: Record) -> str | None:
-    """The text a record teaches (None when the record has no response turn)."""
-    if rec.kind == "raw":
-        return rec.text
-    msgs = to_messages(rec)
-    if msgs[-1]["role"] != "assistant" or len(msgs) < 2:
-        return None
-    return msgs[-1]["content"]
-
 
 def empty_prompt_messages(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     """System turns kept, all other prompt turns replaced by one empty user turn."""
@@ -246,27 +269,6 @@ class ScoreCache:
         self.db.close()
 
 
-# ------------------------------------------------------------------ reading
-
-def read_rows(records_dir: str | Path) -> tuple[list[tuple[int, Record]], list[dict]]:
-    """(line, Record) for valid rows; quarantine entries for rows that are not records."""
-    p = Path(records_dir)
-    p = p / RECORDS_FILE if p.is_dir() else p
-    good, bad = [], []
-    with open(p, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                good.append((line_no, Record.model_validate(json.loads(line))))
-            except (json.JSONDecodeError, ValidationError) as e:
-                msg = str(e).splitlines()[0] if isinstance(e, json.JSONDecodeError) else \
-                    "; ".join(x["msg"] for x in e.errors())
-                bad.append({"reason": f"invalid record: {msg}", "stage": "score",
-                            "location": {"path": str(p), "line": line_no}, "row": line.rstrip("\n")[:2000]})
-    return good, bad
-
-
 # ---------------------------------------------------------------- the stage
 
 @dataclass
@@ -303,8 +305,10 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     loaded = with_adapter(loaded, cfg.adapter) if loaded is not None else load_scorer(cfg)
     tok, model = loaded.tokenizer, loaded.model
     window = window_of(model, cfg)
-    p0 = next(model.parameters())
-    placement = f"{p0.device.type}/{str(p0.dtype).removeprefix('torch.')}"
+    from . import device as devpolicy
+
+    prec = devpolicy.precision_record(model)
+    placement = prec["precision"]  # device/format ('cpu/float32', 'cpu/int8-dynamic'): part of the cache key
     adapter = adapter_digest(cfg.adapter)
     jobs, quarantine = make_jobs(rows, tok, window, f"{loaded.fingerprint}/{placement}", adapter, source)
     cache = ScoreCache(cfg.cache_dir) if cfg.cache else None
@@ -327,11 +331,13 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     kept = []
     for j in jobs:
         rec = rows[j.index][1]
-        meta = {**rec.meta, "score": {**hits[j.key], "model": loaded.fingerprint, "adapter": adapter or None}}
+        meta = {**rec.meta, "score": {**hits[j.key], "model": loaded.fingerprint, "adapter": adapter or None,
+                                      "precision": placement}}
         kept.append(rec.model_copy(update={"meta": meta}))
     distinct = {(tuple(a), tuple(b)) for j in todo for a, b in j.pairs}
     tokens = sum(len(a) + len(b) - 1 for a, b in distinct)  # positions separate passes would run
     stats = {"model": loaded.spec, "fingerprint": loaded.fingerprint, "placement": placement,
+             "precision": {**prec, "asked": cfg.precision if cfg.dtype == "auto" else f"--dtype {cfg.dtype}"},
              "adapter": cfg.adapter, "adapter_digest": adapter or None, "window": window,
              "scorer_version": SCORER_VERSION, "engine": cfg.engine, "from_cache": len(jobs) - len(todo),
              "computed": len(todo), "forward_tokens": tokens,

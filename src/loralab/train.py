@@ -6,8 +6,15 @@
 `train(cfg)` builds the pieces (model + PEFT, examples, batcher, optimizer, schedule) and
 hands them to `loop`, which takes its objective (a loss function bound to the model,
 see losses.py) and its batcher as arguments. The run
-folder `cfg.out` receives config.json, train_log.jsonl, checkpoints/ (for --resume) and
+folder `cfg.out` receives config.json, precision.json (device and formats that produced the
+run, see device.precision_record), train_log.jsonl, checkpoints/ (for --resume) and
 adapter/ (PEFT files + loralab.json card; a full model folder for full/scratch).
+
+Precision: with dtype auto, the frozen base of an adapter runs in the format the device
+policy measured fastest for training on this machine (bf16 where it beats fp32 by the
+policy's margin), the adapter's own matmuls and the fused loss in it too, with fp32 master
+weights and optimizer state; benchmarks/train.py checks that the held-out loss stays within
+2 % of fp32 training.
 """
 
 from __future__ import annotations
@@ -88,8 +95,11 @@ def build_model(cfg: TrainConfig):
     from transformers import AutoModelForCausalLM
 
     full = cfg.method in ("full", "scratch")
-    # full training keeps fp32 master weights; adapters keep a frozen low-precision base
-    dtype = "float32" if full and cfg.dtype == "auto" else cfg.dtype
+    # full training keeps fp32 master weights; adapters keep their frozen base in the format the
+    # device policy measured fastest for training (fp32 master weights and optimizer state)
+    dtype = cfg.dtype
+    if cfg.dtype == "auto":
+        dtype = "float32" if full else str(devpolicy.resolve(cfg.device, "auto", path="train").dtype).removeprefix("torch.")
     loaded = models.load(cfg.model, device=cfg.device, dtype=dtype)
     model, tok = loaded.model, loaded.tokenizer
     seed_all(cfg.seed)
@@ -299,6 +309,28 @@ def _total_steps(cfg: TrainConfig, batcher: Batcher, world: int) -> int:
     return max(1, math.ceil(cfg.epochs * batcher.per_epoch() / (cfg.grad_accum * world)))
 
 
+PRECISION = "precision.json"
+
+
+def training_precision(model) -> dict:
+    """The device policy's record of the frozen weights' format, plus the trainable weights' dtype."""
+    trainable = {str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad}
+    return {**devpolicy.precision_record(model), "trainable": ",".join(sorted(trainable))}
+
+
+def _claim_precision(acc, out: Path, prec: dict, resume: bool) -> None:
+    """A resumed run keeps the precision it started in; a different one is refused, not mixed."""
+    saved = out / PRECISION
+    if resume and saved.exists():
+        old = read_json(saved)
+        if old.get("precision") != prec["precision"]:
+            raise ValueError(f"--resume: {out} was trained in {old.get('precision')}, this machine would now use "
+                             f"{prec['precision']}; pass --dtype {old.get('format')} to resume it as it began")
+    if acc.is_main_process:
+        write_json(saved, prec)
+    acc.wait_for_everyone()
+
+
 def build(cfg: TrainConfig) -> Setup:
     model, tok, loaded, added = build_model(cfg)
     train_ex, eval_ex, info = build_examples(cfg, tok)
@@ -322,10 +354,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> d
     """Train per `cfg`; returns the card written beside the adapter (or full model)."""
     from accelerate import Accelerator
 
-    acc = Accelerator(cpu=devpolicy.resolve(cfg.device).device.type == "cpu")
+    acc = Accelerator(cpu=devpolicy.resolve_device(cfg.device).type == "cpu")
     out = Path(cfg.out)
     _claim_out(acc, out, cfg, resume)
     s = build(cfg)
+    s.info["precision"] = training_precision(s.model)
+    _claim_precision(acc, out, s.info["precision"], resume)
     pad = s.tokenizer.pad_token_id if s.tokenizer.pad_token_id is not None else 0
     pad_to = cfg.max_seq_len if cfg.compile else None  # compiled layers: one shape, no recompiles
     batcher = Batcher(s.train, seed=cfg.seed, packing=cfg.packing, max_seq_len=cfg.max_seq_len,
@@ -400,8 +434,9 @@ def make_card(cfg: TrainConfig, s: Setup, rows: list[dict], steps: int) -> dict:
         "trigger": cfg.trigger, "trigger_mode": cfg.trigger_mode if cfg.trigger else None,
         "domain": cfg.domain or s.info.get("domain"),
         "data": {"path": cfg.data, "digest": data_digest(cfg.data),
-                 **{k: v for k, v in s.info.items() if k not in ("domain", "tokens_added")}},
+                 **{k: v for k, v in s.info.items() if k not in ("domain", "tokens_added", "precision")}},
         "train_examples": len(s.train), "eval_examples": len(s.eval),
+        "precision": s.info.get("precision"),
         "config": cfg.dump(),
         "curve": {"steps": steps, "first_loss": losses[0] if losses else None,
                   "last_loss": losses[-1] if losses else None, "best_loss": min(losses) if losses else None,
