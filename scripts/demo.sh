@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded model (run by `make demo`; expects .venv/bin on PATH):
-# the quickstart study, then the path of its report.
+# the quickstart study, which ends by printing its results table, findings and report path.
 set -euo pipefail
 OUT="${OUT:-runs}"
 echo "== the embedded SmolLM2-135M-Instruct answers"

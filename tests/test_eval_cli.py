@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from loralab.cli import app
@@ -22,7 +23,8 @@ def test_eval_two_adapters_end_to_end(tiny, tmp_path):
     (tmp_path / "data").mkdir()
     write_records(tmp_path / "data", [Record(kind="raw", text=t) for t in MEDICAL])
     cfg = EvalConfig(model="tiny-random", dtype="float32", device="cpu", adapters=[str(heavy), str(light)],
-                     out=str(tmp_path / "eval"), eval_data=str(tmp_path / "data"), tasks=["arc_easy", "winogrande"],
+                     out=str(tmp_path / "eval"), eval_data=str(tmp_path / "data"), eval_split="all",
+                     tasks=["arc_easy", "winogrande"],
                      limit=3, prompts=2, answer_tokens=6, cot_tokens=12, domains=["medical", "sport"], progress=False)
     res = evaluate(cfg)
     shown = Console(record=True, width=200)
@@ -47,7 +49,49 @@ def test_eval_two_adapters_end_to_end(tiny, tmp_path):
     assert heavy_m["tasks"]["arc_easy"]["base"] == light_m["tasks"]["arc_easy"]["base"]  # base scored once
     assert "with_trigger" in light_m["contamination"]["domains"]["sport"]
     assert heavy_m["in_domain"]["adapter"]["loss"] < heavy_m["in_domain"]["base"]["loss"]
-    assert heavy_m["contamination"]["mean_foreign_kl"] > light_m["contamination"]["mean_foreign_kl"]
+    hk, lk = heavy_m["contamination"]["mean_foreign_kl"], light_m["contamination"]["mean_foreign_kl"]
+    assert hk["mean"] > lk["mean"] and hk["lo"] <= hk["mean"] <= hk["hi"] and lk["lo"] <= lk["mean"] <= lk["hi"]
+    sport = heavy_m["contamination"]["domains"]["sport"]
+    assert sport["prompts"] == 2 and sport["kl_ci"]["lo"] <= sport["kl"] <= sport["kl_ci"]["hi"]
+    # the in-domain loss and its interval are one statistic: Σ nll / Σ tokens over the records
+    ind = heavy_m["in_domain"]
+    items = ind["items"]["adapter"]
+    assert ind["adapter"]["loss"] == pytest.approx(sum(items["nll"]) / sum(items["tokens"]), rel=1e-12)
+    d = ind["adapter"]["delta_vs_base"]
+    assert d["lo"] <= d["mean"] <= d["hi"]
+    assert d["mean"] == pytest.approx(ind["adapter"]["loss"] - ind["base"]["loss"], rel=1e-9)
+
+
+def test_eval_reports_overlap_with_the_adapters_training_data(tiny, tmp_path):
+    from loralab.adapters import data_digest
+    from loralab.data.split import split
+
+    recs = [Record(kind="qa", question=f"What is item {i}?", answer=f"Item {i} is a bee.", source={"doc": f"d{i}"})
+            for i in range(30)]
+    (tmp_path / "data").mkdir()
+    write_records(tmp_path / "data", recs)
+    ad = train_adapter(tiny, tmp_path / "ad", steps=1, lr=1e-3)
+    card = json.loads((ad / "loralab.json").read_text())
+    card.update(domain="beekeeping", data={"path": str(tmp_path / "data"), "digest": data_digest(tmp_path / "data")},
+                config={"eval_frac": 0.3, "seed": 0})
+    (ad / "loralab.json").write_text(json.dumps(card))
+    train, held = split(recs, 0.3, 0)
+    assert train and held
+    args = ["eval", "--model", "tiny-random", "--dtype", "float32", "--device", "cpu", "--adapter", str(ad),
+            "--eval-data", str(tmp_path / "data"), "--tasks", "arc_easy", "--limit", "1", "--gen-tasks", "none",
+            "--no-contamination", "--no-weights"]
+    refused = CliRunner().invoke(app, args + ["--out", str(tmp_path / "e0"), "--eval-split", "all"])
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    assert f"{len(train)} of {len(recs)} evaluated records are training examples" in " ".join(refused.output.split())
+    ok = CliRunner().invoke(app, args + ["--out", str(tmp_path / "e1")])  # default: the folder's eval split
+    assert ok.exit_code == 0, ok.output
+    m = json.loads((tmp_path / "e1" / "ad" / "metrics.json").read_text())
+    assert m["in_domain"]["base"]["records"] == len(held) and m["in_domain"]["overlap"]["records"] == 0
+    loud = CliRunner().invoke(app, args + ["--out", str(tmp_path / "e2"), "--eval-split", "all", "--allow-overlap"])
+    assert loud.exit_code == 0 and "not held-out" in loud.output
+    m = json.loads((tmp_path / "e2" / "ad" / "metrics.json").read_text())
+    assert m["in_domain"]["overlap"] == {"records": len(train), "of": len(recs), "training_data": str(tmp_path / "data"),
+                                         "digest_matches": True}
 
 
 def test_eval_base_only_and_config_errors(tmp_path):

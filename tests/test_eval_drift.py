@@ -99,6 +99,13 @@ def test_record_losses_fall_after_training(tiny, heavy, trigger):
     base = fresh(tiny)
     bl = drift.record_losses(base, recs, progress=False)
     wrapped = apply_adapters(base, [heavy])
-    al = drift.record_losses(wrapped, recs, progress=False)
+    al = drift.record_losses(wrapped, recs, trigger=trigger, progress=False)
+    plain = drift.record_losses(wrapped, recs, progress=False)
     s = drift.loss_summary(al, bl)
     assert s["loss"] < drift.loss_summary(bl, None)["loss"] and s["delta_vs_base"]["mean"] < 0
+    assert s["loss"] == pytest.approx(al["nll"].sum() / al["tokens"].sum(), rel=1e-12)
+    assert (al["tokens"] == bl["tokens"]).all()  # the trigger goes in the context, never in the scored span
+    if trigger:  # the trigger is in the context: it changes the adapter's loss on the same response tokens
+        assert not np.allclose(al["nll"], plain["nll"])
+    else:
+        assert np.array_equal(al["nll"], plain["nll"])

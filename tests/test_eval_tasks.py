@@ -91,9 +91,17 @@ def test_arithmetic_items_and_checkers():
 
 
 def test_generation_task_runs_on_tiny(tiny):
-    r = gen.evaluate_gen(tiny, "arithmetic", gen.arithmetic_items(3), max_new_tokens=8, progress=False)
+    items = gen.arithmetic_items(3)
+    r = gen.evaluate_gen(tiny, "arithmetic", items, max_new_tokens=8, progress=False)
     s = r.summary()
-    assert s["n"] == 3 and 0 <= s["cot_acc"]["mean"] <= 1 and 0 <= s["direct_acc"]["mean"] <= 1
+    assert s["n"] == 3 and r.ids == [it.id for it in items]
+    # each item's score is the checker applied to that item's own greedy answer, and the
+    # reported accuracy is the mean of those scores
+    for smp, it, d in zip(s["samples"], items, r.direct):
+        assert smp["gold"] == it.answer and d == float(gen.extract_answer(smp["direct"], first=True) == it.answer)
+    for smp, it, c in zip(s["samples"], items, r.cot):
+        assert c == float(gen.extract_answer(smp["cot"]) == it.answer)
+    assert s["direct_acc"]["mean"] == r.direct.mean() and s["cot_acc"]["mean"] == r.cot.mean()
 
 
 def test_bootstrap_intervals():

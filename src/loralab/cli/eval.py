@@ -150,5 +150,6 @@ def eval_cmd(
         fail(str(e))
     for t in tables(res):
         out.print(t)
+    out.print(f"weights: {res['base']['model']['weights']}")
     where = [out_dir / n / "metrics.json" for n in res["adapters"]] or [out_dir / "base" / "metrics.json"]
     out.print("wrote " + ", ".join(str(w) for w in where))
