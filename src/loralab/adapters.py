@@ -156,6 +156,12 @@ def check(loaded, folders: Sequence[Path]) -> tuple[list[str], Any]:
     return problems, tokenizer
 
 
+def has_trained_tokens(folder: Path) -> bool:
+    """The adapter trains token rows (added trigger tokens): PEFT trainable_token_indices is set."""
+    cfg = Path(folder) / "adapter_config.json"
+    return cfg.exists() and bool(read_json(cfg).get("trainable_token_indices"))
+
+
 def _names(folders: Sequence[Path], names: Sequence[str] | None) -> list[str]:
     if names is not None:
         if len(names) != len(folders):
@@ -195,12 +201,69 @@ def apply_adapters(loaded, paths: Sequence[str | Path], names: Sequence[str] | N
         with torch.random.fork_rng(devices=[]):  # resizing samples the new rows; keep the caller's RNG
             model.resize_token_embeddings(len(tokenizer))
     names = _names(folders, names)
+    # PEFT looks up every trainable-token wrapper's key in each adapter loaded after the wrapper
+    # exists, so an adapter without trained tokens (aLoRA, DoRA, plain LoRA) loaded after one with
+    # them fails with a KeyError on '...embed_tokens.token_adapter.trainable_tokens_delta'. Loading
+    # the adapters without trained tokens first avoids that; the first one named is then activated.
+    order = sorted(range(len(folders)), key=lambda i: has_trained_tokens(folders[i]))
     with warnings.catch_warnings():
         # a tied lm_head shares the embedding's trained token rows; PEFT reports its key as missing
         warnings.filterwarnings("ignore", r"Found missing adapter keys.*lm_head\.token_adapter")
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=names[0])
-        for f, n in zip(folders[1:], names[1:]):
-            model.load_adapter(str(f), adapter_name=n)
+        model = PeftModel.from_pretrained(model, str(folders[order[0]]), adapter_name=names[order[0]])
+        for i in order[1:]:
+            model.load_adapter(str(folders[i]), adapter_name=names[i])
+    model.set_adapter(names[0])
     model.eval()
     return dataclasses.replace(loaded, model=model, tokenizer=tokenizer or loaded.tokenizer)
+
+
+# ---------------------------------------------------------------- listing
+
+def find_adapters(root: str | Path, max_depth: int = 6) -> list[Path]:
+    """Adapter folders (PEFT files or a loralab card) under `root`, sorted; hidden and temp folders skipped."""
+    import os
+
+    root = Path(root)
+    if (root / "adapter_config.json").exists() or (root / CARD).exists():
+        return [root]
+    found = []
+    base_depth = len(root.parts)
+    for d, dirs, files in os.walk(root):
+        dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+        if "adapter_config.json" in files or CARD in files:
+            found.append(Path(d))
+            dirs[:] = []  # checkpoints and the like below an adapter are not adapters
+        elif len(Path(d).parts) - base_depth >= max_depth:
+            dirs[:] = []
+    return found
+
+
+def describe(folder: str | Path) -> dict[str, Any]:
+    """One row about an adapter folder: what it was trained from, how, and how it ended (from its card)."""
+    folder = Path(folder)
+    card = load_card(folder) or {}
+    peft_cfg = read_json(folder / "adapter_config.json") if (folder / "adapter_config.json").exists() else {}
+    cfg = card.get("config") or {}
+    curve = card.get("curve") or {}
+    data = card.get("data") or {}
+    method = card.get("method") or ("dora" if peft_cfg.get("use_dora") else "lora" if peft_cfg else None)
+    return {
+        "path": str(folder),
+        "base": (card.get("base") or {}).get("spec") or peft_cfg.get("base_model_name_or_path"),
+        "domain": card.get("domain"),
+        "method": method,
+        "rank": peft_cfg.get("r") or cfg.get("rank"),
+        "trigger": card.get("trigger"),
+        "trigger_mode": card.get("trigger_mode") or ("alora" if peft_cfg.get("alora_invocation_tokens") else None),
+        "role": card.get("role", cfg.get("role")),
+        "keywords": card.get("keywords") or cfg.get("keywords") or [],
+        "data": data.get("path"),
+        "data_digest": (data.get("digest") or "")[:12] or None,
+        "train_examples": card.get("train_examples"),
+        "steps": curve.get("steps"),
+        "train_loss": (curve.get("first_loss"), curve.get("last_loss")),
+        "eval_loss": (curve.get("eval_before"), curve.get("eval_after")),
+        "created": card.get("created"),
+        "card": bool(card),
+    }

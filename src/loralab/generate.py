@@ -77,3 +77,51 @@ def generate(
                 answers[i] = loaded.tokenizer.decode(x, skip_special_tokens=True).strip()
             advance(len(idx))
     return answers
+
+
+def carries_trigger(prompt: str | list[dict], trigger: str, mode: str | None) -> bool:
+    """Whether a prompt carries an adapter's trigger where training put it.
+
+    prefix: the trigger opens the user turn; alora: it occurs in the user turn (the
+    adapter acts from its invocation on).
+    """
+    text = prompt if isinstance(prompt, str) else next(
+        (m["content"] for m in reversed(prompt) if m.get("role") == "user"), "")
+    return text.lstrip().startswith(trigger) if mode != "alora" else trigger in text
+
+
+def trigger_notes(cards: dict[str, dict | None], prompts: Sequence[str | list[dict]]) -> list[str]:
+    """One line per adapter with a trigger: its mode and which prompts carry it."""
+    notes = []
+    for name, card in cards.items():
+        trig = (card or {}).get("trigger")
+        if not trig:
+            continue
+        mode = card.get("trigger_mode") or "prefix"
+        has = [carries_trigger(p, trig, mode) for p in prompts]
+        if all(has):
+            which = "every prompt carries it"
+        elif not any(has):
+            where = "at the start of the prompt" if mode == "prefix" else "in the prompt"
+            which = (f"no prompt carries it: put {trig} {where} for the behaviour it was trained for"
+                     + (" (an aLoRA adapter does nothing without it)" if mode == "alora" else ""))
+        else:
+            which = "carried by prompt " + ", ".join(str(i + 1) for i, h in enumerate(has) if h) + " only"
+        notes.append(f"adapter {name} has the trigger {trig} ({mode}); {which}")
+    return notes
+
+
+def compare(loaded: Loaded, names: Sequence[str], prompts: Sequence[str | list[dict]], **kw) -> dict[str, list[str]]:
+    """Answers of the base (adapters disabled) and of each named adapter of a PEFT-wrapped `loaded`, in turn."""
+    model = loaded.model
+    answers = {}
+    with model.disable_adapter():
+        answers["base"] = generate(loaded, prompts, **kw)
+    active = model.active_adapter
+    try:
+        for n in names:
+            model.set_adapter(n)
+            answers[n] = generate(loaded, prompts, **kw)
+    finally:
+        model.set_adapter(active)
+    return answers

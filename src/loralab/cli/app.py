@@ -12,13 +12,17 @@ traceback when `--debug` is given.
 from __future__ import annotations
 
 import errno
+import os
 import sys
 import traceback
+from pathlib import Path
+from typing import Optional
 
 import typer
 from typer.core import TyperGroup
 from typer._click import exceptions as click_errors  # Typer vendors its own click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .. import __version__
@@ -40,8 +44,21 @@ app = typer.Typer(cls=_Group, no_args_is_help=True, add_completion=False, help=(
     "loralab: LoRA adapters that learn the domain without damaging the model, measured."
 ))
 data_app = typer.Typer(no_args_is_help=True, help="Ingest, clean, structure, score and select training data.")
-out = Console()
-err = Console(stderr=True)
+LOG_WIDTH = 400  # columns when not a terminal: tables at their natural width, never cut at 80
+
+
+def _width(stream) -> int | None:
+    """None (the terminal's own width) on a terminal; in a log or pipe: LORALAB_WIDTH or LOG_WIDTH."""
+    if stream.isatty():
+        return None
+    try:
+        return int(os.environ.get("LORALAB_WIDTH") or LOG_WIDTH)
+    except ValueError:
+        return LOG_WIDTH
+
+
+out = Console(width=_width(sys.stdout))
+err = Console(stderr=True, width=_width(sys.stderr))
 DEBUG = {"on": False}
 USER_OS_ERRORS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.ENOSPC,
                   errno.EDQUOT, errno.EROFS, errno.EEXIST, errno.ENAMETOOLONG}
@@ -164,32 +181,59 @@ def models_cmd() -> None:
 def generate_cmd(
     prompt: list[str] = typer.Argument(..., help="One or more user prompts (chat-templated)."),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model spec (see `loralab models`)."),
-    adapter: list[str] = typer.Option([], "--adapter", "-a", help="Adapter folder(s) to apply."),
-    max_new_tokens: int = typer.Option(64, help="Tokens to generate per prompt."),
-    temperature: float = typer.Option(0.0, help="0 = greedy."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help="Adapter folder to answer with."),
+    compare: list[str] = typer.Option([], "--compare", "-c", help=(
+        "Adapter folder to compare (repeatable): base and each adapter answer, side by side.")),
+    max_new_tokens: int = typer.Option(64, min=1, help="Tokens to generate per prompt."),
+    temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
     seed: int = typer.Option(0, help="Sampling seed."),
     system: str = typer.Option(None, help="System prompt (default: the chat template's own)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
 ) -> None:
-    """Answer prompts with the model (and adapters, when given)."""
+    """Answer prompts with the model, with an adapter, or with base and several adapters side by side."""
     from .. import generate as gen
     from .. import models
+    from ..adapters import apply_adapters, load_card, resolve_folder
 
-    try:
-        loaded = models.load(model, device=device, dtype=dtype)
-        if adapter:
-            from ..adapters import apply_adapters
-
-            loaded = apply_adapters(loaded, adapter)
-    except (models.ModelError, ValueError, FileNotFoundError) as e:
-        fail(str(e))
-    answers = gen.generate(loaded, prompt, system=system, max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed)
+    folders = [x for c in compare for x in c.split(",") if x] if compare else ([adapter] if adapter else [])
+    if adapter and compare:
+        raise UserError("--adapter and --compare do not mix: pass every adapter to compare with --compare")
+    for f in folders:
+        if not (resolve_folder(f) / "adapter_config.json").exists():
+            what = "no such folder" if not Path(f).exists() else "not an adapter folder (no adapter_config.json)"
+            raise UserError(f"{'--compare' if compare else '--adapter'} {f}: {what}")
+    models.check_spec(model)
+    loaded = models.load(model, device=device, dtype=dtype)
+    if folders:
+        loaded = apply_adapters(loaded, folders)
+        by_folder = dict(zip(folders, _load_order_names(loaded, folders)))
+        for note in gen.trigger_notes({by_folder[f]: load_card(f) for f in folders}, prompt):
+            _line(note, label="note")
+    kw = dict(system=system, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    if compare:
+        names = _load_order_names(loaded, folders)
+        answers = gen.compare(loaded, names, prompt, **kw)
+        t = Table(title=f"{loaded.spec}: base and {len(names)} adapter{'s' if len(names) > 1 else ''}",
+                  show_lines=True)
+        for col in ["prompt", *answers]:
+            t.add_column(col)
+        for i, p in enumerate(prompt):
+            t.add_row(*(escape(x) for x in [p, *(answers[k][i] for k in answers)]))
+        out.print(t)
+        return
+    answers = gen.generate(loaded, prompt, **kw)
     for p, a in zip(prompt, answers):
         if len(prompt) > 1:
-            out.print(f"[bold]> {p}[/]")
-        out.print(a)
+            out.print(f"[bold]> {escape(p)}[/]")
+        out.print(a, markup=False, highlight=False)
+
+
+def _load_order_names(loaded, folders: list[str]) -> list[str]:
+    """The adapter names `apply_adapters` gave `folders`, in their order."""
+    from ..adapters import _names, resolve_folder
+
+    return _names([resolve_folder(f) for f in folders], None)
 
 
 app.add_typer(data_app, name="data")
