@@ -49,6 +49,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from .config import StageConfig
+from .data.card import stage_card
 from .data.checks import char_check
 from .data.records import CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, read_rows, response_text, to_messages
 from .errors import UserError
@@ -340,14 +341,17 @@ def select(scored_dir: str | Path, out_dir: str | Path, cfg: SelectConfig,
     kept, quarantine, steps = apply_policies([r for _, r in rows], policies, Context(random.Random(cfg.seed), embed))
     quarantine = bad + quarantine
     read = len(rows) + len(bad)
-    card = {"stage": "select", "input": str(scored_dir), "config": cfg.model_dump(), "policies": steps,
-            "counts": {"read": read, "kept": len(kept), "quarantined": len(quarantine),
-                       "reconciled": read == len(kept) + len(quarantine)}}
+    counts = {"read": read, "kept": len(kept), "quarantined": len(quarantine),
+              "reconciled": read == len(kept) + len(quarantine)}
     up = Path(scored_dir) / CARD_FILE
-    if up.exists():
-        card["upstream_card"] = json.loads(up.read_text())
+    prior = json.loads(up.read_text()) if up.exists() else None
+    src = Path(scored_dir)
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / RECORDS_FILE, (r.to_json() for r in kept))
         write_jsonl(tmp / QUARANTINE_FILE, quarantine)
+        card = stage_card(tmp, "select", source=str(src / RECORDS_FILE if src.is_dir() else src), read=read,
+                          prior=prior, config=cfg.model_dump(), input=str(scored_dir), policies=steps, counts=counts)
+        if prior is not None:
+            card["upstream_card"] = prior
         write_json(tmp / CARD_FILE, card)
     return card

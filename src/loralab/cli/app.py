@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import BaseModel, ValidationError
 from typer.core import TyperGroup
 from typer._click import exceptions as click_errors  # Typer vendors its own click
 from rich.console import Console
@@ -111,6 +112,11 @@ def boundary(run, args, prog_name: str) -> int:
         code = 130
     except UserError as e:
         _line(str(e))
+        code = 2
+    except ValidationError as e:  # a stage config built from flags: the user's values
+        from ..config import problems_of
+
+        _line(f"invalid {e.title} settings: " + "; ".join(problems_of(BaseModel, e)))
         code = 2
     except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
         _line(_os_message(e))

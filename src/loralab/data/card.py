@@ -163,3 +163,47 @@ def build_card(folder: str | Path, summary: dict, *, eval_frac: float = 0.1, see
 def read_card(folder: str | Path) -> dict | None:
     p = Path(folder) / CARD_FILE
     return read_json(p) if p.exists() else None
+
+
+def _stages_of(card: dict | None) -> list[dict]:
+    """The stage chain of a card; cards of the older score/select schema are read too."""
+    if not card:
+        return []
+    if "stages" in card:
+        return list(card["stages"])
+    c = card.get("counts") or {}
+    summary = {"stage": card.get("stage", "?"),
+               "files": [{"path": str(card.get("input", "?")), "read": c.get("read", 0), "kept": c.get("kept", 0),
+                          "quarantined": c.get("quarantined", 0), "records": c.get("kept", 0), "repaired": 0,
+                          "balanced": bool(c.get("reconciled"))}],
+               "totals": {"read": c.get("read", 0), "kept": c.get("kept", 0), "quarantined": c.get("quarantined", 0),
+                          "records": c.get("kept", 0), "repaired": 0, "balanced": bool(c.get("reconciled"))},
+               "quarantine_reasons": dict(card.get("quarantine_reasons") or {}), "repairs": {}}
+    return _stages_of(card.get("upstream_card")) + [summary]
+
+
+def stage_card(folder: str | Path, stage: str, *, source: str, read: int, prior: dict | None,
+               config: dict | None = None, **extra) -> dict:
+    """The data card of a stage that keeps or drops whole records (score, select): same schema as
+    ingest/clean/structure (records, documents, split, quarantine, reconciliation, stages, checks),
+    computed from the files already written in `folder`, plus the stage's own `extra` fields."""
+    folder = Path(folder)
+    reasons: Counter = Counter()
+    q = folder / QUARANTINE_FILE
+    if q.exists():
+        with open(q, encoding="utf-8") as f:
+            for line in f:
+                if line.strip():
+                    reasons[str(json.loads(line).get("reason", "?")).split(":")[0]] += 1
+    with open(folder / RECORDS_FILE, encoding="utf-8") as f:
+        kept = sum(1 for line in f if line.strip())
+    quarantined = sum(reasons.values())
+    totals = {"read": read, "kept": kept, "quarantined": quarantined, "records": kept, "repaired": 0,
+              "balanced": read == kept + quarantined}
+    summary = {"stage": stage, "files": [{"path": source, **totals}], "totals": totals,
+               "quarantine_reasons": dict(reasons.most_common()), "repairs": {}}
+    split = (prior or {}).get("split") or {}
+    card = build_card(folder, summary, eval_frac=split.get("eval_frac", 0.1), seed=split.get("seed", 0),
+                      prior={"stages": _stages_of(prior)}, config=config)
+    card.update(extra)
+    return card

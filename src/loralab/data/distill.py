@@ -31,8 +31,9 @@ from typing import Iterable, Iterator
 from pydantic import Field
 
 from ..config import StageConfig
+from ..errors import UserError
 from .checks import char_check
-from .records import Record, to_messages
+from .records import RECORDS_FILE, Record, to_messages
 from .stage import Reject, run_stage, with_content
 
 PROMPT = (
@@ -152,9 +153,13 @@ def _process(cfg: DistillConfig, loaded):
 
 def distill(in_dir: str | Path, out_dir: str | Path, cfg: DistillConfig | None = None, loaded=None) -> dict:
     """Rewrite responses with the model into `out_dir`; returns the data card."""
-    from ..models import load
+    from ..models import check_spec, load
 
     cfg = cfg or DistillConfig()
+    if not (Path(in_dir) / RECORDS_FILE).exists():  # before the model loads
+        raise UserError(f"{in_dir} is not a records folder (no {RECORDS_FILE})")
+    if loaded is None:
+        check_spec(cfg.model)
     loaded = loaded or load(cfg.model)
     return run_stage("distill", in_dir, out_dir, _process(cfg, loaded), config=cfg.model_dump(),
                      progress=cfg.progress)
