@@ -11,9 +11,9 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal, Mapping, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import safeyaml
 from .errors import UserError
 
 C = TypeVar("C", bound=BaseModel)
@@ -36,9 +36,24 @@ class StageConfig(BaseModel):
         return self.model_dump(mode="json")
 
 
+# names other tools use for loralab's keys (PEFT, transformers' TrainingArguments, mlx-lm)
+SYNONYMS = {
+    "learning_rate": "lr", "r": "rank", "lora_r": "rank", "lora_rank": "rank", "lora_alpha": "alpha",
+    "lora_dropout": "dropout", "num_epochs": "epochs", "num_train_epochs": "epochs", "max_steps": "steps",
+    "iters": "steps", "per_device_train_batch_size": "batch_size", "gradient_accumulation_steps": "grad_accum",
+    "max_length": "max_seq_len", "max_seq_length": "max_seq_len", "warmup": "warmup_steps",
+    "lr_scheduler_type": "schedule", "use_dora": "method", "use_rslora": "rslora", "base_model": "model",
+    "dataset": "data", "output_dir": "out", "target": "target_modules",
+}
+
+
 def suggest(word: str, choices: Any) -> str:
-    """' (did you mean X?)' for the closest of `choices` to `word`, or ''."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    """' (did you mean X?)' for the closest of `choices` to `word` (or its usual synonym), or ''."""
+    names = [str(c) for c in choices]
+    w = str(word)
+    if SYNONYMS.get(w.lower()) in names:
+        return f" (did you mean {SYNONYMS[w.lower()]!r}?)"
+    close = difflib.get_close_matches(w, names, n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -76,14 +91,13 @@ def check_mapping(cls: type[BaseModel], values: Mapping[str, Any] | None, where:
         return []
     if not isinstance(values, Mapping):
         return [f"{where or cls.__name__}: must be a mapping of key: value, got {type(values).__name__}"]
+    filled = {n: "__filled_by_caller__" for n, f in cls.model_fields.items()
+              if partial and f.is_required() and n not in values}  # lets cross-field rules run
     try:
-        cls.model_validate(dict(values))
+        cls.model_validate({**filled, **values})
     except ValidationError as e:
-        found = problems_of(cls, e, where)
-        if partial:
-            missing = {f"{where}.{n}" if where else n for n in cls.model_fields if n not in values}
-            found = [p for p in found if not (p.split(":")[0] in missing and ": required" in p)]
-        return found
+        keys = {f"{where}.{n}" if where else n for n in filled}
+        return [p for p in problems_of(cls, e, where) if p.split(":")[0] not in keys]
     return []
 
 
@@ -109,14 +123,11 @@ def read_yaml(path: str | Path) -> Any:
     if not p.is_file():
         raise ConfigError(f"config file {path} not found" if not p.exists() else f"{path} is not a file")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        what = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {what}") from None
+        return safeyaml.load(p.read_bytes())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except safeyaml.YamlError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
 
 
 def load_config(cls: type[C], path: str | Path | None = None, **overrides: Any) -> C:
