@@ -68,3 +68,15 @@ def serve(args: list[str], log: Path, timeout: float = 120.0):
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def train_one_step(data: Path, out: Path) -> None:
+    """`loralab train --data DATA` on the tiny model, one step (the CLI's own code, in process)."""
+    from typer.testing import CliRunner
+
+    from loralab.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--model", "tiny-random", "--data", str(data), "--out", str(out),
+                                 "--steps", "1", "--dtype", "float32", "--device", "cpu", "-q"])
+    assert r.exit_code == 0, r.output
+    assert (out / "adapter" / "adapter_model.safetensors").exists()

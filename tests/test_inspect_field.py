@@ -7,15 +7,11 @@ import copy
 import dataclasses
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from inspect_support import make_adapter
+from inspect_support import make_adapter, train_one_step
 from loralab.adapters import apply_adapters
 from loralab.errors import UserError
 from loralab.logprobs import token_divergence, token_logprobs
@@ -171,10 +167,7 @@ def test_corrections_folder_reconciles_and_trains(setup, tmp_path):
         corr.save(root, "../x", corr.parse(good))
     # `loralab train` takes the folder as it is
     out = tmp_path / "run"
-    r = subprocess.run([str(Path(sys.executable).parent / "loralab"), "train", "--model", "tiny-random", "--data",
-                        str(d), "--out", str(out), "--steps", "1", "--dtype", "float32", "--device", "cpu", "-q"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    train_one_step(d, out)
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     listing = runsmod.scan(tmp_path)
     assert [x["adapter"] for x in listing["runs"]] == ["run/adapter"]

@@ -127,13 +127,13 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
     router = APIRouter()
 
     def available() -> dict[str, str]:
-        out: dict[str, str] = {}
+        out: dict[str, str] = dict(ins.paths)  # loaded ones first, then the registry's
         if registry:
             from ..registry import Registry
 
             ok, _ = Registry(registry).scan()
-            out.update({fld.adapter_key(n): str(e.folder) for n, e in ok.items()})
-        out.update(ins.paths)
+            for n, e in ok.items():
+                out.setdefault(fld.adapter_key(n), str(e.folder))
         return out
 
     def ensure(weights: Mapping[str, float]) -> dict[str, float]:

@@ -17,11 +17,13 @@ async function api(path, body) {
   return data;
 }
 
+const fmtP = (p) => (p >= 0.001 ? p.toFixed(4) : p.toExponential(2));
+
 function busy(on) { $("busy").hidden = !on; }
 
 function weights() {
   const w = {};
-  document.querySelectorAll(".adapter").forEach((row) => {
+  document.querySelectorAll("#adapter-list .adapter").forEach((row) => {
     if (row.querySelector("input[type=checkbox]").checked) w[row.dataset.name] = parseFloat(row.querySelector("input[type=range]").value);
   });
   return w;
@@ -164,9 +166,10 @@ async function loadPos() {
   S.detail = d;
   $("pos-label").textContent = `#${d.position}: ${JSON.stringify(d.actual)} after ${JSON.stringify(d.prefix_text.slice(-40))}`;
   const box = $("dists"); box.innerHTML = "";
+  const pmax = Math.max(...d.sides.map((s) => Math.exp(s.top_logprobs[0])));  // bars share one scale
   d.sides.forEach((s) => {
     const col = document.createElement("div");
-    col.className = "dist " + (s.name === "base" ? "base" : "adapter"); col.dataset.side = s.name;
+    col.className = "dist " + (s.name === "base" ? "base" : "lora"); col.dataset.side = s.name;
     const h = document.createElement("h4");
     const w = S.field.weights[s.name];
     h.textContent = s.name + (w !== undefined ? ` × ${w.toFixed(2)}` : "");
@@ -177,8 +180,8 @@ async function loadPos() {
       row.className = "bar-row" + (id === d.actual_id ? " actual" : ""); row.dataset.id = id;
       row.innerHTML = `<span class="lab"></span><span class="b"></span><span class="p"></span>`;
       row.querySelector(".lab").textContent = JSON.stringify(s.top_tokens[j]);
-      row.querySelector(".b").style.width = Math.max(1, Math.round(160 * p)) + "px";
-      row.querySelector(".p").textContent = p.toFixed(4);
+      row.querySelector(".b").style.width = Math.max(1, Math.round(160 * p / pmax)) + "px";
+      row.querySelector(".p").textContent = fmtP(p);
       row.title = `log p ${s.top_logprobs[j].toFixed(5)}`;
       row.addEventListener("click", () => { $("chosen").value = s.top_tokens[j]; });
       col.appendChild(row);
@@ -188,7 +191,7 @@ async function loadPos() {
   const ol = $("pos-disagree"); ol.innerHTML = "";
   d.disagree.forEach((t) => {
     const li = document.createElement("li");
-    const probs = d.sides.map((s) => `${s.name} ${Math.exp(s.logprobs[d.candidates.indexOf(t.id)]).toFixed(4)}`).join(" · ");
+    const probs = d.sides.map((s) => `${s.name} ${fmtP(Math.exp(s.logprobs[d.candidates.indexOf(t.id)]))}`).join(" · ");
     li.textContent = `${JSON.stringify(t.token)}: ${probs}`;
     ol.appendChild(li);
   });
