@@ -296,9 +296,15 @@ def test_eval_runs_the_drift_suite_on_merge_and_parents(tiny, tmp_path):
     metrics = {r["metric"] for r in res["rows"]}
     assert {"in-domain loss: sport", "in-domain loss: medical", "general accuracy (mean)", "arc_easy acc_norm"} <= metrics
     saved = json.loads((tmp_path / "ev" / "comparison.json").read_text())
-    assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+    assert saved["merges"]["m"]["rows"] == json.loads(json.dumps(res["rows"]))
+    assert [r["model"] for r in saved["table"]] == ["m", "sport", "medical"] and "gain sport" in saved["table"][0]
     # the same held-out records for all three: the merge's row equals its own metrics.json
     mm = json.loads((tmp_path / "ev" / "m" / "metrics.json").read_text())
     row = next(r for r in res["rows"] if r["metric"] == "in-domain loss: sport")
     assert row["merge"] == mm["in_domain_extra"]["sport"]["adapter"]["loss"]
     assert row["beats_both"] == (row["merge"] < min(row["parents"]))
+    # paired difference merge − parent on the same records: its point is the difference of the two losses
+    for d, v in zip(row["diff"], row["parents"]):
+        assert abs(d["mean"] - (row["merge"] - v)) < 1e-9 and d["lo"] <= d["mean"] <= d["hi"] and "p_holm" in d
+    assert row["beats_both_significant"] is (row["beats_both"] and all(d["p_holm"] < 0.05 and d["hi"] < 0
+                                                                          for d in row["diff"]))

@@ -78,11 +78,16 @@ def merge_cmd(
     from rich.table import Table
 
     tab = Table(title=f"merge vs parents ({suite} suite; ↑ higher is better, ↓ lower)")
-    for col in ["metric", "merge", *res["parents"], "beats both"]:
+    for col in ["metric", "merge", *res["parents"], "beats both", "merge − parent [95% CI], Holm p"]:
         tab.add_column(col)
     for r in res["rows"]:
+        diffs = "; ".join("n/a" if d is None else f"{d['mean']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}] "
+                          f"p={d.get('p_holm', float('nan')):.3f}" for d in r["diff"])
+        flag = "[bold green]yes (significant)[/]" if r["beats_both_significant"] else "yes" if r["beats_both"] else ""
         tab.add_row(f"{r['metric']} {'↑' if r['higher_is_better'] else '↓'}", f"{r['merge']:.4f}",
-                    *[f"{v:.4f}" for v in r["parents"]], "[bold green]yes[/]" if r["beats_both"] else "")
+                    *[f"{v:.4f}" for v in r["parents"]], flag, diffs)
     out.print(tab)
+    n_sig = sum(r["beats_both_significant"] for r in res["rows"])
     out.print(f"the merge beats both parents on {sum(r['beats_both'] for r in res['rows'])} of {len(res['rows'])} "
-              f"metrics; metrics.json files and comparison.json in {res['out']}")
+              f"metrics ({n_sig} with every Holm-adjusted p < 0.05); metrics.json files and comparison.json "
+              f"in {res['out']}")

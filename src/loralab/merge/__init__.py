@@ -159,10 +159,16 @@ def _merge_adapters(cfg: MergeConfig, out: Path) -> dict[str, Any]:
     factors, deltas, per_module = {}, {}, {}
     for n in names:
         present = [(p.modules[n], w) for p, w in zip(parents, weights) if n in p.modules]
-        if cfg.method == "cat":
+        d = None
+        if cfg.method in ("cat", "linear", "svd"):  # a weighted sum of low-rank deltas: exact in factor space
             A, B = M.cat_factors([f.A.to(dev) for f, _ in present], [f.B.to(dev) for f, _ in present],
                                  [w * f.scale for f, w in present])
-            d = B @ A
+            _finite(A, n)
+            _finite(B, n)
+            if cfg.method != "cat":
+                lr = M.low_rank_product(B, A, rank)
+            if cfg.full:
+                d = B @ A
         else:
             (out_dim,), (in_dim,) = shapes[n]
             ds = [p.modules[n].delta().to(dev) if n in p.modules else torch.zeros(out_dim, in_dim, device=dev)
@@ -170,14 +176,13 @@ def _merge_adapters(cfg: MergeConfig, out: Path) -> dict[str, Any]:
             d = M.merge_deltas(cfg.method, ds, weights, params, name=n)
             _finite(d, n)
             lr = M.low_rank(d, rank)
+        if cfg.method != "cat":
             A, B = lr.A, lr.B
             per_module[n] = {"rank": lr.rank, "numeric_rank": lr.numeric_rank, "rel_error": lr.rel_error,
-                             "norm": M.frobenius(d)}
-        _finite(d, n)
-        _finite(A, n)
-        _finite(B, n)
+                             "norm": lr.norm}
         factors[n] = (A, B)
-        deltas[n] = d
+        if cfg.full:
+            deltas[n] = d.cpu()
     extra = {"rank": max(a.shape[0] for a, _ in factors.values())}
     if per_module:
         total = sum(v["norm"] ** 2 for v in per_module.values()) ** 0.5

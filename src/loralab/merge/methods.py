@@ -15,7 +15,8 @@ method (task arithmetic, TIES, DARE, SLERP):
 - slerp         spherical interpolation between two tensors at `t`, falling back to
                 linear interpolation when they are nearly parallel (|cos| > 0.9995)
 - cat / svd     are about factors, not values: `cat_factors` stacks LoRA factors
-                (exact), `low_rank` truncates any delta to a chosen rank with its error.
+                (exact), `low_rank` truncates any delta to a chosen rank with its error
+                (`low_rank_product` does the same for a delta given as factors B·A).
 
 Randomness (DARE) is seeded per tensor and parent (`seed`, tensor name, parent index) and
 drawn on the CPU, so a merge is reproducible whatever the device or the tensor order.
@@ -24,7 +25,6 @@ drawn on the CPU, so a merge is reproducible whatever the device or the tensor o
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -187,6 +187,7 @@ class LowRank:
     rank: int  # columns kept (≤ requested: min(rank, out, in))
     numeric_rank: int  # singular values above the fp tolerance: the delta's exact rank
     rel_error: float  # ‖D − B·A‖_F / ‖D‖_F, from the discarded singular values
+    norm: float  # ‖D‖_F
 
 
 def low_rank(delta: torch.Tensor, rank: int) -> LowRank:
@@ -198,12 +199,26 @@ def low_rank(delta: torch.Tensor, rank: int) -> LowRank:
     total = float(torch.linalg.vector_norm(S.double()))
     tail = float(torch.linalg.vector_norm(S[r:].double()))
     return LowRank(B=U[:, :r] * S[:r], A=Vh[:r], rank=r, numeric_rank=int((S > tol).sum()),
-                   rel_error=tail / total if total > 0 else 0.0)
+                   rel_error=tail / total if total > 0 else 0.0, norm=total)
+
+
+def low_rank_product(B: torch.Tensor, A: torch.Tensor, rank: int) -> LowRank:
+    """`low_rank(B @ A, rank)` without forming B @ A: QR of both factors, SVD of the small core.
+
+    B (out, R), A (R, in): B = Q1·R1, Aᵀ = Q2·R2, so B·A = Q1·(R1·R2ᵀ)·Q2ᵀ and the SVD of the
+    (R, R) core gives that of the product (same singular values, same truncation)."""
+    B, A = _work(B), _work(A)
+    q1, r1 = torch.linalg.qr(B)
+    q2, r2 = torch.linalg.qr(A.T)
+    U, S, Vh = torch.linalg.svd(r1 @ r2.T)
+    r = min(rank, S.numel())
+    tol = (S[0] * max(B.shape[0], A.shape[1]) * torch.finfo(B.dtype).eps) if S.numel() else 0.0
+    total = float(torch.linalg.vector_norm(S.double()))
+    tail = float(torch.linalg.vector_norm(S[r:].double()))
+    return LowRank(B=(q1 @ U[:, :r]) * S[:r], A=Vh[:r] @ q2.T, rank=r, numeric_rank=int((S > tol).sum()),
+                   rel_error=tail / total if total > 0 else 0.0, norm=total)
 
 
 def finite(x: torch.Tensor) -> bool:
-    return bool(torch.isfinite(x).all())
-
-
-def frobenius(x: torch.Tensor) -> float:
-    return math.sqrt(float((_work(x).double() ** 2).sum()))
+    """No inf or nan in x (an inf or nan anywhere makes the sum non-finite; no (x.shape) bool mask made)."""
+    return bool(torch.isfinite(x.sum()))
