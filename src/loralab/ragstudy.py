@@ -1,0 +1,169 @@
+"""`loralab rag eval SPEC.yaml`: the LoRA + RAG study, end to end, cached step by step.
+
+    loralab rag eval studies/rag.yaml                 # → runs/rag/results.json + table.md
+
+Steps (each skipped when its output exists, so a re-run resumes):
+  1. ingest the domain corpus (e.g. olmo:drop-nfl: one document per NFL game)
+  2. hold out a seeded share of documents (games), split by document
+  3. structure the rest (template cloze Q&A, as the quickstart's `qa` variant) and train
+     the adapter on it
+  4. index every game's text (training and held-out games: the facts of a held-out game are
+     in the documents, never in the weights)
+  5. answer questions about the held-out games four ways (evaluate.rag.four_way), with
+     contamination on foreign prompts, and write results.json, table.md and the finding.
+
+The study runner (`loralab study`) has no retrieval axis, so this spec runs here; its
+data and training sections take the same fields as a study's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import UserError
+from .io import atomic_open, write_json
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RagData(_Strict):
+    source: str = Field("olmo:drop-nfl", description="Corpus to ingest (one document per game).")
+    domain: str = "sport"
+    limit: int | None = Field(60, description="Documents read.")
+    chunk_tokens: int = 192
+    eval_docs: float = Field(0.2, gt=0, lt=1, description="Share of documents held out (by document).")
+    structure: dict[str, Any] | None = Field(default_factory=lambda: {"mode": "template", "tasks": ["cloze"]})
+
+
+class RagIndex(_Strict):
+    chunk: int = Field(120, description="Words per chunk.")
+    overlap: int = 20
+    k: int = Field(3, ge=1, description="Passages per question.")
+
+
+class RagEval(_Strict):
+    questions: Literal["drop"] = Field("drop", description="Question source: DROP questions about the games.")
+    limit: int | None = Field(60, description="Held-out questions (seeded subset).")
+    max_new_tokens: int = 16
+    foreign: str = Field("medical", description="Packaged domain whose prompts measure contamination.")
+    prompts: int = Field(20, description="Foreign prompts.")
+
+
+class RagSpec(_Strict):
+    name: str = "rag"
+    description: str = ""
+    model: str = "smollm2-135m"
+    seed: int = 0
+    out: str = "runs/rag"
+    data: RagData = Field(default_factory=RagData)
+    train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields (not model/data/out).")
+    index: RagIndex = Field(default_factory=RagIndex)
+    eval: RagEval = Field(default_factory=RagEval)
+
+
+def load_spec(path: str | Path, out: str | None = None, limit: int | None = None) -> RagSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"spec {p}: no such file")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+        spec = RagSpec.model_validate(raw)
+    except (yaml.YAMLError, ValidationError) as e:
+        raise UserError(f"spec {p}: {str(e).splitlines()[0]} ({e.__class__.__name__})") from None
+    bad = {"model", "data", "out"} & set(spec.train)
+    if bad:
+        raise UserError(f"spec {p}: train sets {', '.join(sorted(bad))}; they come from the spec itself")
+    if out:
+        spec.out = out
+    if limit:
+        spec.eval.limit = limit
+    return spec
+
+
+def prepare(spec: RagSpec, progress: bool = True) -> dict[str, Path]:
+    """Ingest, hold out, structure, train, index: the folders the evaluation needs."""
+    from .config import TrainConfig
+    from .data.ingest import IngestConfig, ingest
+    from .data.structure import StructureConfig, structure
+    from .rag import build_index
+    from .study.data import holdout
+    from .train import train
+
+    root, d = Path(spec.out), spec.data
+    f = {"ingest": root / "data" / "ingest", "pool": root / "data" / "pool", "held": root / "data" / "heldout",
+         "qa": root / "data" / "train", "run": root / "adapter-run", "index": root / "index"}
+    if not (f["ingest"] / "records.jsonl").exists():
+        ingest([d.source], f["ingest"], IngestConfig(domain=d.domain, limit=d.limit, chunk_tokens=d.chunk_tokens,
+                                                      seed=spec.seed, progress=progress))
+    if not (f["held"] / "records.jsonl").exists():
+        holdout(f["ingest"], f["pool"], f["held"], d.eval_docs, spec.seed)
+    train_data = f["pool"]
+    if d.structure is not None:
+        if not (f["qa"] / "records.jsonl").exists():
+            structure(f["pool"], f["qa"], StructureConfig(**{"seed": spec.seed, **d.structure}))
+        train_data = f["qa"]
+    if not (f["run"] / "adapter" / "loralab.json").exists():
+        cfg = TrainConfig(**{"seed": spec.seed, "domain": d.domain, **spec.train}, model=spec.model,
+                          data=str(train_data.resolve()), out=str(f["run"]))
+        train(cfg, progress=progress)
+    build_index([str(f["ingest"])], f["index"], chunk=spec.index.chunk, overlap=spec.index.overlap,
+                progress=progress)
+    return f
+
+
+def table(res: dict) -> str:
+    """Markdown table of the four conditions (means with 95 % intervals)."""
+    def ci(x, scale=1.0, fmt="{:.3f}"):
+        if x is None:
+            return "—"
+        return f"{fmt.format(scale * x['mean'])} [{fmt.format(scale * x['lo'])}, {fmt.format(scale * x['hi'])}]"
+
+    rows = ["| condition | answer nll (nats/token) | exact match (%) | answer contained (%) | "
+            "contamination (Δ nats/token) |", "|---|---|---|---|---|"]
+    for c, s in res["summary"].items():
+        rows.append(f"| {c} | {ci(s['answer_nll'])} | {ci(s['exact_match'], 100, '{:.1f}')} | "
+                    f"{ci(s['contains'], 100, '{:.1f}')} | {ci(s['contamination'], fmt='{:+.3f}')} |")
+    return "\n".join(rows)
+
+
+def run(spec: RagSpec, progress: bool = True) -> dict:
+    from .adapters import apply_adapters, load_card
+    from .data.records import read_records
+    from .data.split import doc_key
+    from .evaluate.drift import domain_prompts
+    from .evaluate.rag import drop_questions, finding, four_way
+    from .models import load
+
+    f = prepare(spec, progress)
+    held_docs = {doc_key(r) for r in read_records(f["held"])}
+    qs = drop_questions(held_docs)
+    if spec.eval.limit is not None and len(qs) > spec.eval.limit:
+        keep = np.sort(np.random.default_rng(spec.seed).permutation(len(qs))[: spec.eval.limit])
+        qs = [qs[i] for i in keep]
+    if not qs:
+        raise UserError(f"no {spec.eval.questions} questions about the {len(held_docs)} held-out documents")
+    foreign = domain_prompts(spec.eval.foreign, spec.eval.prompts, seed=spec.seed) if spec.eval.prompts else []
+    loaded = apply_adapters(load(spec.model), [f["run"]])
+    card = load_card(f["run"]) or {}
+    trig = card.get("trigger") if card.get("trigger_mode") == "prefix" else None
+    res = four_way(loaded, f["index"], qs, foreign=foreign, k=spec.index.k, max_new_tokens=spec.eval.max_new_tokens,
+                   trigger=trig, seed=spec.seed, progress=progress)
+    res["spec"] = spec.model_dump()
+    res["model"] = {"spec": spec.model, "fingerprint": loaded.fingerprint}
+    res["adapter"] = {"path": str(f["run"] / "adapter"), "train_examples": card.get("train_examples"),
+                      "data": card.get("data")}
+    res["held_out_documents"] = len(held_docs)
+    res["finding"] = finding(res)
+    root = Path(spec.out)
+    write_json(root / "results.json", res)
+    md = table(res)
+    with atomic_open(root / "table.md") as fh:
+        fh.write(md + "\n\n" + res["finding"] + "\n")
+    return {"table": md, "finding": res["finding"], "path": str(root / "results.json"), "results": res}
