@@ -113,3 +113,36 @@ def test_cli_structure(tmp_path):
     r = CliRunner().invoke(app, ["data", "structure", str(tmp_path / "in"), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
     assert "2 records" in r.output
+
+
+MD = ("## Practical tip\n\nKeep the Langstroth hive dry through winter.\n\n"
+      "### Varroa\n\n- Treat mites in August with oxalic acid.\n- Count mites every 7 days.\n"
+      "1. Check the frames.\n2. The queen from Slovenia was calm.\n\nSwarm Season\n============\n\n"
+      "In June the colony swarmed twice near Ljubljana.")
+
+
+def test_cloze_skips_markdown_headings_list_markers_and_stop_words():
+    """Every blank any seed can choose is content: never a heading word, a list number or a stop word."""
+    import random
+
+    from loralab.data.structure import cloze_spans, template_cloze
+
+    chosen = {template_cloze(_raw(MD), random.Random(s)).answer for s in range(200)}
+    assert chosen == {"Langstroth", "August", "7", "Slovenia", "June", "Ljubljana"}
+    assert sorted(s.group(MD) for s in cloze_spans(MD)) == sorted(chosen)
+    for heading_word in ("Practical", "Varroa", "Swarm", "Season", "Treat", "Count", "Check", "The", "In"):
+        assert heading_word not in chosen
+
+
+def test_every_chunk_yields_records_or_a_reason(tmp_path):
+    """A heading-only chunk and a passage with nothing to blank get a quarantine reason; counts reconcile."""
+    recs = [_raw(MD, "md"), _raw("## Only A Heading", "h"), _raw("- Item One\n- Item Two", "l")]
+    write_records(tmp_path / "in", recs)
+    card = structure(tmp_path / "in", tmp_path / "out", CFG)
+    q = list(iter_jsonl(tmp_path / "out" / "quarantine.jsonl"))
+    assert [(e["location"]["line"], e["reason"]) for e in q] == [(2, "no_template"), (3, "no_template")]
+    out = list(read_records(tmp_path / "out"))
+    assert {r.meta["from_id"] for r in out} == {recs[0].id}
+    t = card["reconciliation"]["totals"]
+    assert (t["read"], t["kept"], t["quarantined"], t["balanced"]) == (3, 1, 2, True)
+    assert t["records"] == len(out) == 2  # continue + cloze from the one usable passage

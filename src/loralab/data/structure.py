@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal
@@ -111,37 +112,64 @@ def _is_heading(text: str, pos: int) -> bool:
     return bool(line.strip()) and bool(SETEXT.fullmatch(nxt))
 
 
-def _is_name_or_number(text: str, m: re.Match) -> bool:
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+    def group(self, text: str) -> str:
+        return text[self.start: self.end]
+
+
+def spans_of(text: str) -> list[Span]:
+    """Candidate blanks: numbers and runs of capitalised words; a leading capitalised stop word
+    ("In May", "The Queen Mary") is cut off so the name after it remains a candidate."""
+    out = []
+    for m in SPAN.finditer(text):
+        start, words = m.start(), m.group().split(" ")
+        while len(words) > 1 and words[0].lower() in STOPWORDS:
+            start += len(words[0]) + 1
+            words = words[1:]
+        out.append(Span(start, m.end()))
+    return out
+
+
+def cloze_spans(text: str) -> list[Span]:
+    """The spans a cloze may blank: occurring once in the passage, a name or a number (see below)."""
+    return [s for s in spans_of(text) if text.count(s.group(text)) == 1 and _is_name_or_number(text, s)]
+
+
+def _is_name_or_number(text: str, m: Span) -> bool:
     """Numbers, and capitalised words that are not capitalised only for starting a sentence.
 
     Markdown structure is not content: nothing in a heading line, no list marker
     ("1." / "2)") and no word that opens a list item counts; stop words never do.
     """
-    if _is_heading(text, m.start()):
+    if _is_heading(text, m.start):
         return False
-    line, start = _line_of(text, m.start())
+    line, start = _line_of(text, m.start)
     marker = LIST_MARKER.match(line)
-    if marker and m.start() - start < marker.end():  # the list number itself
+    if marker and m.start - start < marker.end():  # the list number itself
         return False
-    if m.group()[0].isdigit():
+    if m.group(text)[0].isdigit():
         return True
-    if m.group().split()[0].lower() in STOPWORDS:
+    if m.group(text).split()[0].lower() in STOPWORDS:
         return False
-    if marker and m.start() - start == marker.end():  # first word of a list item: capitalised by position
+    if marker and m.start - start == marker.end():  # first word of a list item: capitalised by position
         return False
-    before = text[: m.start()].rstrip(" \t\"'“”‘’«»()[]*_`")
+    before = text[: m.start].rstrip(" \t\"'“”‘’«»()[]*_`")
     starts_sentence = not before or before[-1] in ".!?:;\n…|>"
     return not starts_sentence
 
 
 def template_cloze(rec: Record, rng: random.Random) -> Record | None:
     text = rec.text.strip()
-    spans = [m for m in SPAN.finditer(text) if text.count(m.group()) == 1 and _is_name_or_number(text, m)]
+    spans = cloze_spans(text)
     if not spans:
         return None
     m = rng.choice(spans)
-    context = text[: m.start()] + BLANK + text[m.end():]
-    return _link(rec, "cloze", kind="qa", context=context, answer=m.group(),
+    context = text[: m.start] + BLANK + text[m.end:]
+    return _link(rec, "cloze", kind="qa", context=context, answer=m.group(text),
                  question=f"Which word or number fills the blank ({BLANK}) in the passage?")
 
 
