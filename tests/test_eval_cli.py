@@ -102,5 +102,10 @@ def test_eval_base_only_and_config_errors(tmp_path):
     assert m["tasks"]["piqa"]["base"]["n"] == 2 and "adapter" not in m and m["reasoning"] == {}
     bad = CliRunner().invoke(app, ["eval", "--model", "tiny-random", "--out", str(tmp_path), "--suite", "huge"])
     assert bad.exit_code == 2 and "suite" in bad.output
+    dom = CliRunner().invoke(app, ["eval", "--model", "tiny-random", "--out", str(tmp_path), "--domains", "medical,bees"])
+    assert dom.exit_code == 2 and "unknown domain(s) bees" in " ".join(dom.output.split()) and "--domain-data" in dom.output
+    missing = CliRunner().invoke(app, ["eval", "--model", "tiny-random", "--out", str(tmp_path),
+                                       "--domain-data", f"bees={tmp_path / 'nowhere'}"])
+    assert missing.exit_code == 2 and "holds no records.jsonl" in missing.output
     plan = EvalConfig(out="x", suite="full").plan()
     assert plan["mc"]["hellaswag"] == 1000 and plan["mc"]["arc_easy"] is None

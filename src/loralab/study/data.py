@@ -60,8 +60,8 @@ def steps(d: DataSpec) -> list[str]:
     return out
 
 
-def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progress: bool = True) -> dict[str, Path]:
-    """Build (or reuse) every step of `d`; returns the folders a run needs."""
+def held_out(d: DataSpec, seed: int, root: Path, progress: bool = True) -> tuple[dict[str, Path], list[Any]]:
+    """The first two steps alone (ingest, split by document): ({ingest, pool, heldout_raw}, digest key)."""
     from ..data.ingest import IngestConfig, ingest
 
     root.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,13 @@ def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progres
     held = root / f"heldout-{digest(key)}"
     if not (held / "records.jsonl").exists() or not (pool / "records.jsonl").exists():
         holdout(src, pool, held, d.eval_docs, seed)
-    out = {"ingest": src, "pool": pool, "heldout_raw": held}
+    return {"ingest": src, "pool": pool, "heldout_raw": held}, key
+
+
+def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progress: bool = True) -> dict[str, Path]:
+    """Build (or reuse) every step of `d`; returns the folders a run needs."""
+    out, key = held_out(d, seed, root, progress)
+    held = out["heldout_raw"]
     if d.heldout_qa is not None:
         from ..data.structure import StructureConfig, structure
 

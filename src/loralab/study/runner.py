@@ -72,6 +72,29 @@ def prepare_and_train(run: Run, root: Path, progress: bool = True) -> dict[str, 
     return data
 
 
+def foreign_folders(spec: StudySpec, runs: list[Run], root: Path, progress: bool = True) -> dict[str, str]:
+    """Held-out folder of every user's domain (not packaged) that `runs` measure contamination on.
+
+    A user's domain is a foreign domain for the other runs: its prompts come from the held-out
+    documents of the study's first run of that domain (ingest + split only, made here if that run
+    has not run yet), so a run's numbers never depend on which runs went before it."""
+    from ..evaluate.drift import DOMAINS
+    from . import evaluation
+    from .data import held_out
+
+    out: dict[str, str] = {}
+    everyone = expand(spec)
+    for run in runs:
+        for d in evaluation.eval_domains(run):
+            if d in DOMAINS or d in out:
+                continue
+            src = next((r for r in everyone if r.config.data.domain == d and r.config.seed == run.config.seed),
+                       None) or next((r for r in everyone if r.config.data.domain == d), None)
+            if src is not None:
+                out[d] = str(held_out(src.config.data, src.config.seed, root / "data", progress)[0]["heldout_raw"])
+    return out
+
+
 def summary_line(states: dict[str, dict], runs: list[Run] | None = None) -> str:
     """'3 done, 1 failed: <id> (<labels>): <error>' for the runs of this invocation."""
     names = {r.id: r.name for r in runs or []}
@@ -125,11 +148,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
     groups: dict[str, list] = {}
     for item in trained:
         groups.setdefault(evaluation.group_key(item[0], item[2]), []).append(item)
-    from ..evaluate.drift import DOMAINS
-
-    # a user's domain is a foreign domain for the other runs: its prompts come from its held-out documents
-    folders = {run.config.data.domain: str(data["heldout_raw"]) for run, _, data in trained
-               if run.config.data.domain and run.config.data.domain not in DOMAINS}
+    folders = foreign_folders(spec, [t[0] for t in trained], root, progress)
     for members in groups.values():  # phase 2: one evaluation per group shares the base passes
         t0 = time.time()
         try:
@@ -152,4 +171,8 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
             states[run.id] = {"state": "done", "finished": time.time()}
             write_json(run_dir / STATUS, states[run.id])
             event("done", run, states[run.id])
+    if spec.merge:  # merges of finished runs' adapters, evaluated beside their parents (merges.json)
+        from .merging import run_merges
+
+        run_merges(spec, root, expand(spec), progress)
     return states
