@@ -64,6 +64,12 @@ def study_cmd(
         t.add_row(r.id, *[str(r.labels.get(k)) for k in cols], " → ".join(steps(r.config.data)),
                   runner.status_of(root / "runs" / r.id)["state"])
     out.print(t)
+    if s.merge:  # merges of the runs' adapters (study/merging.py), after the runs
+        from ..study.merging import plan
+
+        for m in plan(s, runs):
+            out.print(f"merge {m.id} {m.name} {m.fields} of runs {', '.join(m.parents)}"
+                      + (f" ({', '.join(f'{k}={v}' for k, v in m.group.items())})" if m.group else ""))
     if dry_run:
         out.print(f"spec valid: {len(runs)} runs")
         return

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import UserError
 from ..io import write_json
@@ -189,3 +191,156 @@ def gain_table(ms: list[dict], names: list[str]) -> list[dict[str, Any]]:
                 [np.subtract(m["tasks"][n]["items"]["adapter"], m["tasks"][n]["items"]["base"]) for n in general])
         rows.append(row)
     return rows
+
+
+# ------------------------------------------------------------------ the study block `merge:`
+
+class MergeBlock(BaseModel):
+    """A study's `merge:` block: merge the adapters of the runs that differ only along one axis.
+
+        axes: {domain: [sport, medical]}
+        merge:
+          parents: domain                  # runs differing only in `domain` are merged
+          methods:                         # name: MergeConfig fields (not parents / out)
+            linear: {method: linear}
+            ties: {method: ties, density: 0.5, weights: [1, 1]}
+          eval: {}                         # EvalConfig overrides for the merges' evaluation
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    parents: str = Field(description="The axis whose runs are merged (every other label shared).")
+    methods: dict[str, dict[str, Any]] = Field(min_length=1, description="Name: MergeConfig fields.")
+    eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig overrides (default: the study's eval).")
+
+
+@dataclass
+class MergeRun:
+    id: str  # digest of the parents' run ids and the method's fields
+    name: str  # method name
+    group: dict[str, Any]  # the labels the parents share
+    parents: list[Any]  # run ids, in the parents axis' order
+    fields: dict[str, Any]
+
+
+def check_block(raw: Any, axes: dict[str, list[Any]]) -> list[str]:
+    """Every problem of a study's `merge:` block (validated with the spec, before anything runs)."""
+    from ..config import check_mapping
+    from ..merge import MergeConfig
+
+    try:
+        block = MergeBlock.model_validate(raw)
+    except ValidationError as e:
+        return [f"merge.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]
+    out = []
+    if block.parents not in axes:
+        out.append(f"merge.parents: {block.parents!r} is not an axis of this study ({', '.join(axes) or 'none'})")
+    n = len(axes.get(block.parents) or [])
+    for name, fields in block.methods.items():
+        where = f"merge.methods.{name}"
+        bad = [k for k in ("parents", "out") if k in (fields or {})]
+        out += [f"{where}.{k}: set by the study" for k in bad]
+        probs = check_mapping(MergeConfig, fields, where)
+        if not probs and not bad and n:
+            try:
+                MergeConfig(**fields, parents=[f"p{i}" for i in range(n)], out="-")
+            except ValidationError as e:
+                probs = [f"{where}: {x['msg']}" for x in e.errors()]
+        out += probs
+    if block.eval:
+        from ..evaluate import EvalConfig
+
+        out += check_mapping(EvalConfig, block.eval, "merge.eval")
+    return out
+
+
+def plan(spec, runs) -> list[MergeRun]:
+    """Every merge of the study: per group of runs sharing all labels but the parents axis, per method."""
+    from .spec import digest
+
+    if not spec.merge:
+        return []
+    block = MergeBlock.model_validate(spec.merge)
+    order = {v: i for i, v in enumerate(spec.axes[block.parents])}
+    groups: dict[str, list] = {}
+    for r in runs:
+        key = {k: v for k, v in r.labels.items() if k != block.parents}
+        groups.setdefault(digest(key), []).append(r)
+    out = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda r: order[r.labels[block.parents]])
+        group = {k: v for k, v in members[0].labels.items() if k != block.parents}
+        for name, fields in block.methods.items():
+            ids = [r.id for r in members]
+            out.append(MergeRun(digest({"parents": ids, "fields": fields}), name, group, ids, dict(fields)))
+    return out
+
+
+def run_merges(spec, root: Path, runs, progress: bool = True) -> dict[str, Any]:
+    """Merge the finished parents of every planned merge and evaluate each group's merges with
+    their parents in one call; writes merges/<group>/eval/comparison.json and merges.json."""
+    block = MergeBlock.model_validate(spec.merge)
+    by_id = {r.id: r for r in runs}
+    todo: dict[tuple, list[MergeRun]] = {}
+    for m in plan(spec, runs):
+        todo.setdefault(tuple(m.parents), []).append(m)
+    results: dict[str, Any] = {}
+    for parents, merges in todo.items():
+        dirs = [root / "runs" / p for p in parents]
+        if not all((d / "metrics.json").exists() and (d / "train" / "adapter" / "adapter_config.json").exists()
+                   for d in dirs):
+            for m in merges:
+                results[m.id] = {"name": m.name, "group": m.group, "state": "skipped: a parent run did not finish"}
+            continue
+        gdir = root / "merges" / _slug(merges[0].group, parents)
+        try:
+            results.update(_merge_group(block, by_id, parents, dirs, merges, gdir, progress))
+        except Exception as e:  # a failing group is data: recorded, the others go on
+            for m in merges:
+                results[m.id] = {"name": m.name, "group": m.group, "state": "failed", "error": f"{type(e).__name__}: {e}"}
+    write_json(root / "merges.json", results)
+    return results
+
+
+def _merge_group(block: MergeBlock, by_id: dict, parents: tuple, dirs: list[Path], merges: list[MergeRun],
+                 gdir: Path, progress: bool) -> dict[str, Any]:
+    from ..io import read_json
+    from ..merge import MergeConfig, merge
+
+    results: dict[str, Any] = {}
+    folders = []
+    for m in merges:
+        f = gdir / m.name
+        if not (f / "loralab.json").exists():
+            merge(MergeConfig(**m.fields, parents=[str(d / "train" / "adapter") for d in dirs], out=str(f),
+                              overwrite=True))
+        folders.append(str(f))
+    heldout = {}
+    for p, d in zip(parents, dirs):
+        data = read_json(d / "data.json")
+        dom = _name(str(by_id[p].labels[block.parents]), heldout)
+        heldout[dom] = data["heldout_raw"]
+        if data.get("heldout_qa"):
+            heldout[f"{dom}_qa"] = data["heldout_qa"]
+    run0 = by_id[parents[0]]
+    fields = {k: v for k, v in {**run0.config.eval, **block.eval}.items()
+              if k not in ("foreign", "extra_eval", "eval_data", "adapters", "out", "model")}
+    fields.setdefault("contamination", False)  # merges are compared in-domain and on general tasks
+    res = evaluate_merges(folders, [str(d / "train" / "adapter") for d in dirs], out=str(gdir / "eval"),
+                          model=run0.config.model, heldout=heldout, seed=run0.config.seed, progress=progress,
+                          **fields)
+    for m, (name, r) in zip(merges, res["merges"].items()):
+        results[m.id] = {"name": m.name, "group": m.group, "parents": list(parents), "state": "done",
+                         "folder": str(gdir / m.name), "beats_both": [x["metric"] for x in r["rows"] if x["beats_both"]],
+                         "beats_both_significant": [x["metric"] for x in r["rows"] if x["beats_both_significant"]]}
+    results[f"table:{gdir.name}"] = {"group": merges[0].group, "table": res["table"],
+                                     "parents": res["parents"], "comparison": str(gdir / "eval" / "comparison.json")}
+    return results
+
+
+def _slug(group: dict, parents) -> str:
+    from .spec import digest
+
+    label = "-".join(re.sub(r"\W+", "_", str(v)) for v in group.values())
+    return (label + "-" if label else "") + digest(list(parents), 8)

@@ -85,6 +85,9 @@ class StudySpec(BaseModel):
         default_factory=dict, description="More named-overlay axes, e.g. domain: {sport: {...}, medical: {...}}.")
     axes: dict[str, list[Any]] = Field(
         default_factory=dict, description="Crossed axes: `variant`, a group name, or a dotted path (train.rank).")
+    merge: dict[str, Any] | None = Field(
+        None, description="Merges of this study's adapters along one axis: {parents: AXIS, methods: {NAME: "
+        "MergeConfig fields}, eval: {...}} (see study/merging.py).")
 
     def overlays(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {"variant": self.variants, **self.groups}
@@ -102,6 +105,10 @@ class StudySpec(BaseModel):
                         problems.append(f"axis {k} names {name!r}, not one of ({', '.join(groups[k])})")
             elif k.split(".")[0] not in ("data", "train", "eval", "model"):
                 problems.append(f"axis {k!r} must be a group ({', '.join(groups)}) or a path under data., train., eval.")
+        if self.merge is not None:
+            from .merging import check_block
+
+            problems += check_block(self.merge, self.axes)
         if problems:
             raise ValueError("; ".join(problems))
         return self
