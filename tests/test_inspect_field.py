@@ -191,3 +191,16 @@ def test_runs_scan_reads_a_study_folder(tmp_path, setup):
     r = st["runs"][0]
     assert r["adapter"] == "quick/runs/abc123/train/adapter" and r["metrics"] == {"in_domain.gain": 0.5}
     assert r["labels"] == {"variant": "qa"} and r["domain"] == "test"
+
+
+@pytest.mark.slow
+def test_field_on_the_embedded_model(smol, tmp_path):
+    ad = make_adapter(smol, tmp_path / "smol-a", seed=3, gain=1.0)
+    ins = fld.Inspector.load(smol, {"a": ad})
+    f = fld.token_field(ins, "What is the capital of France?", "The capital of France is Paris.", {"a": 1.0})
+    assert "".join(f["tokens"]) == "The capital of France is Paris."
+    ctx, cont = fld.encode(ins, "What is the capital of France?", "The capital of France is Paris.", chat=True)
+    np.testing.assert_allclose(f["base_logprob"], token_logprobs(smol.model, [(ctx, cont)])[0].logprobs, atol=1e-5)
+    assert f["base_logprob"][-2] > math.log(0.5)  # " Paris" is likely under the real base
+    f0 = fld.token_field(ins, "What is the capital of France?", "The capital of France is Paris.", {"a": 0.0})
+    assert max(f0["kl"]) < 1e-6

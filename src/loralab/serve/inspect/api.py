@@ -94,9 +94,7 @@ def _user_errors(fn):
     except HTTPException:
         raise
     except (UserError, AdapterError) as e:
-        msg = " ".join(str(e).split())
-        code = 413 if "characters; the inspector takes at most" in msg else 400
-        raise HTTPException(code, msg) from None
+        raise HTTPException(413 if isinstance(e, fld.PromptTooLong) else 400, " ".join(str(e).split())) from None
 
 
 def _as_loaded(base):

@@ -42,6 +42,10 @@ MAX_STRENGTH = 2.0
 MAX_TOP_K = 50
 
 
+class PromptTooLong(UserError):
+    """A prompt over MAX_PROMPT_CHARS (the API answers 413)."""
+
+
 @dataclass
 class Inspector:
     """One copy of the base with every adapter loaded under its name; a lock serialises use."""
@@ -189,7 +193,7 @@ def check_prompt(prompt: str, max_chars: int = MAX_PROMPT_CHARS) -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise UserError("the prompt is empty")
     if len(prompt) > max_chars:
-        raise UserError(f"the prompt has {len(prompt):,} characters; the inspector takes at most {max_chars:,}")
+        raise PromptTooLong(f"the prompt has {len(prompt):,} characters; the inspector takes at most {max_chars:,}")
     return prompt
 
 

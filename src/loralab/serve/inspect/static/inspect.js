@@ -11,7 +11,7 @@ async function api(path, body) {
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
   if (!r.ok) {
-    const d = data && data.detail;
+    const d = data && (data.detail ?? (data.error && data.error.message));  // ours, or the server's error shape
     throw new Error(typeof d === "string" ? d : (d ? JSON.stringify(d) : `HTTP ${r.status}`));
   }
   return data;

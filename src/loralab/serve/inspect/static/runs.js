@@ -18,7 +18,7 @@ function runTable(runs) {
 async function main() {
   const r = await fetch("api/runs");
   const d = await r.json();
-  if (!r.ok) { const e = document.getElementById("error"); e.textContent = d.detail; e.hidden = false; return; }
+  if (!r.ok) { const e = document.getElementById("error"); e.textContent = d.detail ?? (d.error && d.error.message); e.hidden = false; return; }
   let html = `<p class="muted">${esc(d.root)}</p>`;
   d.studies.forEach((s) => {
     html += `<section class="study"><h2>${esc(s.name)}</h2>${s.description ? "<p>" + esc(s.description) + "</p>" : ""}<p>`;
