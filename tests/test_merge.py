@@ -308,3 +308,24 @@ def test_eval_runs_the_drift_suite_on_merge_and_parents(tiny, tmp_path):
         assert abs(d["mean"] - (row["merge"] - v)) < 1e-9 and d["lo"] <= d["mean"] <= d["hi"] and "p_holm" in d
     assert row["beats_both_significant"] is (row["beats_both"] and all(d["p_holm"] < 0.05 and d["hi"] < 0
                                                                           for d in row["diff"]))
+
+
+def test_findings_are_computed_from_the_numbers():
+    from loralab.study.merging import findings, markdown_table
+
+    def ci(m):
+        return {"mean": m, "lo": m - 0.1, "hi": m + 0.1}
+
+    table = [{"model": "ties", "gain sport": ci(0.5), "gain medical": ci(0.2), "general acc change": ci(-0.01)},
+             {"model": "sport", "gain sport": ci(1.0), "gain medical": ci(-0.1), "general acc change": ci(-0.02)},
+             {"model": "medical", "gain sport": ci(0.0), "gain medical": ci(0.8), "general acc change": ci(0.0)}]
+    row = {"metric": "in-domain loss: sport", "beats_both": True, "beats_both_significant": False}
+    summary = {"parents": ["sport", "medical"], "table": table, "merges": {"ties": {"rows": [row]}}}
+    lines = findings(summary)
+    assert lines[0].startswith("ties keeps 50 % of sport's sport gain, 25 % of medical's medical gain")
+    assert "general accuracy -1.0 [-11.0, +9.0] points" in lines[0]
+    assert "point estimate only: in-domain loss: sport" in lines[0]
+    assert lines[-1].startswith("No merge beats both parents")
+    md = markdown_table(summary)
+    assert md[0] == "| model | gain sport (nats/token) | gain medical (nats/token) | general acc Δ (pts) |"
+    assert md[2] == "| ties | +0.500 [+0.400, +0.600] | +0.200 [+0.100, +0.300] | -1.0 [-11.0, +9.0] |"

@@ -87,6 +87,8 @@ def merge_cmd(
         tab.add_row(f"{r['metric']} {'↑' if r['higher_is_better'] else '↓'}", f"{r['merge']:.4f}",
                     *[f"{v:.4f}" for v in r["parents"]], flag, diffs)
     out.print(tab)
+    for line in res["findings"]:
+        out.print(f" • {line}")
     n_sig = sum(r["beats_both_significant"] for r in res["rows"])
     out.print(f"the merge beats both parents on {sum(r['beats_both'] for r in res['rows'])} of {len(res['rows'])} "
               f"metrics ({n_sig} with every Holm-adjusted p < 0.05); metrics.json files and comparison.json "

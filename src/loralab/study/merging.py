@@ -163,6 +163,7 @@ def evaluate_merges(merged: list[str], parents: list[str], *, out: str, suite: s
     merges = {names[i]: {"path": merged[i], "rows": compare(ms[i], ms[k:], seed)} for i in range(k)}
     summary = {"parents": names[k:], "heldout": extra, "suite": suite, "merges": merges,
                "table": gain_table(ms, names), "out": str(root)}
+    summary["findings"] = findings(summary)
     write_json(root / "comparison.json", summary)
     return summary
 
@@ -334,7 +335,7 @@ def _merge_group(block: MergeBlock, by_id: dict, parents: tuple, dirs: list[Path
         results[m.id] = {"name": m.name, "group": m.group, "parents": list(parents), "state": "done",
                          "folder": str(gdir / m.name), "beats_both": [x["metric"] for x in r["rows"] if x["beats_both"]],
                          "beats_both_significant": [x["metric"] for x in r["rows"] if x["beats_both_significant"]]}
-    results[f"table:{gdir.name}"] = {"group": merges[0].group, "table": res["table"],
+    results[f"table:{gdir.name}"] = {"group": merges[0].group, "table": res["table"], "findings": res["findings"],
                                      "parents": res["parents"], "comparison": str(gdir / "eval" / "comparison.json")}
     return results
 
@@ -344,3 +345,53 @@ def _slug(group: dict, parents) -> str:
 
     label = "-".join(re.sub(r"\W+", "_", str(v)) for v in group.values())
     return (label + "-" if label else "") + digest(list(parents), 8)
+
+
+# ------------------------------------------------------------------ findings
+
+def _ci(x: dict | None, scale: float = 1.0, fmt: str = "{:+.3f}") -> str:
+    if not x or x.get("mean") is None or math.isnan(x["mean"]):
+        return "n/a"
+    return f"{fmt.format(x['mean'] * scale)} [{fmt.format(x['lo'] * scale)}, {fmt.format(x['hi'] * scale)}]"
+
+
+def markdown_table(summary: dict[str, Any]) -> list[str]:
+    """The gain table of `evaluate_merges` as Markdown: gains in nats/token, accuracy change in points."""
+    rows = summary["table"]
+    sets = [k for k in rows[0] if k.startswith("gain ")] if rows else []
+    head = ["model", *[f"{k} (nats/token)" for k in sets], "general acc Δ (pts)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        out.append("| " + " | ".join([r["model"], *[_ci(r.get(k)) for k in sets],
+                                      _ci(r.get("general acc change"), 100, "{:+.1f}")]) + " |")
+    return out
+
+
+def findings(summary: dict[str, Any]) -> list[str]:
+    """Sentences computed from the numbers: how much of each parent's in-domain gain every merge
+    keeps, and where a merge beats both parents (point estimate, and with Holm-adjusted p < 0.05)."""
+    rows = {r["model"]: r for r in summary["table"]}
+    parents = summary["parents"]
+    sets = [k for k in summary["table"][0] if k.startswith("gain ")] if summary["table"] else []
+    best = {k: max(parents, key=lambda p: (rows[p].get(k) or {}).get("mean", -math.inf)) for k in sets}
+    out = []
+    for name, m in summary["merges"].items():
+        keeps = []
+        for k in sets:
+            g, ref = (rows[name].get(k) or {}).get("mean"), (rows[best[k]].get(k) or {}).get("mean")
+            if g is not None and ref and ref > 0:
+                keeps.append(f"{100 * g / ref:.0f} % of {best[k]}'s {k[5:]} gain")
+        sig = [r["metric"] for r in m["rows"] if r["beats_both_significant"]]
+        point = [r["metric"] for r in m["rows"] if r["beats_both"] and not r["beats_both_significant"]]
+        line = f"{name} keeps " + (", ".join(keeps) if keeps else "no measurable in-domain gain")
+        line += f"; general accuracy {_ci(rows[name].get('general acc change'), 100, '{:+.1f}')} points vs base"
+        if sig:
+            line += f"; beats both parents on {', '.join(sig)} (every Holm-adjusted p < 0.05)"
+        if point:
+            line += f"; ahead of both on the point estimate only: {', '.join(point)}"
+        if not sig and not point:
+            line += "; beats neither parent on every metric"
+        out.append(line + ".")
+    if summary["merges"] and not any(r["beats_both_significant"] for m in summary["merges"].values() for r in m["rows"]):
+        out.append("No merge beats both parents on any metric once the comparisons are Holm-corrected.")
+    return out
