@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import safeyaml
 from ..errors import UserError
 from ..io import read_json, write_json
 
@@ -45,20 +45,22 @@ class MetacogStudy(BaseModel):
     recipe: dict[str, Any] = Field(default_factory=dict, description="SelfCorrectionConfig fields.")
     anchor: dict[str, Any] = Field(default_factory=dict, description="Anchor RecipeConfig fields.")
     sport: dict[str, Any] = Field(default_factory=lambda: {"sources": ["olmo:drop-nfl"], "limit": 40},
-                                  description="Sport data: ingest sources and limit (template Q&A).")
+                                  description="Sport data: ingest sources, limit, chunk_tokens; structure (template Q&A).")
     train: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields shared by every adapter.")
     anchor_train: dict[str, Any] = Field(default_factory=lambda: {"replay_frac": 0.25, "kl_weight": 0.1},
                                          description="TrainConfig fields added for the sport + anchor adapter.")
     eval: dict[str, Any] = Field(default_factory=dict, description="MetacogConfig fields (n, sources, ...).")
+    measure: list[str] = Field(["metacog", "sport", "sport+metacog", "sport+anchor"],
+                               description="Model states measured on the checkable items besides the base.")
     forgetting: dict[str, int] = Field(default_factory=lambda: {"arc_easy": 60},
                                        description="Multiple-choice task -> items, for forgetting.")
 
 
 def load_spec(path: str | Path) -> MetacogStudy:
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        raw = safeyaml.load(Path(path).read_bytes()) or {}
         return MetacogStudy.model_validate(raw)
-    except (OSError, yaml.YAMLError, ValueError) as e:
+    except (OSError, ValueError) as e:  # safeyaml.YamlError is a ValueError
         raise UserError(f"cannot use study spec {path}: {str(e).splitlines()[0]}") from e
 
 
@@ -91,9 +93,10 @@ def build(spec: MetacogStudy, root: Path) -> dict[str, Path]:
     if not _done(d["anchor"], "data_card.json"):
         anchor(d["anchor"], RecipeConfig(**{"sources": ["arith", "logic"], "seed": spec.seed, **spec.anchor}))
     if not _done(d["sport"], "data_card.json"):
-        ingest(spec.sport["sources"], d["sport_raw"], IngestConfig(domain="sport", limit=spec.sport.get("limit"),
-                                                                   seed=spec.seed))
-        structure(d["sport_raw"], d["sport"], StructureConfig(mode="template"))
+        ingest(spec.sport["sources"], d["sport_raw"], IngestConfig(
+            domain="sport", limit=spec.sport.get("limit"), chunk_tokens=spec.sport.get("chunk_tokens", 192),
+            seed=spec.seed))
+        structure(d["sport_raw"], d["sport"], StructureConfig(mode="template", **spec.sport.get("structure", {})))
     r = {k: root / "runs" / k for k in ("metacog", "sport", "sport_anchor")}
     _train(spec, d["metacog"], r["metacog"], "metacognitive")
     _train(spec, d["sport"], r["sport"], "knowledge")
@@ -142,6 +145,10 @@ def run_study(spec: MetacogStudy, root: str | Path) -> dict:
     comps = {"metacog": [f"{paths['run_metacog']}:1"], "sport": [f"{paths['run_sport']}:1"],
              "sport+metacog": [f"{paths['run_sport']}:1", f"{paths['run_metacog']}:1"],
              "sport+anchor": [f"{paths['run_sport_anchor']}:1"]}
+    unknown = [k for k in spec.measure if k not in comps]
+    if unknown:
+        raise UserError(f"measure: unknown model state(s) {', '.join(unknown)}; known: {', '.join(comps)}")
+    comps = {k: comps[k] for k in spec.measure}
     if _done(ev_dir, "metrics.json"):
         meta = read_json(ev_dir / "metrics.json")
     else:
