@@ -140,3 +140,42 @@ def test_recipe_and_metacog_eval_on_the_real_model(smol, tmp_path):
     assert card["checks"]["balanced"] and card["recipe"]["model_attempts"]["per_item"] == 1
     res = evaluate_metacog(MetacogConfig(n=5, max_new_tokens=48, progress=False), loaded=smol)
     assert res["models"]["base"]["final_right"]["n"] == 5
+
+
+def test_shipped_study_spec_validates_into_every_stage_config(tmp_path):
+    from pathlib import Path
+
+    from loralab.config import TrainConfig
+    from loralab.data.recipes.epistemic import RecipeConfig
+    from loralab.data.recipes.selfcorrect import SelfCorrectionConfig
+    from loralab.study.metacog import load_spec
+
+    s = load_spec(Path(__file__).parent.parent / "studies" / "metacog.yaml")
+    SelfCorrectionConfig(**s.recipe)
+    RecipeConfig(**s.anchor)
+    MetacogConfig(**s.eval)
+    TrainConfig(data=str(tmp_path), out=str(tmp_path), **s.train, **s.anchor_train, replay=str(tmp_path))
+
+
+def _d(mean, p):
+    return {"mean": mean, "lo": mean - 0.1, "hi": mean + 0.1, "n": 20, "p": p, "p_holm": p}
+
+
+def test_findings_follow_the_numbers():
+    from loralab.study.metacog import findings, report
+
+    base = {k: _d(0.3, 1) for k in ("final_right", "self_corrected", "false_corrected", "restart")}
+    base["length"] = _d(50, 1)
+
+    def res(delta, p):
+        vs = {"metacog": {k: _d(delta, p) for k in ("final_right", "self_corrected", "false_corrected")}}
+        return {"metacog": {"models": {"base": base, "metacog": base}, "vs_base": vs,
+                            "items": {"n": 20, "by_source": {"arith": 20}}},
+                "forgetting": {"arc_easy": {"n": 20, "base": _d(0.5, 1), "sport": _d(0.4, 1), "sport_anchor": _d(0.5, 1),
+                                            "delta_sport": _d(-0.1, 0.01), "delta_sport_anchor": _d(0.0, 0.9)}}}
+
+    up, down = findings(res(0.2, 0.01)), findings(res(-0.2, 0.5))
+    assert "raises it by +20.0" in up[0] and "not distinguishable" not in up[0]
+    assert "lowers it by -20.0" in down[0] and "not distinguishable" in down[0]
+    assert "the anchor forgets less" in up[-1]
+    assert "| metacog |" in report(res(0.2, 0.01))
