@@ -7,6 +7,7 @@ the same folder, fsync, then rename, so a reader never sees half a file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -94,6 +95,9 @@ def atomic_dir(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with output_lock(path):  # one writer per folder (see claim_output)
+        # temp folders of a writer that died (kill -9, power loss): the lock says none is alive
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         try:

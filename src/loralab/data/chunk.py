@@ -9,11 +9,14 @@ than UTF-8 bytes, so text of at most `budget` bytes is not tokenized at all.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from functools import lru_cache
 
 PARA = re.compile(r"\n[ \t]*\n+")
 SENT = re.compile(r"(?<=[.!?…])\s+")
+WORD = re.compile(r"\S+")
 JOIN = "\n\n"
 
 
@@ -67,8 +70,38 @@ class Chunker:
         return self._pack(out, sep=" ")
 
     def _by_words(self, s: str) -> list[str]:
+        """Cut at word boundaries into pieces of at most `budget` tokens, in linear time.
+
+        One tokenization of the whole run gives each token's end offset, so a piece's end
+        is found by bisection; the piece is then checked on its own (a piece's first word
+        loses its leading space, which can change a token or two) and shortened if needed.
+        """
+        words = [m.group() for m in WORD.finditer(s)]
+        word_ends = list(itertools.accumulate(len(w) + 1 for w in words))  # in " ".join(words)
+        joined = " ".join(words)
+        try:
+            enc = self.tok(joined, add_special_tokens=False, return_offsets_mapping=True)
+        except (NotImplementedError, TypeError, ValueError):  # a slow tokenizer: no offsets
+            enc = None
+        if enc is None or "offset_mapping" not in enc:
+            return self._by_words_slow(words)
+        tok_ends = [e for _, e in enc["offset_mapping"]]  # (T,) char offset where each token ends
+        out, i = [], 0
+        while i < len(words):
+            start = word_ends[i] - len(words[i]) - 1
+            t0 = bisect.bisect_right(tok_ends, start)
+            t_last = t0 + self.budget - 1
+            limit = tok_ends[t_last] if t_last < len(tok_ends) else len(joined)
+            j = max(i + 1, bisect.bisect_right(word_ends, limit + 1, lo=i))
+            while j > i + 1 and not self.fits(" ".join(words[i:j])):
+                j -= 1
+            out.append(" ".join(words[i:j]))
+            i = j
+        return out
+
+    def _by_words_slow(self, words: list[str]) -> list[str]:
         out, cur = [], []
-        for w in s.split():
+        for w in words:
             if cur and not self.fits(" ".join(cur + [w])):
                 out.append(" ".join(cur))
                 cur = []

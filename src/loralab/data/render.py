@@ -143,9 +143,9 @@ def parse(text: str, fmt: str) -> Record:
     if fmt == "json":
         obj = json.loads(text)
     elif fmt == "yaml":
-        import yaml
+        from ..safeyaml import load
 
-        obj = yaml.safe_load(text)
+        obj = load(text)
     else:
         raise ValueError(f"parse supports json and yaml, not {fmt!r}")
     if not isinstance(obj, dict) or obj.get("kind") not in RESPONSE_FIELD:

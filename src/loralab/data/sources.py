@@ -143,9 +143,9 @@ def read_structured(path: Path, max_bytes: int, parse: Callable[[str], Any]) -> 
 
 
 def _yaml_parse(text: str) -> Any:
-    import yaml
+    from ..safeyaml import load_all
 
-    docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    docs = load_all(text)
     return docs[0] if len(docs) == 1 else docs
 
 
@@ -178,8 +178,8 @@ def read_jsonl(path: Path) -> Iterator[Item | Bad]:
             flags = [x for x in flags if x != "crlf"]
             try:
                 row = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield Bad(loc, "malformed_json", str(e), text)
+            except (json.JSONDecodeError, RecursionError) as e:  # RecursionError: nested too deep
+                yield Bad(loc, "malformed_json", str(e) or type(e).__name__, text)
                 continue
             yield Item(loc, row, flags)
 

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .. import safeyaml
 
 
 class StudyError(ValueError):
@@ -145,8 +146,8 @@ def set_path(d: dict, path: str, value: Any) -> None:
 
 def load_spec(path: str | Path) -> StudySpec:
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
+        raw = safeyaml.load(Path(path).read_bytes())
+    except (OSError, safeyaml.YamlError) as e:
         raise StudyError(f"cannot read study spec {path}: {e}") from e
     return parse_spec(raw, str(path))
 
