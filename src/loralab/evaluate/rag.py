@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..generate import generate
+from ..generate import chat_inputs, generate, generate_ids
 from ..logprobs import encode_pair, token_logprobs
 from . import sources as S
 from .stats import bootstrap_ci, holm, paired_diff_ci, paired_ratio_diff, ratio_ci
@@ -97,13 +97,15 @@ def _chat(tok, user: str) -> str:
     return tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
 
-def answer_nll(loaded, prompts: Sequence[str], answers: Sequence[str], progress) -> tuple[np.ndarray, np.ndarray]:
-    """(nll sums, token counts) of each answer after its chat-templated prompt (an empty
-    answer, e.g. a greedy reply that ends at once: 0 and 0 tokens, so it weighs nothing)."""
+def answer_nll(loaded, prompts: Sequence[str], answers: Sequence[str | list[int]],
+               progress) -> tuple[np.ndarray, np.ndarray]:
+    """(nll sums, token counts) of each answer (text, or token ids) after its chat-templated
+    prompt; an empty answer counts 0 nats over 0 tokens, so it weighs nothing."""
     tok = loaded.tokenizer
     nll, ntok = np.zeros(len(prompts)), np.zeros(len(prompts))
-    todo = [i for i, a in enumerate(answers) if a.strip()]
-    enc = [encode_pair(tok, _chat(tok, prompts[i]), answers[i], bos=False) for i in todo]  # the template opens BOS
+    todo = [i for i, a in enumerate(answers) if (a.strip() if isinstance(a, str) else len(a))]
+    enc = [encode_pair(tok, _chat(tok, prompts[i]), answers[i], bos=False) if isinstance(answers[i], str)
+           else (chat_inputs(tok, [prompts[i]])[0], list(answers[i])) for i in todo]  # the template opens BOS
     if enc:
         sc = token_logprobs(loaded.model, enc, pad_id=tok.pad_token_id or 0, progress=progress)
         nll[todo] = [-float(s.sum) for s in sc]
@@ -127,8 +129,9 @@ def four_way(loaded, index, questions: Sequence[Question], *, foreign: Sequence[
     hits = idx.search(qs, k, embed=embed) if qs else []
     fhits = idx.search(list(foreign), k, embed=embed) if foreign else []
     gold = [q.answers[0] for q in questions]
-    with _adapter_off(loaded.model):  # the base's own greedy answers to foreign prompts
-        fref = generate(loaded, list(foreign), max_new_tokens=max_new_tokens) if foreign else []
+    with _adapter_off(loaded.model):  # the base's own greedy answers to foreign prompts, as token ids
+        fref = [generate_ids(loaded, [x], max_new_tokens=max_new_tokens)[0]
+                for x in chat_inputs(loaded.tokenizer, list(foreign))]
     has_adapter = hasattr(loaded.model, "peft_config")
     per: dict[str, dict] = {}
     for cond in CONDITIONS:
