@@ -241,3 +241,25 @@ def test_registry_refusals(tiny, reg, tmp_path):
     assert (g.domain, g.role, g.keywords, g.trigger) == ("d", "domain", ["nfl", "touchdown"], "<|sport|>")
     eng = Engine(tiny, r)
     assert eng.adapters() == ["good"] and set(eng.refused) == {"linked", "pickled", "half", "filelink"}
+
+
+@pytest.mark.slow
+def test_real_model_serving_smoke(smol, tmp_path):
+    """SmolLM2-135M: the engine's greedy answer == HF generate's; the API answers a chat request."""
+    from fastapi.testclient import TestClient
+
+    from loralab.generate import chat_inputs, generate
+    from loralab.serve.api import create_app
+
+    q = "What is the capital of France?"
+    want = generate(smol, [q], max_new_tokens=16)[0]
+    eng = Engine(smol).start()
+    try:
+        toks, done = eng.generate(chat_inputs(smol.tokenizer, [q])[0], [], Sampling(max_tokens=16))
+        assert done.text.strip() == want
+        c = TestClient(create_app(eng))
+        r = c.post("/v1/chat/completions", json={"model": smol.spec, "temperature": 0, "max_tokens": 16,
+                                                 "messages": [{"role": "user", "content": q}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip() == want
+    finally:
+        eng.stop()
