@@ -12,7 +12,8 @@
 The registry is a folder of adapter folders written by `loralab train` (PEFT files +
 `loralab.json` card). From each card: `domain`, `trigger`, `trigger_mode`, `role`
 (default "knowledge"), `keywords` (default none; "re:" prefix = regular expression),
-`weight` (default 1.0) and `data.path` (the records it was trained on).
+`weight` (default 1.0) and `data.path` (the records it was trained on). An optional
+`router.json` in the registry folder overrides the classifier's `Settings`.
 
 The chain, run per role (one adapter per role at most, the knowledge role first; e.g. a domain
 adapter and a metacognitive one compose with their card weights):
@@ -55,6 +56,7 @@ from ..io import read_json, write_json
 RULES = ("trigger", "keyword", "classifier", "base")
 NONE = "none"
 FORMAT = "loralab-router/1"
+SETTINGS_FILE = "router.json"  # optional, in the registry folder: Settings fields
 
 
 @dataclass
@@ -158,6 +160,18 @@ def _sha(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def registry_settings(registry: str | Path) -> Settings:
+    """The classifier settings: defaults, overridden by the registry's own `router.json`."""
+    f = Path(registry).expanduser() / SETTINGS_FILE
+    if not f.is_file():
+        return Settings()
+    try:
+        return Settings(**read_json(f))
+    except (ValueError, TypeError) as e:
+        fields = ", ".join(x.name for x in dataclasses.fields(Settings))
+        raise UserError(f"{f}: {e} (fields: {fields})") from None
 
 
 # ----------------------------------------------------------------- samples
@@ -358,7 +372,7 @@ class Router:
         `model` (a models.Loaded) leaves out adapters trained on another base (noted in
         `router.notes`). `embed` maps texts to unit-norm vectors (default: MiniLM).
         """
-        s = settings or Settings()
+        s = settings or registry_settings(registry)
         entries, notes = read_registry(registry)
         fp = getattr(model, "fingerprint", None)
         if fp is not None:
