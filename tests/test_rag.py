@@ -14,8 +14,17 @@ from typer.testing import CliRunner
 
 from loralab.cli import app
 from loralab.data.records import Record, write_records
-from loralab.rag import (MANIFEST, RagIndexError, build_index, chunk_words, documents_of, format_prompt, augment,
-                         open_index, record_text)
+from loralab.rag import (
+    MANIFEST,
+    RagIndexError,
+    augment,
+    build_index,
+    chunk_words,
+    documents_of,
+    format_prompt,
+    open_index,
+    record_text,
+)
 
 FILLER = "the game went on and the teams played through the afternoon with a steady crowd".split()
 

@@ -13,7 +13,15 @@ from test_rag import PLANTED, _records, bow
 
 from loralab.data.records import write_records
 from loralab.errors import UserError
-from loralab.evaluate.rag import Question, answer_nll, contains, drop_questions, exact_match, four_way, normalize
+from loralab.evaluate.rag import (
+    Question,
+    answer_nll,
+    contains,
+    drop_questions,
+    exact_match,
+    four_way,
+    normalize,
+)
 from loralab.rag import build_index, format_prompt, open_index
 from loralab.ragstudy import load_spec, table
 

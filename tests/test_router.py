@@ -13,7 +13,14 @@ import pytest
 
 from loralab.data.records import Record, write_records
 from loralab.data.split import doc_key, is_eval
-from loralab.serve.router import NONE, Router, Settings, adapter_samples, pick_threshold, read_registry
+from loralab.serve.router import (
+    NONE,
+    Router,
+    Settings,
+    adapter_samples,
+    pick_threshold,
+    read_registry,
+)
 
 VOCAB = {
     "sport": "touchdown quarterback yards field goal pass rushing interception kickoff punt score".split(),

@@ -139,7 +139,7 @@ def four_way(loaded, index, questions: Sequence[Question], *, foreign: Sequence[
             continue
         rag, on = cond.endswith("+rag"), cond.startswith("adapter")
 
-        def prompt(q, h):
+        def prompt(q, h, rag=rag, on=on):
             text = format_prompt(q, h) if rag else q
             return f"{trigger} {text}" if on and trigger else text
 
