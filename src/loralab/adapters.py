@@ -119,6 +119,43 @@ def _adapter_tokenizer(folder: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
+MAX_ADDED_TOKENS = 4096  # trigger tokens are a handful; more is a hostile or foreign tokenizer
+MAX_TOKENIZER_BYTES = 64 * 2**20
+
+
+def _file_problems(f: Path, model) -> list[str]:
+    """The adapter's files checked before loading: safetensors header, shapes against the
+    base's modules, adapter_config.json, and the size of an added tokenizer."""
+    from .tensorfile import TensorFileError, adapter_problems, read_header
+
+    st, cfg_file, tok_file = f / "adapter_model.safetensors", f / "adapter_config.json", f / "tokenizer.json"
+    if not (st.exists() and cfg_file.exists()):
+        return []  # reported as missing files
+    try:
+        cfg = read_json(cfg_file)
+        if not isinstance(cfg, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        return [f"{f}: adapter_config.json is not a JSON mapping"]
+    try:
+        header = read_header(st)
+    except TensorFileError as e:
+        return [str(e)]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    problems = [f"{f}: {p}" for p in adapter_problems(header, base, cfg)]
+    if tok_file.exists():
+        if tok_file.stat().st_size > MAX_TOKENIZER_BYTES:
+            problems.append(f"{f}: tokenizer.json is {tok_file.stat().st_size} bytes (over {MAX_TOKENIZER_BYTES})")
+        else:
+            try:
+                added = len(read_json(tok_file).get("added_tokens") or [])
+            except (OSError, ValueError, AttributeError):
+                return problems + [f"{f}: tokenizer.json is not a JSON mapping"]
+            if added > MAX_ADDED_TOKENS:
+                problems.append(f"{f}: its tokenizer adds {added} tokens (at most {MAX_ADDED_TOKENS} accepted)")
+    return problems
+
+
 def check(loaded, folders: Sequence[Path]) -> tuple[list[str], Any]:
     """(every problem found, tokenizer to use) for applying `folders` to `loaded`."""
     problems: list[str] = []
@@ -138,6 +175,10 @@ def check(loaded, folders: Sequence[Path]) -> tuple[list[str], Any]:
             problems.append(
                 f"{f}: trained on base {card['base'].get('spec')!r} (fingerprint {base_fp}), "
                 f"but the loaded base {loaded.spec!r} has fingerprint {loaded.fingerprint}")
+        wrong = _file_problems(f, loaded.model)
+        if wrong:  # never hand a lying file to PEFT or a tokenizer to transformers
+            problems += wrong
+            continue
         tok = _adapter_tokenizer(f)
         want = len(tok) if tok is not None else len(loaded.tokenizer)
         if tok is not None:
@@ -188,7 +229,7 @@ def apply_adapters(loaded, paths: Sequence[str | Path], names: Sequence[str] | N
     added tokens, the base embeddings are resized first (the trained rows come from the
     adapter) and the returned Loaded carries that tokenizer.
     """
-    from peft import PeftModel
+    from peft import PeftModelForCausalLM
 
     folders = [resolve_folder(p) for p in paths]
     if not folders:
@@ -210,7 +251,9 @@ def apply_adapters(loaded, paths: Sequence[str | Path], names: Sequence[str] | N
         # a tied lm_head shares the embedding's trained token rows; PEFT reports its key as missing
         warnings.filterwarnings("ignore", r"Found missing adapter keys.*lm_head\.token_adapter")
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        model = PeftModel.from_pretrained(model, str(folders[order[0]]), adapter_name=names[order[0]])
+        # always the causal-LM wrapper: a plain PEFT adapter saved without task_type would otherwise get the
+        # generic PeftModel, whose forward never feeds aLoRA adapters loaded beside it their offsets
+        model = PeftModelForCausalLM.from_pretrained(model, str(folders[order[0]]), adapter_name=names[order[0]])
         for i in order[1:]:
             model.load_adapter(str(folders[i]), adapter_name=names[i])
     model.set_adapter(names[0])
