@@ -225,4 +225,10 @@ def test_saved_dataset_folder_and_arrow_file(tmp_path):
         recs = list(read_records(tmp_path / src.name))
         assert card["reconciliation"]["totals"]["read"] == 20 and len(recs) == 20
         assert all(r.kind == "qa" and r.answer for r in recs)  # correct_answer / support recognised
-        assert sum(r.context is not None for r in recs) > 0
+        import pyarrow as pa
+
+        arrow = folder / "data-00000-of-00001.arrow"
+        with pa.memory_map(str(arrow)) as m:  # reference: the first 20 rows' support paragraphs, read directly
+            table = pa.ipc.open_stream(m).read_all().slice(0, 20)
+        want = [bool((s or "").strip()) for s in table.column("support").to_pylist()]
+        assert [r.context is not None for r in recs] == want and any(want)
