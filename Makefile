@@ -40,6 +40,7 @@ test: install install-browser
 
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
+	$(BIN)/loralab doctor
 	cd benchmarks && for b in logprobs score train eval mfu; do ../$(BIN)/python $$b.py || exit 1; done
 
 clean:

@@ -64,3 +64,34 @@ def forward_flops_per_token(cfg, ctx_len: float) -> float:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine_line(prof=None) -> str:
+    """One line naming the machine and its measured matmul peaks (loralab.device's profile:
+    the model's own shapes), to print beside every ratio."""
+    from loralab import device
+
+    prof = prof or device.profile(device.resolve_device("auto"))
+    peaks = ", ".join(f"{k} {v:.0f}" for k, v in sorted(prof.gflops.items(), key=lambda kv: -kv[1]))
+    return (f"machine: {prof.key['name']} ({prof.key['device']}, {prof.key['threads']} threads, torch "
+            f"{prof.key['torch']}); measured matmul GFLOP/s at the model's shapes: {peaks}")
+
+
+def timed_steps_callback():
+    """A transformers TrainerCallback timing each optimizer step with time.perf_counter, the
+    clock loralab's own step timer uses (on_step_begin .. on_step_end: forward, backward,
+    optimizer step), so both trainers are timed over the same phases."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+            self._t = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self.seconds.append(time.perf_counter() - self._t)
+
+    return StepTimer()

