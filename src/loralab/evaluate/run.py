@@ -248,8 +248,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     overlap = _overlap_guard([f.name for f in folders], cards, recs, cfg)
     extra = {k: drift.eval_records(None, v, plan["records"], cfg.seed) for k, v in cfg.extra_eval.items()}
     loaded = models.load(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    from ..device import precision_record  # device, format and torch that produced every number below
+
     head = {"model": {"spec": loaded.spec, "fingerprint": loaded.fingerprint, "dtype": str(loaded.model.dtype),
-                      "weights": weights_of(loaded.spec)},
+                      "weights": weights_of(loaded.spec), "precision": precision_record(loaded)},
             "suite": cfg.suite, "plan": {k: v for k, v in plan.items()}, "config": cfg.dump()}
     mc, gn = _items(plan, cfg.seed)
     base = _pass(loaded, mc, gn, plan, cfg)
