@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import time
 from typing import Callable, Iterator
 
@@ -94,10 +93,6 @@ def bar(transient: bool = False, disable: bool | None = None) -> Progress:
         disable=not live,
         log_interval=0.0 if disable or live else log_every(),
     )
-
-
-def quiet() -> bool:
-    return not sys.stderr.isatty()
 
 
 @contextlib.contextmanager
