@@ -240,3 +240,23 @@ def test_minilm_classifier_on_real_embeddings(tmp_path):
     assert r.route("What is the first line treatment of anaemia in a pregnant patient?").adapters == \
         [("medical", 1.0)]
     assert r.route("What is 2+2?").rule == "base"
+
+
+def test_route_many_and_routing_report(registry, tmp_path):
+    from loralab.evaluate.routing import routing_report
+
+    r = _router(registry, tmp_path)
+    prompts = r.heldout_prompts(per_adapter=5, general=0) + [(t, "base") for _, t in _general(6, seed=99)]
+    texts = [t for t, _ in prompts]
+    many = r.route_many(texts)
+    assert [d.to_json() for d in many] == [r.route(t).to_json() for t in texts]
+    rep = routing_report(r.route_many, prompts, [e.name for e in r.entries])
+    got = [d.adapters[0][0] if d.adapters else "base" for d in many]
+    dom = [(g == w) for g, (_, w) in zip(got, prompts) if w != "base"]
+    gen = [(g != "base") for g, (_, w) in zip(got, prompts) if w == "base"]
+    assert rep["n_domain"] == len(dom) == 15 and rep["n_general"] == len(gen) == 6
+    assert rep["accuracy"]["mean"] == pytest.approx(np.mean(dom))
+    assert rep["false_activation"]["mean"] == pytest.approx(np.mean(gen))
+    counts = rep["confusion"]["counts"]
+    assert sum(sum(row.values()) for row in counts.values()) == len(prompts)
+    assert sum(rep["rules"].values()) == len(prompts)

@@ -58,7 +58,7 @@ def route_cmd(
     from ..io import write_json
 
     prompts = router.heldout_prompts(per_adapter=per_adapter, general=general)
-    report = routing_report(router.route, prompts, [e.name for e in router.entries])
+    report = routing_report(router.route_many, prompts, [e.name for e in router.entries])
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
                                  "calibration": c.calibration} for r, c in router.classifiers.items()}

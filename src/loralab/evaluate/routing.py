@@ -1,10 +1,12 @@
 """Routing quality: accuracy, confusion matrix and false activation, with bootstrap intervals.
 
     from loralab.evaluate.routing import routing_report
-    report = routing_report(router.route, router.heldout_prompts(), names=[e.name for e in router.entries])
+    prompts = router.heldout_prompts()
+    report = routing_report(router.route_many, prompts, names=[e.name for e in router.entries])
 
-`route` is any function from a prompt to a decision whose `.adapters` lists (name, weight)
-pairs (empty = the base); the expected label of each prompt is an adapter name or "base".
+`route_many` maps a list of prompts to decisions whose `.adapters` list (name, weight)
+pairs (empty = the base) and `.rule` names the rule; the expected label of each prompt is
+an adapter name or "base".
 The first listed adapter is the routed label (the domain role's pick comes first).
 
   accuracy           share of domain prompts routed to their own adapter
@@ -26,14 +28,13 @@ from .stats import bootstrap_ci
 BASE = "base"
 
 
-def routing_report(route: Callable[[str], object], prompts: Sequence[tuple[str, str]], names: Sequence[str],
-                   seed: int = 0) -> dict:
+def routing_report(route_many: Callable[[list[str]], list], prompts: Sequence[tuple[str, str]],
+                   names: Sequence[str], seed: int = 0) -> dict:
     labels = list(names) + [BASE]
     conf = {a: {b: 0 for b in labels} for a in labels}
     hit_domain, fired_general, rules = [], [], Counter()
     per: dict[str, list[float]] = {}
-    for text, want in prompts:
-        d = route(text)
+    for (_, want), d in zip(prompts, route_many([t for t, _ in prompts])):
         got = d.adapters[0][0] if d.adapters else BASE
         rules[d.rule] += 1
         conf.setdefault(want, {b: 0 for b in labels})

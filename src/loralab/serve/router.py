@@ -454,11 +454,17 @@ class Router:
         return (self.by_name[name], float(p[i]),
                 f"classifier: {name} at {p[i]:.2f} >= threshold {clf.threshold:.2f}"), None
 
-    def route(self, text: str) -> Decision:
+    def route_many(self, texts: Sequence[str]) -> list[Decision]:
+        """`route` for many prompts, embedding them in one batch."""
+        X = np.asarray(self._embed([t[: self.settings.max_chars] for t in texts]), dtype=np.float32) \
+            if self.classifiers and len(texts) else None
+        return [self.route(t, {"x": X[i: i + 1]} if X is not None else None) for i, t in enumerate(texts)]
+
+    def route(self, text: str, memo: dict | None = None) -> Decision:
         """Run the chain for every role; the decision names the adapters, rule and reason."""
         steps: list[dict] = []
         picks: list[tuple[Entry, float]] = []
-        out_text, memo = text, {}
+        out_text, memo = text, {} if memo is None else memo
         for role in self.roles:
             group = [e for e in self.entries if e.role == role]
             why: list[str] = []
