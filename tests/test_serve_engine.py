@@ -40,7 +40,8 @@ def _prompts(tok):
 
 
 def test_stacked_forward_equals_peft_mixed_batch(tiny, reg):
-    """One forward of a batch mixing base + 3 adapters (different ranks, targets) == PEFT's mixed batch."""
+    """One forward of a batch mixing base + 3 adapters (different ranks, targets) == PEFT's mixed
+    batch, on the dense and on the gathered path; one adapter over the batch: the lean path."""
     folders = {n: reg / n for n in NAMES}
     ref = peft_with(tiny, folders)
     bank = AdapterBank(tiny.model)
@@ -48,20 +49,21 @@ def test_stacked_forward_equals_peft_mixed_batch(tiny, reg):
         layers, rank, _ = read_lora(folders[n], tiny.model)
         bank.add(n, layers, rank)
     ids = torch.randint(5, 1000, (4, 11))
+    mixed = [[], [(bank.slots["a"].index, 1.0)], [(bank.slots["b"].index, 1.0)], [(bank.slots["c"].index, 1.0)]]
     with torch.no_grad():
         want = ref(input_ids=ids, adapter_names=["__base__", "a", "b", "c"]).logits
-        bank.rows = RowAdapters.of([[], [(bank.slots["a"].index, 1.0)], [(bank.slots["b"].index, 1.0)],
-                                    [(bank.slots["c"].index, 1.0)]])
-        assert bank.rows.single is None  # the gathered path
-        with stacked_lora(tiny.model, bank):
-            got = tiny.model(input_ids=ids).logits
-        assert not any("forward" in m.__dict__ for m in tiny.model.modules())  # restored
         base = tiny.model(input_ids=ids).logits
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-        assert torch.equal(got[0], base[0])  # the base row: exactly the base
-        assert not torch.allclose(got[1], base[1], atol=1e-3)  # adapters visibly change their rows
-        # one adapter over the whole batch: the lean addmm path, == PEFT with it active
-        bank.rows = RowAdapters.of([[(bank.slots["b"].index, 1.0)]] * 4)
+        for rows, path in ((bank.rows_for(mixed), "dense"), (RowAdapters.of(mixed), "gathered")):
+            assert rows.single is None and (rows.dense is not None) == (path == "dense")
+            bank.rows = rows
+            with stacked_lora(tiny.model, bank):
+                got = tiny.model(input_ids=ids).logits
+            assert not any("forward" in m.__dict__ for m in tiny.model.modules())  # restored
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+            assert torch.equal(got[0], base[0]) or path == "dense"  # gathered: the base row exactly
+            torch.testing.assert_close(got[0], base[0], atol=1e-6, rtol=0)
+            assert not torch.allclose(got[1], base[1], atol=1e-3)  # adapters visibly change their rows
+        bank.rows = bank.rows_for([[(bank.slots["b"].index, 1.0)]] * 4)
         assert bank.rows.single is not None
         with stacked_lora(tiny.model, bank):
             got = tiny.model(input_ids=ids).logits
@@ -70,23 +72,26 @@ def test_stacked_forward_equals_peft_mixed_batch(tiny, reg):
 
 
 def test_stacked_linear_composition_and_strength():
-    """Σ_k scale_k · (x A_k^T) B_k^T per row, on the gathered and the lean path."""
+    """Σ_k scale_k · (x A_k^T) B_k^T per row, on the gathered, dense and lean paths."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 5, 6, generator=g)
     W, b = torch.randn(7, 6, generator=g), torch.randn(7, generator=g)
-    A, B = torch.randn(4, 2, 6, generator=g), torch.randn(4, 7, 2, generator=g)
-    A[0], B[0] = 0, 0
-    rows = RowAdapters.of([[(1, 0.5), (2, -1.0)], [], [(3, 2.0)]])
-    got = stacked_lora_linear(x, W, b, A, B, rows)
+    A, Bt = torch.randn(4, 2, 6, generator=g), torch.randn(4, 2, 7, generator=g)
+    A[0], Bt[0] = 0, 0
+    spec = [[(1, 0.5), (2, -1.0)], [], [(3, 2.0)]]
     base = x @ W.T + b
-    want = torch.stack([base[0] + 0.5 * x[0] @ A[1].T @ B[1].T - x[0] @ A[2].T @ B[2].T,
-                        base[1], base[2] + 2.0 * x[2] @ A[3].T @ B[3].T])
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    one = RowAdapters.of([[(3, 2.0)]] * 3)
-    torch.testing.assert_close(stacked_lora_linear(x, W, b, A, B, one), base + 2.0 * x @ A[3].T @ B[3].T,
+    want = torch.stack([base[0] + 0.5 * x[0] @ A[1].T @ Bt[1] - x[0] @ A[2].T @ Bt[2],
+                        base[1], base[2] + 2.0 * x[2] @ A[3].T @ Bt[3]])
+    gathered, dense = RowAdapters.of(spec), RowAdapters.of(spec, n_slots=4, rank=2)
+    assert gathered.dense is None and dense.dense is not None and dense.dense.shape == (3, 8)
+    for rows in (gathered, dense):
+        torch.testing.assert_close(stacked_lora_linear(x, W, b, A, Bt, rows), want, atol=1e-5, rtol=1e-5)
+    one = RowAdapters.of([[(3, 2.0)]] * 3, n_slots=4, rank=2)
+    assert one.single == (3, 2.0)
+    torch.testing.assert_close(stacked_lora_linear(x, W, b, A, Bt, one), base + 2.0 * x @ A[3].T @ Bt[3],
                                atol=1e-5, rtol=1e-5)
     zero = RowAdapters.of([[(3, 0.0)]] * 3)
-    assert torch.equal(stacked_lora_linear(x, W, b, A, B, zero), torch.nn.functional.linear(x, W, b))
+    assert torch.equal(stacked_lora_linear(x, W, b, A, Bt, zero), torch.nn.functional.linear(x, W, b))
 
 
 def _run(engine, prompt, adapters, **kw):

@@ -67,28 +67,42 @@ def fast_lora(model):
 # ---------------------------------------------------------------- stacked adapters (serving)
 #
 # Serving keeps one base model and many adapters resident: for every adapted linear layer the
-# adapters are stacked, A (S, r, in) and B (S, out, r), slot 0 all zeros (the base), ranks
-# zero-padded to the largest (zero rows add exactly nothing). Each batch row names its
-# adapters: slots (K, N) and scales (K, N) = strength x (alpha / r); K > 1 composes several
-# adapters in one row. The forward below is the same update as `_lean_forward`,
-# base(x) + s * (x A^T) B^T, applied to every row's own adapter at once: when one adapter at
-# one scale covers the batch it is exactly the lean addmm; otherwise a per-row gather of A
-# and B and two batched matmuls, a fixed number of kernels whatever the number of adapters
-# in the batch or resident (no per-adapter Python loop, no PEFT set_adapter swapping).
+# adapters are stacked, A (S, r, in) and Bt (S, r, out) (each adapter's B transposed), slot 0
+# all zeros (the base), ranks zero-padded to the largest (zero rows add exactly nothing).
+# Each batch row names its adapters: slots (K, N) and scales (K, N) = strength (the LoRA
+# scaling is folded into Bt); K > 1 composes several adapters in one row. The forward below
+# is the update of `_lean_forward`, base(x) + s * (x A^T) B^T, for every row's own adapters
+# at once, in a fixed number of kernels whatever the number of adapters:
+#   one adapter at one scale over the whole batch: exactly the lean addmm;
+#   few resident slots (S * r <= DENSE_MAX): x @ [A_1; ...; A_S]^T for all slots in one
+#     matmul, each row's columns weighted by its scale of that slot (0 elsewhere), then one
+#     addmm with [B_1^T; ...; B_S^T]: three kernels, no gather;
+#   otherwise each row gathers its own A and Bt and two batched matmuls run (per composed k).
+# No per-adapter Python loop and no PEFT set_adapter swapping.
+
+DENSE_MAX = 128  # largest S * r (stacked rank over every slot) run as one dense matmul
 
 
 class RowAdapters:
     """Which adapters each batch row uses: slots (K, N) long, scales (K, N) float."""
 
-    def __init__(self, slots: torch.Tensor, scales: torch.Tensor):
+    def __init__(self, slots: torch.Tensor, scales: torch.Tensor, n_slots: int | None = None,
+                 rank: int | None = None):
         self.slots, self.scales = slots, scales
         s0 = slots[0]
         uniform = slots.shape[0] == 1 and bool((s0 == s0[0]).all()) and bool((scales[0] == scales[0, 0]).all())
         # (slot, scale) when one adapter at one scale covers every row: the lean path
         self.single = (int(s0[0]), float(scales[0, 0])) if uniform else None
+        self.dense = None  # (N, S * r): each row's weight on every stacked rank column
+        if self.single is None and n_slots and rank and n_slots * rank <= DENSE_MAX:
+            w = torch.zeros((slots.shape[1], n_slots), dtype=torch.float32, device=slots.device)
+            w.scatter_add_(1, slots.t(), scales.t().float())  # (N, S): composed weights add up
+            w[:, 0] = 0.0  # slot 0 is the base
+            self.dense = w.repeat_interleave(rank, dim=1)
 
     @classmethod
-    def of(cls, rows: list[list[tuple[int, float]]], device=None) -> "RowAdapters":
+    def of(cls, rows: list[list[tuple[int, float]]], device=None, n_slots: int | None = None,
+           rank: int | None = None) -> "RowAdapters":
         """From each row's [(slot, scale)] (an empty list = the base)."""
         K = max(1, max((len(r) for r in rows), default=1))
         slots = torch.zeros((K, len(rows)), dtype=torch.long)
@@ -96,25 +110,30 @@ class RowAdapters:
         for n, r in enumerate(rows):
             for k, (s, c) in enumerate(r):
                 slots[k, n], scales[k, n] = s, c
-        return cls(slots.to(device), scales.to(device))
+        return cls(slots.to(device), scales.to(device), n_slots, rank)
 
 
 def stacked_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                        A: torch.Tensor, B: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
-    """F.linear(x, W, b) + each row's scaled LoRA updates; x (N, T, in), A (S, r, in), B (S, out, r)."""
+                        A: torch.Tensor, Bt: torch.Tensor, rows: RowAdapters) -> torch.Tensor:
+    """F.linear(x, W, b) + each row's scaled LoRA updates; x (N, T, in), A (S, r, in), Bt (S, r, out)."""
     out = F.linear(x, weight, bias)  # (N, T, out)
+    o2 = out.reshape(-1, out.shape[-1])
     if rows.single is not None:
         s, c = rows.single
         if s == 0 or c == 0.0:
             return out  # the base: nothing added
         a = F.linear(x, A[s])  # (N, T, r)
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), a.reshape(-1, a.shape[-1]), B[s].t(), alpha=c)
-        return flat.view(out.shape)
+        return torch.addmm(o2, a.reshape(-1, a.shape[-1]), Bt[s], alpha=c).view(out.shape)
+    S, r = A.shape[0], A.shape[1]
+    if rows.dense is not None and rows.dense.shape[1] == S * r:
+        a = F.linear(x, A.reshape(S * r, -1))  # (N, T, S*r): every slot's rank columns at once
+        a = a * rows.dense.to(a.dtype)[:, None, :]  # each row keeps its own slots' columns, scaled
+        return torch.addmm(o2, a.reshape(-1, S * r), Bt.reshape(S * r, -1)).view(out.shape)
     for k in range(rows.slots.shape[0]):
         idx = rows.slots[k]
         a = torch.bmm(x, A[idx].transpose(1, 2))  # (N, T, r): each row's own A
         a = a * rows.scales[k].to(a.dtype).view(-1, 1, 1)
-        out = torch.baddbmm(out, a, B[idx].transpose(1, 2))  # + (N, T, r) @ (N, r, out)
+        out = torch.baddbmm(out, a, Bt[idx])  # + (N, T, r) @ (N, r, out)
     return out
 
 
@@ -131,7 +150,7 @@ def _stacked_forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
 def stacked_lora(model, bank):
     """Within the block, the model's nn.Linear layers named in `bank.stacks` add the stacked adapters.
 
-    `bank` is any object with `.stacks` {module name: (A (S, r, in), B (S, out, r))} and
+    `bank` is any object with `.stacks` {module name: (A (S, r, in), Bt (S, r, out))} and
     `.rows` (a RowAdapters for the current batch, or None for the plain base); both are read
     at every call, so adapters can be added and batches changed inside the block. Module
     names are those of `model.named_modules()`; the output head is never adapted.

@@ -1,6 +1,6 @@
 """Resident adapters as stacked A/B tensors per linear layer (read by `fastlora.stacked_lora`).
 
-For every adapted module name: A (S, r, in) and B (S, out, r) in the model's dtype, one slot
+For every adapted module name: A (S, r, in) and Bt (S, r, out) (B transposed) in the model's dtype, one slot
 per adapter, slot 0 all zeros (the base), ranks zero-padded to the largest. The LoRA scaling
 (alpha / r, or alpha / sqrt(r) with rsLoRA, per module with rank/alpha patterns) is folded
 into B when loading, so a row's scale is just its strength. Adding an adapter writes one
@@ -85,6 +85,12 @@ def read_lora(folder: Path, model) -> tuple[dict[str, tuple[torch.Tensor, torch.
 class AdapterBank:
     """Stacks of resident adapters for one base model; `.stacks` and `.rows` feed stacked_lora."""
 
+    def rows_for(self, rows: list[list[tuple[int, float]]]):
+        """The fastlora.RowAdapters of a batch whose rows use [(slot, strength)]."""
+        from ..fastlora import RowAdapters
+
+        return RowAdapters.of(rows, device=self.device, n_slots=self.capacity, rank=self.rank)
+
     def __init__(self, model):
         self.model = model
         p = next(model.parameters())
@@ -100,9 +106,9 @@ class AdapterBank:
         """Re-allocate every stack to `capacity` slots of rank `rank` (contents kept)."""
         for name, (A, B) in self.stacks.items():
             A2 = torch.zeros((capacity, rank, A.shape[2]), dtype=self.dtype, device=self.device)
-            B2 = torch.zeros((capacity, B.shape[1], rank), dtype=self.dtype, device=self.device)
+            B2 = torch.zeros((capacity, rank, B.shape[2]), dtype=self.dtype, device=self.device)
             A2[: A.shape[0], : A.shape[1]] = A
-            B2[: B.shape[0], :, : B.shape[2]] = B
+            B2[: B.shape[0], : B.shape[1]] = B
             self.stacks[name] = (A2, B2)
         self.capacity, self.rank = capacity, rank
 
@@ -113,17 +119,17 @@ class AdapterBank:
             self.remove(name)
         index = self._free.pop() if self._free else len(self.slots) + 1
         if index >= self.capacity or rank > self.rank:
-            self._grow(max(self.capacity, index + 1, 2 * self.capacity if index >= self.capacity else 0),
-                       max(self.rank, rank))
+            # exact growth: the dense mixed path multiplies by every allocated slot
+            self._grow(max(self.capacity, index + 1), max(self.rank, rank))
         for mod, (A, B) in layers.items():
             if mod not in self.stacks:
                 self.stacks[mod] = (torch.zeros((self.capacity, self.rank, A.shape[1]), dtype=self.dtype,
                                                 device=self.device),
-                                    torch.zeros((self.capacity, B.shape[0], self.rank), dtype=self.dtype,
+                                    torch.zeros((self.capacity, self.rank, B.shape[0]), dtype=self.dtype,
                                                 device=self.device))
             SA, SB = self.stacks[mod]
             SA[index, : A.shape[0]] = A.to(self.dtype)
-            SB[index, :, : B.shape[1]] = B.to(self.dtype)
+            SB[index, : B.shape[1]] = B.t().to(self.dtype)
         slot = Slot(name=name, index=index, rank=rank, modules=len(layers), notes=list(notes or []))
         self.slots[name] = slot
         return slot

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import torch
 
-from ..fastlora import RowAdapters, stacked_lora
+from ..fastlora import stacked_lora
 from .bank import AdapterBank, read_lora
 from .registry import BASE_NAME, Registry, RegistryError
 
@@ -315,7 +315,7 @@ class Engine:
     @torch.inference_mode()
     def _forward(self, ids, mask, pos, cache, reqs) -> torch.Tensor:
         """(B, V) fp32 logits of each row's last position; `cache` is extended in place."""
-        self.bank.rows = RowAdapters.of([r.rows for r in reqs], device=self.bank.device)
+        self.bank.rows = self.bank.rows_for([r.rows for r in reqs])
         try:
             with stacked_lora(self.model, self.bank):
                 out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
