@@ -243,3 +243,22 @@ class TrainConfig(StageConfig):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def field_docs(cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """Every field of a config: name, default, allowed range (from its bounds or choices), description."""
+    import typing
+
+    rows = []
+    for name, f in cls.model_fields.items():
+        bounds = []
+        for m in f.metadata:
+            for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+                if getattr(m, attr, None) is not None:
+                    bounds.append(f"{sym} {getattr(m, attr)}")
+        choices = [a for t in (f.annotation, *typing.get_args(f.annotation))
+                   if typing.get_origin(t) is Literal for a in typing.get_args(t)]
+        rng = " | ".join(map(str, choices)) if choices else ", ".join(bounds)
+        rows.append({"name": name, "default": None if f.is_required() else f.default, "required": f.is_required(),
+                     "range": rng or "any", "description": f.description or ""})
+    return rows
