@@ -36,7 +36,10 @@ def cut_attempt(text: str, answer_type: str) -> Attempt | None:
 
     ans = m.group(1).upper() if answer_type == "letter" else canon_number(m.group(1))
     body = text[: m.start()].rstrip()
-    body = re.sub(r"(?i)\b(the|so|thus|therefore)\s*$", "", body).rstrip(" ,:")
+    # drop the lead-in to the answer the cut leaves dangling ("... to get the final", "The correct")
+    body = re.sub(r"(?i)(?:\b(?:so|thus|therefore|hence)\b[ ,]*)?(?:\bthe\b\s*)?(?:\b(?:correct|final|right)\b\s*)?$",
+                  "", body).rstrip(" ,:\n")
+    body = re.sub(r"(?i)[ ,]*\b(?:to get|we get|gives|is)\s*$", "", body).rstrip(" ,:\n")
     return Attempt(body, ans, "model") if ans is not None else None
 
 
