@@ -7,7 +7,8 @@ Parents: N LoRA adapters on SmolLM2-135M-Instruct (rank 8, all linear layers, 21
 made by PEFT with seeded random factors (B is zero at PEFT's init, so it is drawn too):
 time and memory do not depend on training, and equality is checked on the exact deltas.
 
-Each side runs in its own fresh process (so its peak RSS is its own), fp32 on the CPU:
+Each side runs in its own fresh process (so its peak RSS is its own), fp32 on the CPU,
+with the same number of threads (`--threads`, default 1):
 - loralab: `loralab.merge.merge(MergeConfig(...))`, reading the adapter folders and
   writing the merged folder; it never loads the base model.
 - PEFT: load the base model and the N adapters (`PeftModel.from_pretrained`, `load_adapter`),
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -115,9 +117,10 @@ def child(side: str, parents: list[str], method: str, out: str) -> None:
     print(json.dumps(res))
 
 
-def spawn(side: str, parents: list[str], method: str, out: str) -> dict:
+def spawn(side: str, parents: list[str], method: str, out: str, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", side, "--method", method, "--out", out, "--parents", *parents]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if res.returncode:
         raise SystemExit(f"{side} {method} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -151,6 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--methods", nargs="+", default=list(PAIRS))
+    ap.add_argument("--threads", type=int, default=1, help="Threads of each side (1: steady on a shared machine, "
+                    "where OpenMP threads of small LAPACK calls otherwise spin against other processes).")
     ap.add_argument("--work", default=None, help="Folder for parents and outputs (default: a temp folder).")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--method", default=None, help=argparse.SUPPRESS)
@@ -161,7 +166,7 @@ def main() -> None:
         return child(a.child, a.parents, a.method, a.out)
     work = Path(a.work or tempfile.mkdtemp(prefix="merge-bench-"))
     parents = make_parents(work / "parents", max(a.n))
-    print(f"SmolLM2-135M-Instruct, rank-{RANK} all-linear adapters, fp32 CPU, torch threads {torch.get_num_threads()}")
+    print(f"SmolLM2-135M-Instruct, rank-{RANK} all-linear adapters, fp32 CPU, {a.threads} thread(s) per side")
     head = (f"{'N':>2} {'method':<12} {'loralab s':>9} {'PEFT s':>7} {'(merge)':>8} {'ratio':>6} "
             f"{'RSS MiB':>8} {'PEFT RSS':>8} {'err loralab':>11} {'err PEFT':>9} {'l vs P':>8}")
     print(head)
@@ -170,7 +175,7 @@ def main() -> None:
         ps = parents[:n]
         for m in a.methods:
             lo, pe = str(work / f"out-{n}-{m}-loralab"), str(work / f"out-{n}-{m}-peft")
-            r_l, r_p = spawn("loralab", ps, m, lo), spawn("peft", ps, m, pe)
+            r_l, r_p = spawn("loralab", ps, m, lo, a.threads), spawn("peft", ps, m, pe, a.threads)
             ref = exact(ps, m) if not m.startswith("dare") else None
             dl, dp = deltas(lo), deltas(str(Path(pe) / "merged"))
             e_l = rel(dl, ref) if ref is not None else float("nan")

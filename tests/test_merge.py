@@ -38,7 +38,7 @@ def make_adapter(tiny, folder, *, r=4, seed=0, targets=("q_proj", "v_proj", "dow
             if "lora_" in n or "token_adapter" in n:
                 p.copy_(torch.randn(p.shape, generator=g) * scale)
     card = {"kind": "adapter", "method": "lora", "domain": f"d{seed}",
-            "base": {"spec": "tiny-random", "fingerprint": fingerprint or tiny.fingerprint, "path": None}}
+            "base": {"spec": tiny.spec, "fingerprint": fingerprint or tiny.fingerprint, "path": tiny.path}}
     save_adapter(m, folder, card=card)
     return folder
 
@@ -329,3 +329,29 @@ def test_findings_are_computed_from_the_numbers():
     md = markdown_table(summary)
     assert md[0] == "| model | gain sport (nats/token) | gain medical (nats/token) | general acc Δ (pts) |"
     assert md[2] == "| ties | +0.500 [+0.400, +0.600] | +0.200 [+0.100, +0.300] | -1.0 [-11.0, +9.0] |"
+
+
+@pytest.mark.slow
+def test_smoke_real_model(smol, tmp_path):
+    """SmolLM2: two all-linear adapters merged by TIES through the CLI, with --full; the merged adapter
+    (PEFT) and the full model agree up to the adapter's reported truncation."""
+    from peft import PeftModel
+
+    from loralab import models
+
+    a = make_adapter(smol, tmp_path / "a", r=8, seed=1, targets=("q_proj", "v_proj"), scale=0.02)
+    b = make_adapter(smol, tmp_path / "b", r=8, seed=2, targets=("q_proj", "v_proj"), scale=0.02)
+    r = CliRunner().invoke(app, ["merge", str(a), str(b), "--method", "ties", "--density", "0.5", "--full",
+                                 "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    card = json.loads((tmp_path / "m" / "loralab.json").read_text())
+    assert card["merge"]["svd"]["rank"] == 16 and 0 < card["merge"]["svd"]["rel_error"] < 1
+    full = models.load(str(tmp_path / "m" / "full"), device="cpu", dtype="float32")
+    base = models.load("smollm2-135m", device="cpu", dtype="float32")
+    with torch.no_grad():
+        plain = base.model(input_ids=IDS).logits
+        exact = full.model(input_ids=IDS).logits
+        merged = PeftModel.from_pretrained(base.model, str(tmp_path / "m"))(input_ids=IDS).logits
+    effect = float((exact - plain).abs().max())
+    assert effect > 1e-3  # the merge changes the model
+    assert float((merged - exact).abs().max()) < effect  # the rank-16 adapter is close to the exact merge

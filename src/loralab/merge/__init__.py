@@ -158,29 +158,10 @@ def _merge_adapters(cfg: MergeConfig, out: Path) -> dict[str, Any]:
         shapes[n] = s.pop()
     factors, deltas, per_module = {}, {}, {}
     for n in names:
-        present = [(p.modules[n], w) for p, w in zip(parents, weights) if n in p.modules]
-        d = None
-        if cfg.method in ("cat", "linear", "svd"):  # a weighted sum of low-rank deltas: exact in factor space
-            A, B = M.cat_factors([f.A.to(dev) for f, _ in present], [f.B.to(dev) for f, _ in present],
-                                 [w * f.scale for f, w in present])
-            _finite(A, n)
-            _finite(B, n)
-            if cfg.method != "cat":
-                lr = M.low_rank_product(B, A, rank)
-            if cfg.full:
-                d = B @ A
-        else:
-            (out_dim,), (in_dim,) = shapes[n]
-            ds = [p.modules[n].delta().to(dev) if n in p.modules else torch.zeros(out_dim, in_dim, device=dev)
-                  for p in parents]
-            d = M.merge_deltas(cfg.method, ds, weights, params, name=n)
-            _finite(d, n)
-            lr = M.low_rank(d, rank)
-        if cfg.method != "cat":
-            A, B = lr.A, lr.B
-            per_module[n] = {"rank": lr.rank, "numeric_rank": lr.numeric_rank, "rel_error": lr.rel_error,
-                             "norm": lr.norm}
+        A, B, d, info = _merge_module(cfg, n, parents, weights, params, rank, shapes[n], dev)
         factors[n] = (A, B)
+        if info is not None:
+            per_module[n] = info
         if cfg.full:
             deltas[n] = d.cpu()
     extra = {"rank": max(a.shape[0] for a, _ in factors.values())}
@@ -197,6 +178,32 @@ def _merge_adapters(cfg: MergeConfig, out: Path) -> dict[str, Any]:
         if cfg.full:
             _write_full(cfg, tmp / "full", deltas, base, card)
     return card
+
+
+def _merge_module(cfg: MergeConfig, n: str, parents: list[F.AdapterParent], weights: list[float], params: Params,
+                  rank: int, shape: tuple, dev: torch.device):
+    """(A, B, exact merged delta or None, truncation info or None) of one module."""
+    present = [(p.modules[n], w) for p, w in zip(parents, weights) if n in p.modules]
+    d = None
+    if cfg.method in ("cat", "linear", "svd"):  # a weighted sum of low-rank deltas: exact in factor space
+        A, B = M.cat_factors([f.A.to(dev) for f, _ in present], [f.B.to(dev) for f, _ in present],
+                             [w * f.scale for f, w in present])
+        _finite(A, n)
+        _finite(B, n)
+        if cfg.full:
+            d = B @ A
+        if cfg.method == "cat":
+            return A, B, d, None
+        lr = M.low_rank_product(B, A, rank)
+    else:
+        (out_dim,), (in_dim,) = shape
+        ds = [p.modules[n].delta().to(dev) if n in p.modules else torch.zeros(out_dim, in_dim, device=dev)
+              for p in parents]
+        d = M.merge_deltas(cfg.method, ds, weights, params, name=n)
+        _finite(d, n)
+        lr = M.low_rank(d, rank)
+    info = {"rank": lr.rank, "numeric_rank": lr.numeric_rank, "rel_error": lr.rel_error, "norm": lr.norm}
+    return lr.A, lr.B, d, info
 
 
 def _finite(x: torch.Tensor, name: str) -> None:
