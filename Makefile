@@ -45,3 +45,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# the serving load storm at the issue's full length (32 clients for 20 s; the default suite runs 10 s)
+serve-load: install
+	LORALAB_STORM_SECONDS=20 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_serve_api.py -k load_storm

@@ -188,6 +188,30 @@ def test_remote_backend(server, registry):
         stop_server(proc)
 
 
+def _metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(f"loralab_{name} "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def test_disconnect_frees_the_row(server):
+    """A stream dropped after its first chunk stops generating: far fewer than max_tokens are made."""
+    url, h = server[1], {"Authorization": f"Bearer {KEY}"}
+    before = _metric(url, "completion_tokens_total")
+    with httpx.Client(base_url=url, headers=h, timeout=60) as c:
+        with c.stream("POST", "/v1/completions", json={"model": "law", "prompt": "a b c", "max_tokens": 64,
+                                                       "temperature": 0, "stream": True}) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    break
+    deadline = time.time() + 30
+    while _metric(url, "running_requests") and time.time() < deadline:
+        time.sleep(0.05)
+    made = _metric(url, "completion_tokens_total") - before
+    assert _metric(url, "running_requests") == 0 and 1 <= made < 64, made
+
+
 async def _storm(url: str, seconds: float, clients: int) -> dict:
     """`clients` concurrent loops for `seconds`: mostly good requests over every adapter, some
     malformed or oversized, some streams dropped mid-way."""
