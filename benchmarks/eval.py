@@ -15,8 +15,9 @@ Sides, in alternating order:
                      each item's context computed once for all its choices)
   lm-eval, batch 1   `--model hf ... dtype=float32`, its default batch size (as a user runs it)
   loralab fast       the frozen-weight format the device policy measured fastest here
-  lm-eval, best      the same at `--lm-eval-best` (default `auto`: lm-eval picks the largest
-                     batch that fits; as an expert runs it)
+  lm-eval, best      the same at `--lm-eval-best` (default 16: batched, as an expert runs it
+                     on a CPU; `auto` makes lm-eval probe from 64 down, which did not finish
+                     within 10 minutes on a shared 2-core machine)
 Each side is timed from model load to results (lm-eval: its own total_evaluation_time).
 Printed per task: acc / acc_norm of lm-eval (batch 1), loralab exact and loralab fast;
 the exact sides must agree; the fast mode is offered for a task only when both its
@@ -115,7 +116,7 @@ def main() -> None:
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--limit", type=int, default=200, help="first N items of every task (0: all)")
     ap.add_argument("--hellaswag", type=int, default=1000, help="with --limit 0: first N HellaSwag items")
-    ap.add_argument("--lm-eval-best", default="auto", help="lm-eval's tuned --batch_size (auto or a number)")
+    ap.add_argument("--lm-eval-best", default="16", help="lm-eval's tuned --batch_size (a number, or auto)")
     ap.add_argument("--skip-lm-eval", action="store_true")
     ap.add_argument("--quick-suite", metavar="ADAPTER", help="only time the quick suite on base + ADAPTER")
     a = ap.parse_args()

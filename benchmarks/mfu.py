@@ -32,12 +32,12 @@ def rss() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def scoring(precision, fpt, head) -> tuple[float, float]:
+def scoring(precision, fpt, head, n: int = 48) -> tuple[float, float]:
     from score import medmcqa
 
     from loralab.score import ScoreConfig, load_scorer, score_records
 
-    recs = medmcqa(48)
+    recs = medmcqa(n)
     cfg = ScoreConfig(cache=False, progress=False, precision=precision)
     loaded = load_scorer(cfg)
     t0 = time.perf_counter()
@@ -47,11 +47,11 @@ def scoring(precision, fpt, head) -> tuple[float, float]:
     return fpt * res.stats["computed_tokens"] + head * 2 * n_resp, t
 
 
-def evaluation(loaded, fpt, head) -> tuple[float, float]:
+def evaluation(loaded, fpt, head, n: int = 200) -> tuple[float, float]:
     from loralab.evaluate import tasks as T
     from loralab.logprobs import encode_pair, token_logprobs
 
-    items = T.get("arc_easy").all_items()[:200]
+    items = T.get("arc_easy").all_items()[:n]
     enc = [encode_pair(loaded.tokenizer, c, x, bos=False) for it in items for c, x in it.pairs()]
     stats: dict = {}
     t0 = time.perf_counter()
@@ -60,7 +60,7 @@ def evaluation(loaded, fpt, head) -> tuple[float, float]:
     return fpt * stats["computed_tokens"] + head * sum(len(x) for _, x in enc), t
 
 
-def training(fpt, head, dtype: str) -> tuple[float, float]:
+def training(fpt, head, dtype: str, steps: int = 3) -> tuple[float, float]:
     from peft import LoraConfig, get_peft_model
 
     from loralab import models
@@ -84,7 +84,7 @@ def training(fpt, head, dtype: str) -> tuple[float, float]:
     loss_fn = make_loss(chunk=128)
     flops = secs = 0.0
     with fast_lora(model):
-        for step in range(4):
+        for step in range(steps + 1):
             (batch,) = batcher.step(step, 1)
             t0 = time.perf_counter()
             loss, st = loss_fn(model, batch)
@@ -105,6 +105,13 @@ def peaks(prof) -> dict[str, float]:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=48, help="MedMCQA records scored")
+    ap.add_argument("--items", type=int, default=200, help="ARC-Easy items evaluated")
+    ap.add_argument("--steps", type=int, default=3, help="timed training steps (after one warm-up)")
+    a = ap.parse_args()
     from loralab import device, models
 
     from _common import machine_line
@@ -119,10 +126,10 @@ def main() -> None:
     cfg = loaded.model.config
     head = 2 * cfg.hidden_size * cfg.vocab_size
     print(f"{'path':30s}{'TFLOP':>7s}{'s':>7s}{'GFLOP/s':>9s}{'MFU own':>9s}{'MFU best':>9s}")
-    for name, fmt, fn, seq in ((f"scoring exact (float32)", "float32", lambda f: scoring("exact", f, head), 90),
-                               (f"scoring fast ({fast})", fast, lambda f: scoring("fast", f, head), 90),
-                               (f"evaluation ({frozen})", frozen, lambda f: evaluation(loaded, f, head), 40),
-                               (f"training ({train_fmt} base)", train_fmt, lambda f: training(f, head, train_fmt), 128)):
+    for name, fmt, fn, seq in ((f"scoring exact (float32)", "float32", lambda f: scoring("exact", f, head, a.records), 90),
+                               (f"scoring fast ({fast})", fast, lambda f: scoring("fast", f, head, a.records), 90),
+                               (f"evaluation ({frozen})", frozen, lambda f: evaluation(loaded, f, head, a.items), 40),
+                               (f"training ({train_fmt} base)", train_fmt, lambda f: training(f, head, train_fmt, a.steps), 128)):
         flops, secs = fn(forward_flops_per_token(cfg, seq))
         g = flops / secs
         print(f"{name:30s}{flops / 1e12:7.2f}{secs:7.1f}{g / 1e9:9.1f}{g / pk[fmt]:9.1%}{g / pk[best]:9.1%}"
