@@ -152,6 +152,18 @@ def test_self_correction_recipe_counts_reconcile(tiny, tmp_path):
     a = r["model_attempts"]
     assert a["right"] + a["wrong"] + a["no_answer"] == 10  # one attempt per item
     assert card["role"] == "metacognitive"
+    # training on the folder without --role takes the role its card suggests
+    import warnings
+
+    from loralab.adapters import load_card
+    from loralab.config import TrainConfig
+    from loralab.train import train
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(TrainConfig(model="tiny-random", data=str(tmp_path / "sc"), out=str(tmp_path / "run"), device="cpu",
+                          dtype="float32", steps=1, rank=2, max_seq_len=128, eval_frac=0.2), progress=False)
+    assert load_card(tmp_path / "run")["role"] == "metacognitive"
     for rec in recs:  # every kept trace passes its verifier again
         m = rec["meta"]
         assert verify_trace(rec["answer"], m["gold"], m["trace_kind"], m["answer_type"]) is None

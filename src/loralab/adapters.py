@@ -61,11 +61,26 @@ def load_card(path: str | Path) -> dict[str, Any] | None:
 ROLES = ("knowledge", "style", "epistemic", "metacognitive")
 
 
+def data_role(data_dir: str | Path | None) -> str | None:
+    """The adapter role a records folder's data card suggests (recipes write one), else None."""
+    p = Path(data_dir) / "data_card.json" if data_dir else None
+    if p is None or not p.is_file():
+        return None
+    try:
+        role = read_json(p).get("role")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return role if role in ROLES else None
+
+
 def write_card(folder: str | Path, card: dict[str, Any]) -> None:
-    """The card, with `role` (one of ROLES or None) and `keywords` (list of str) always at the top level."""
+    """The card, with `role` (one of ROLES or None) and `keywords` (list of str) always at the top level.
+
+    Without a role in the card or its config, the training data's card may suggest one.
+    """
     cfg = card.get("config") or {}
-    card = {**card, "role": card.get("role", cfg.get("role")), "keywords": list(card.get("keywords")
-                                                                               or cfg.get("keywords") or [])}
+    role = card.get("role", cfg.get("role")) or data_role((card.get("data") or {}).get("path"))
+    card = {**card, "role": role, "keywords": list(card.get("keywords") or cfg.get("keywords") or [])}
     write_json(Path(folder) / CARD, {"format": CARD_FORMAT, **card})
 
 
