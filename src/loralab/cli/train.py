@@ -92,6 +92,9 @@ def train_cmd(
         check_spec(cfg.model)
     if resume and not (Path(cfg.out) / "config.json").exists():
         raise UserError(f"--resume: {cfg.out} holds no run to resume")
+    if (Path(cfg.out) / "config.json").exists() and not (resume or overwrite):
+        raise UserError(f"{cfg.out} already holds a run; pass --resume to continue it, --overwrite to replace it, "
+                        "or choose another --out")
     main_process = os.environ.get("RANK", "0") == "0"  # under `accelerate launch` rank 0 owns the folder
     with claim_output(cfg.out, overwrite=overwrite, resume=resume, clear=True, keep_on_error=_resumable) \
             if main_process else contextlib.nullcontext():
