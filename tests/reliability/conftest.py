@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -24,8 +25,13 @@ FULL = os.environ.get("LORALAB_RELIABILITY_FULL") == "1"
 def run_cli(*args, timeout: float = 120, env: dict | None = None, cwd=None) -> subprocess.CompletedProcess:
     """`loralab ARGS` in a fresh process (the real entry point and its error boundary)."""
     e = dict(os.environ, NO_COLOR="1", COLUMNS="200") | (env or {})
-    return subprocess.run([sys.executable, "-m", "loralab.cli", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=e, cwd=cwd)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([sys.executable, "-m", "loralab.cli", *map(str, args)], capture_output=True,
+                       text=True, timeout=timeout, env=e, cwd=cwd)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of the child: a bound on work that a busy machine does not break
+    r.cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return r
 
 
 def assert_user_error(r: subprocess.CompletedProcess, *, code: int = 2) -> str:

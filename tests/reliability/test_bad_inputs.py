@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -48,8 +47,7 @@ def test_each_bad_file_alone_is_quarantined_or_refused(corpus, tmp_path, figures
         if not FULL and case.name not in SUBSET:
             continue
         out = tmp_path / case.name.replace(".", "_")
-        t0 = time.time()
-        r = run_cli("data", "ingest", case.path, "--out", out, timeout=300)
+        r = run_cli("data", "ingest", case.path, "--out", out, timeout=600)
         assert "Traceback" not in r.stderr + r.stdout, (case.name, r.stderr[-3000:])
         assert r.returncode in (0, 1, 2), (case.name, r.returncode, r.stderr[-2000:])
         if case.name == "empty_dir" and r.returncode == 2:  # nothing to read: one line, no folder left
@@ -59,7 +57,7 @@ def test_each_bad_file_alone_is_quarantined_or_refused(corpus, tmp_path, figures
             assert r.returncode in (0, 1), (case.name, r.stderr[-2000:])
             t = check_folder(out)
             assert t["read"] >= 1 or case.name == "empty_dir", case.name
-        assert time.time() - t0 < 120, case.name
+        assert r.cpu < 120, (case.name, r.cpu)
         seen += 1
     assert not Path("/tmp/loralab_owned").exists()
     figures("bad_inputs_ingest", cases=seen, lost=0)
@@ -96,16 +94,20 @@ def test_later_verbs_take_a_damaged_records_folder(tmp_path, figures):
     rec.write_text(text + '{"kind": "qa", "prompt": 5}\n' + '{"kind": "raw", "te\n' + "[1, 2]\n"
                    + '{"kind": "qa", "prompt": "a\\u0000b", "response": "c"}\n')
     verbs = [("clean",), ("corrupt", "--rate", "0.1", "--seed", "0"), ("structure", "--mode", "template"),
-             ("select", "--policy", "random:50")]
+             ("select", "--policy", "random:50"), ("render", "--fmt", "json")]
     ok = 0
     for verb in verbs:
         out = tmp_path / f"out_{verb[0]}"
         r = run_cli("data", verb[0], src, "--out", out, *verb[1:])
         assert "Traceback" not in r.stderr + r.stdout, (verb, r.stderr[-3000:])
-        assert r.returncode in (0, 1), (verb, r.stderr[-2000:])
-        if True:
+        if r.returncode == 2:  # refused whole: one line naming the file and the line
+            line = assert_user_error(r)
+            assert "records.jsonl line 13" in line, (verb, line)
+            assert not out.exists()
+        else:  # or each damaged line quarantined, every line accounted for
+            assert r.returncode in (0, 1), (verb, r.stderr[-2000:])
             t = check_folder(out)
-            assert t["read"] == 16, (verb, t)  # 12 good + 4 damaged lines: every line accounted for
+            assert t["read"] == 16, (verb, t)  # 12 good + 4 damaged lines
             ok += 1
     figures("bad_inputs_later_verbs", verbs=len(verbs), reconciled=ok, lost=0)
 
@@ -118,10 +120,9 @@ def test_every_yaml_loader_refuses_bad_yaml_in_one_line(tmp_path, figures):
     for case in cases:
         for args in (("train", case.path, "--model", "tiny-random", "--data", data, "--out", tmp_path / "run"),
                      ("study", case.path, "--dry-run")):
-            t0 = time.time()
-            r = run_cli(*args, timeout=60)
+            r = run_cli(*args, timeout=300)
             line = assert_user_error(r)
-            assert time.time() - t0 < 30, (case.name, args[0])
+            assert r.cpu < 30, (case.name, args[0], r.cpu)
             assert len(line) < 2000, line
             assert not (tmp_path / "run").exists()
             n += 1

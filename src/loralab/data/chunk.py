@@ -17,6 +17,7 @@ from functools import lru_cache
 PARA = re.compile(r"\n[ \t]*\n+")
 SENT = re.compile(r"(?<=[.!?…])\s+")
 WORD = re.compile(r"\S+")
+SLACK = 8  # tokens a join can save at the seam (a merge across it); above that, no need to tokenize
 JOIN = "\n\n"
 
 
@@ -111,13 +112,16 @@ class Chunker:
         return out
 
     def _pack(self, pieces: list[str], sep: str = JOIN) -> list[str]:
-        out, cur = [], ""
+        """Greedy packing; a join whose token count is surely over budget (the parts' own
+        counts already exceed it by a margin) is not tokenized again."""
+        out, cur, cur_n = [], "", 0
         for p in pieces:
+            p_n = count_tokens(p, self.tok)
             cand = f"{cur}{sep}{p}" if cur else p
-            if cur and not self.fits(cand):
+            if cur and (cur_n + p_n > self.budget + SLACK or not self.fits(cand)):
                 out.append(cur)
-                cand = p
-            cur = cand
+                cand, cur_n = p, 0
+            cur, cur_n = cand, cur_n + p_n
         if cur:
             out.append(cur)
         return out

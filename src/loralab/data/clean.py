@@ -64,7 +64,7 @@ def repeated_lines(in_dir: str | Path, repeat_min: int) -> dict[str, set[str]]:
     counts: dict[str, Counter] = defaultdict(Counter)
     from .records import read_records
 
-    for rec in read_records(Path(in_dir) / RECORDS_FILE):
+    for rec in read_records(Path(in_dir) / RECORDS_FILE, skip_invalid=True):  # run_stage quarantines them
         if rec.kind == "raw" and rec.source.get("chunk") is not None:
             counts[doc_key(rec)].update(noise.short_lines(rec.text))
     return {d: {s for s, n in c.items() if n >= repeat_min} for d, c in counts.items()

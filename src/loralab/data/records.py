@@ -24,7 +24,8 @@ from typing import Any, Iterable, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..io import iter_jsonl, write_jsonl
+from ..errors import UserError
+from ..io import write_jsonl
 
 Kind = Literal["raw", "qa", "instruction", "chat"]
 CONTENT_FIELDS: dict[str, tuple[str, ...]] = {
@@ -115,13 +116,34 @@ def to_messages(rec: Record) -> list[dict[str, str]]:
     return [m.model_dump() for m in rec.messages]
 
 
-def read_records(path: str | Path) -> Iterator[Record]:
-    """Stream records from a records folder or a records.jsonl file (constant memory)."""
+class RecordsError(UserError):
+    """A records file with a line that is not a record (named by file and line)."""
+
+
+def read_records(path: str | Path, *, skip_invalid: bool = False) -> Iterator[Record]:
+    """Stream records from a records folder or a records.jsonl file (constant memory).
+
+    A line that is not a valid record raises RecordsError naming the file and line, or is
+    skipped with `skip_invalid` (for passes whose stage quarantines the same lines itself).
+    """
+    from pydantic import ValidationError
+
     p = Path(path)
     if p.is_dir():
         p = p / RECORDS_FILE
-    for row in iter_jsonl(p):
-        yield Record.model_validate(row)
+    if not p.is_file():
+        raise RecordsError(f"no records at {p}")
+    with open(p, encoding="utf-8", errors="replace") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield Record.model_validate_json(line)
+            except ValidationError as e:
+                if skip_invalid:
+                    continue
+                what = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'record'}: {x['msg']}" for x in e.errors()[:3])
+                raise RecordsError(f"{p} line {line_no} is not a valid record ({what})") from None
 
 
 def write_records(path: str | Path, records: Iterable[Record]) -> int:

@@ -242,10 +242,20 @@ def read_parquet(path: Path) -> Iterator[Item | Bad]:
     yield from _batch_rows(path, pf.iter_batches(batch_size=1024))
 
 
-def _batch_rows(path: Path, batches) -> Iterator[Item]:
-    """One Item per row of Arrow record batches, numbered across batches."""
+def _batch_rows(path: Path, batches) -> Iterator[Item | Bad]:
+    """One Item per row of Arrow record batches, numbered across batches; a batch that
+    cannot be read (a truncated or damaged file) ends the file with one Bad."""
     i = 0
-    for batch in batches:
+    it = iter(batches)
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:  # pyarrow: OSError / ArrowInvalid on a cut or damaged file
+            yield Bad({"path": str(path), "item": i}, "truncated",
+                      f"rows from {i} on cannot be read: {type(e).__name__}: {e}")
+            return
         for row in batch.to_pylist():
             yield Item({"path": str(path), "item": i}, row)
             i += 1
