@@ -18,8 +18,7 @@ def test_progress_lines_when_not_a_terminal(monkeypatch, capsys):
     lines = capsys.readouterr().err.splitlines()
     assert [x.split("  elapsed")[0] for x in lines] == [
         "progress: scoring 1/4 (25%) 1 done", "progress: scoring 2/4 (50%) 2 done",
-        "progress: scoring 3/4 (75%) 3 done", "progress: scoring 4/4 (100%) 4 done",
-        "progress: scoring 4/4 (100%) 4 done"]  # the last line again when the task ends
+        "progress: scoring 3/4 (75%) 3 done", "progress: scoring 4/4 (100%) 4 done"]  # the end said once
 
 
 def test_no_lines_when_disabled_or_quick(monkeypatch, capsys):
@@ -32,6 +31,17 @@ def test_no_lines_when_disabled_or_quick(monkeypatch, capsys):
         time.sleep(0.01)
         pb.update(t, advance=2)
     assert capsys.readouterr().err == ""
+
+
+def test_the_end_of_a_reported_task_is_said(monkeypatch, capsys):
+    monkeypatch.setenv("LORALAB_PROGRESS_EVERY", "0.05")
+    with progress.bar() as pb:
+        t = pb.add_task("train", total=10, info="")
+        time.sleep(0.06)
+        pb.update(t, advance=1)  # reported (interval passed)
+        pb.update(t, advance=9)  # too soon for a line of its own ...
+    lines = [x.split("  elapsed")[0] for x in capsys.readouterr().err.splitlines()]
+    assert lines == ["progress: train 1/10 (10%)", "progress: train 10/10 (100%)"]  # ... said when it ends
 
 
 def test_tables_are_not_cut_at_80_columns_in_a_log(monkeypatch):

@@ -42,6 +42,7 @@ class LoggedProgress(Progress):
         super().__init__(*columns, **kw)
         self.log_interval = log_interval
         self._logged: dict[TaskID, float] = {}
+        self._said: dict[TaskID, str] = {}  # the last line printed per task
         self._started = time.monotonic()
 
     def line(self, task_id: TaskID) -> str:
@@ -60,7 +61,13 @@ class LoggedProgress(Progress):
         last = self._logged.get(task_id, self._started)
         if now - last >= self.log_interval:
             self._logged[task_id] = now
-            console.print(self.line(task_id), markup=False, highlight=False, soft_wrap=True)
+            self._say(task_id)
+
+    def _say(self, task_id: TaskID) -> None:
+        text = self.line(task_id)
+        if text.split("  elapsed")[0] != self._said.get(task_id, "").split("  elapsed")[0]:
+            console.print(text, markup=False, highlight=False, soft_wrap=True)
+            self._said[task_id] = text
 
     def update(self, task_id: TaskID, **kw) -> None:
         super().update(task_id, **kw)
@@ -73,8 +80,9 @@ class LoggedProgress(Progress):
     def stop(self) -> None:
         for task_id in list(self._logged):  # tasks long enough to have been reported: report their end
             if task_id in self._tasks:
-                console.print(self.line(task_id), markup=False, highlight=False, soft_wrap=True)
+                self._say(task_id)
         self._logged.clear()
+        self._said.clear()
         super().stop()
 
 
