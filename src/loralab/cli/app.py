@@ -3,9 +3,11 @@
 The shared Typer apps and console; verb groups (one module each beside this file)
 register themselves on `app` or on the `data` sub-app when `loralab.cli` is imported.
 
-`main()` is the one error boundary of every verb: a user's mistake (`UserError` and its
-subclasses, a usage error, a missing file, bad YAML, a full disk) prints one line on
-stderr and exits 2; anything else is an internal bug: one line and exit 1, with the
+`boundary()` is the one error boundary of every verb: the root command runs every call
+inside it (`loralab`, `python -m loralab.cli`, `main()`, CliRunner). A user's mistake
+(`UserError` and its subclasses ConfigError / ModelError / AdapterError / OutputBusy, a
+usage error, a config that does not validate, a missing file, a full disk) prints one line
+on stderr and exits 2; anything else is an internal bug: one line and exit 1, with the
 traceback when `--debug` is given.
 """
 
