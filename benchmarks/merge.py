@@ -111,9 +111,17 @@ def run_peft(parents: list[str], method: str, out: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "merge_seconds": t2 - t1, "load_seconds": t1 - t0}
 
 
+def peak_rss_mib() -> float:
+    """This process's own peak RSS (VmHWM; ru_maxrss would include the parent's from before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(side: str, parents: list[str], method: str, out: str) -> None:
     res = (run_loralab if side == "loralab" else run_peft)(parents, method, out)
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mib"] = peak_rss_mib()
     print(json.dumps(res))
 
 
