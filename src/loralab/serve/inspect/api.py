@@ -20,6 +20,7 @@ unknown adapter, 413 for a prompt over the size limit, 404 for a missing file.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -107,7 +108,7 @@ def _as_loaded(base):
 
 def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path] | None = None, *,
                  registry: str | Path | None = None, runs_dir: str | Path | None = None,
-                 datasets_dir: str | Path | None = None, share: bool = False) -> APIRouter:
+                 datasets_dir: str | Path | None = None, share: bool = False, lazy: bool = False) -> APIRouter:
     """The inspector as a FastAPI router (mount it with prefix "/inspect").
 
     base          a models.Loaded (copied, unless `share`) or a model spec
@@ -115,16 +116,29 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
     registry      a folder of adapter folders (serve.registry), loaded by name on first use
     runs_dir      where studies and training runs live (the runs page; adapters found there load on demand)
     datasets_dir  where correction datasets are written (default: ./corrections)
+    lazy          copy the base and load `adapters` on the first request (a server whose
+                  /inspect is never opened pays nothing)
     """
     if adapters is not None and not isinstance(adapters, Mapping):
         adapters = {resolve_folder(p).parent.name if resolve_folder(p).name == "adapter" else Path(p).name: p
                     for p in adapters}
-    ins = fld.Inspector.load(_as_loaded(base), dict(adapters or {}), share=share)
+    made: dict[str, fld.Inspector] = {}
+    making = threading.Lock()
+
+    def inspector() -> fld.Inspector:
+        with making:
+            if "ins" not in made:
+                made["ins"] = fld.Inspector.load(_as_loaded(base), dict(adapters or {}), share=share)
+            return made["ins"]
+
+    if not lazy:
+        inspector()
     roots = [Path(x).expanduser().resolve() for x in (registry, runs_dir) if x]
     data_root = Path(datasets_dir or "corrections").expanduser()
     router = APIRouter()
 
     def available() -> dict[str, str]:
+        ins = inspector()
         out: dict[str, str] = dict(ins.paths)  # loaded ones first, then the registry's
         if registry:
             from ..registry import Registry
@@ -135,6 +149,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
         return out
 
     def ensure(weights: Mapping[str, float]) -> dict[str, float]:
+        ins = inspector()
         avail = available()
         for name in weights:
             if name not in ins.paths and name in avail:
@@ -147,6 +162,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
         if not 0.0 <= strength <= 50.0:
             raise UserError(f"bias strength must be between 0 and 50, got {strength}")
         cs = [c.model_dump() for c in corr.load(data_root, dataset)]
+        ins = inspector()
         return fld.bias_from_corrections(ins.tokenizer, cs, strength)
 
     @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -165,6 +181,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
 
     @router.get("/api/state")
     def state() -> dict:
+        ins = _user_errors(inspector)
         return {"model": getattr(ins.base, "spec", "?"), "fingerprint": getattr(ins.base, "fingerprint", None),
                 "loaded": ins.names, "adapters": available(),
                 "runs": bool(runs_dir), "datasets_dir": str(data_root),
@@ -177,6 +194,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
         r = _parse(FieldReq, body)
 
         def run():
+            ins = inspector()
             fld.check_prompt(r.prompt)
             w = ensure(r.adapters)
             text = r.continuation
@@ -194,14 +212,14 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
     def position(body: Any = Body(...)) -> dict:
         r = _parse(PositionReq, body)
         return _user_errors(lambda: fld.position_detail(
-            ins, r.prompt, r.continuation, ensure(r.adapters), r.position, chat=r.chat, k=r.k,
+            inspector(), r.prompt, r.continuation, ensure(r.adapters), r.position, chat=r.chat, k=r.k,
             bias=bias_of(r.bias_dataset, r.bias_strength)))
 
     @router.post("/api/generate")
     def generate(body: Any = Body(...)) -> dict:
         r = _parse(GenerateReq, body)
         return _user_errors(lambda: fld.side_by_side(
-            ins, r.prompt, ensure(r.adapters), chat=r.chat, seed=r.seed, max_new_tokens=r.max_new_tokens,
+            inspector(), r.prompt, ensure(r.adapters), chat=r.chat, seed=r.seed, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, bias=bias_of(r.bias_dataset, r.bias_strength)))
 
     @router.post("/api/corrections")
@@ -214,6 +232,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
         r = _parse(AdapterReq, body)
 
         def run():
+            ins = inspector()
             p = Path(r.path).expanduser()
             cands = [p] if p.is_absolute() else [root / p for root in roots]
             for c in cands:
@@ -247,5 +266,4 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
             raise HTTPException(404, f"{rel}: not a report, plot or metrics file")
         return FileResponse(p)
 
-    router.inspector = ins  # type: ignore[attr-defined]  # for the caller's checks
     return router

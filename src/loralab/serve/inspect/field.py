@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import re
 import threading
@@ -65,6 +66,9 @@ class Inspector:
         own = base if share else copy.copy(base)
         if not share:
             own.model = copy.deepcopy(base.model)
+            for m in own.model.modules():  # a forward swapped in for the duration of a call (fastlora) stays there
+                m.__dict__.pop("forward", None)
+                m.__dict__.pop("_loralab_bank", None)
         ins = cls(loaded=own, base=base)
         for name, path in (adapters or {}).items():
             ins.add_adapter(name, path)
@@ -91,7 +95,7 @@ class Inspector:
             if pm is None:
                 self.loaded = apply_adapters(self.loaded, [folder], [name])
             else:
-                problems, tok = check(self.loaded, [folder])
+                problems, tok = check(dataclasses.replace(self.loaded, model=_skeleton(pm)), [folder])
                 if tok is not None and tok.get_vocab() != self.loaded.tokenizer.get_vocab():
                     problems.append(f"{folder}: adds tokens; load it first or alone")
                 if problems:
@@ -110,6 +114,20 @@ def adapter_key(name: str) -> str:
     if hasattr(torch.nn.Module, key) or key in ("base_model", "model", "default", "base", "mix", "bias"):
         key += "_adapter"
     return key
+
+
+def _skeleton(pm):
+    """The base's architecture on the meta device (no weights): what an adapter's tensors are
+    checked against once the real base is PEFT-wrapped (its linear layers then are LoRA layers)."""
+    from transformers import AutoModelForCausalLM
+
+    base = pm.get_base_model()
+    with torch.device("meta"):
+        skel = AutoModelForCausalLM.from_config(base.config)
+    rows = base.get_input_embeddings().weight.shape[0]
+    if skel.get_input_embeddings().weight.shape[0] != rows:
+        skel.resize_token_embeddings(rows)
+    return skel
 
 
 # ------------------------------------------------------------------ mixing
