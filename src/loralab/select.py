@@ -316,18 +316,23 @@ def parse_policy(spec: str) -> Policy:
 
 # -------------------------------------------------------------------- stage
 
-def apply_policies(recs: list[Record], policies: Sequence[Policy], ctx: Context) -> tuple[list[Record], list[dict], list[dict]]:
-    """(kept, quarantine rows, per-policy counts) after running the policies in order."""
+def apply_policies(recs: list[Record], policies: Sequence[Policy], ctx: Context,
+                   locations: list[dict] | None = None) -> tuple[list[Record], list[dict], list[dict]]:
+    """(kept, quarantine rows, per-policy counts) after running the policies in order.
+    `locations` (one per record: file and line) go into each quarantine row."""
     quarantine, steps = [], []
+    locs = list(locations) if locations is not None else [None] * len(recs)
     for pol in policies:
         drops = pol(recs, ctx)
         for i in sorted(drops):
             quarantine.append({"reason": pol.name, "detail": drops[i], "policy": pol.spec, "stage": "select",
+                               **({"location": locs[i]} if locs[i] is not None else {}),
                                "record": recs[i].to_json()})
         steps.append({"policy": pol.spec, "name": pol.name, "params": pol.params, "in": len(recs),
                       "dropped": len(drops), "kept": len(recs) - len(drops),
                       **({"notes": ctx.notes[pol.name]} if pol.name in ctx.notes else {})})
         recs = [r for i, r in enumerate(recs) if i not in drops]
+        locs = [x for i, x in enumerate(locs) if i not in drops]
     return recs, quarantine, steps
 
 
@@ -338,7 +343,9 @@ def select(scored_dir: str | Path, out_dir: str | Path, cfg: SelectConfig,
     rows, bad = read_rows(scored_dir)
     for b in bad:
         b["stage"] = "select"
-    kept, quarantine, steps = apply_policies([r for _, r in rows], policies, Context(random.Random(cfg.seed), embed))
+    path = str(Path(scored_dir) / RECORDS_FILE if Path(scored_dir).is_dir() else scored_dir)
+    kept, quarantine, steps = apply_policies([r for _, r in rows], policies, Context(random.Random(cfg.seed), embed),
+                                             locations=[{"path": path, "line": ln} for ln, _ in rows])
     quarantine = bad + quarantine
     read = len(rows) + len(bad)
     counts = {"read": read, "kept": len(kept), "quarantined": len(quarantine),
