@@ -61,6 +61,7 @@ from . import logprobs
 from .data.records import (  # noqa: F401 - read_rows / response_text are used from here too
     CARD_FILE, QUARANTINE_FILE, RECORDS_FILE, Record, content_id, read_rows, response_text, to_messages,
 )
+from .data.card import stage_card
 from .data.render import chat_split
 from .io import atomic_dir, write_json, write_jsonl
 from .models import DEFAULT_MODEL, Loaded, home
@@ -373,8 +374,8 @@ def score(records_dir: str | Path, out_dir: str | Path, cfg: ScoreConfig | None 
         key = q["reason"].split(":")[0]
         reasons[key] = reasons.get(key, 0) + 1
     read = len(rows) + len(bad)
-    card = {
-        "stage": "score", "input": str(src), "config": cfg.model_dump(),
+    extra = {
+        "input": str(src),
         "counts": {"read": read, "kept": len(res.records), "quarantined": len(quarantine),
                    "reconciled": read == len(res.records) + len(quarantine)},
         "quarantine_reasons": reasons, **res.stats,
@@ -382,11 +383,15 @@ def score(records_dir: str | Path, out_dir: str | Path, cfg: ScoreConfig | None 
                     for k in ("ifd", "loss_cond", "loss_resp", "ppl")},
     }
     upstream = (src / CARD_FILE) if src.is_dir() else None
-    if upstream is not None and upstream.exists():
-        card["upstream_card"] = json.loads(upstream.read_text())
+    prior = json.loads(upstream.read_text()) if upstream is not None and upstream.exists() else None
     with atomic_dir(out_dir) as tmp:
         write_jsonl(tmp / RECORDS_FILE, (r.to_json() for r in res.records))
         write_jsonl(tmp / QUARANTINE_FILE, quarantine)
+        # one data-card schema for every stage (loralab.data.card), plus the scorer's own fields
+        card = stage_card(tmp, "score", source=str(src / RECORDS_FILE if src.is_dir() else src), read=read,
+                          prior=prior, config=cfg.model_dump(), **extra)
+        if prior is not None:
+            card["upstream_card"] = prior
         write_json(tmp / CARD_FILE, card)
     return card
 

@@ -41,6 +41,7 @@ from .adapters import data_digest, save_adapter, save_full_model
 from .config import TrainConfig
 from .data.records import Record, read_records
 from .data.split import split
+from .errors import UserError
 from .io import atomic_dir, iter_jsonl, read_json, write_json, write_jsonl
 from .fastlora import fast_lora
 from .losses import LossFn, Objective, make_loss
@@ -143,7 +144,7 @@ def build_examples(cfg: TrainConfig, tokenizer) -> tuple[list[Example], list[Exa
     records = _read(cfg.data)
     tr, ev = split(records, cfg.eval_frac, cfg.seed)
     if not tr:
-        raise ValueError(f"{cfg.data}: no training records after the {cfg.eval_frac} eval split")
+        raise UserError(f"{cfg.data}: no training records after the {cfg.eval_frac} eval split")
     kw = dict(loss_on=cfg.loss_on, max_seq_len=cfg.max_seq_len, trigger=cfg.trigger, fmt=cfg.fmt)
     train, d1 = encode_records(tr, tokenizer, **kw)
     evals, d2 = encode_records(ev, tokenizer, **kw)
@@ -170,7 +171,7 @@ def _check_invocation(examples: list[Example], inv: list[int], trigger: str) -> 
 
     missing = sum(not has(e.ids) for e in examples)
     if missing:
-        raise ValueError(f"alora: the trigger {trigger!r} (tokens {inv}) is not found as a token sequence in "
+        raise UserError(f"alora: the trigger {trigger!r} (tokens {inv}) is not found as a token sequence in "
                          f"{missing} of {len(examples)} examples (it tokenizes differently in context)")
 
 
@@ -297,7 +298,7 @@ def _claim_out(acc, out: Path, cfg: TrainConfig, resume: bool) -> None:
             old, now = read_json(saved), cfg.dump()
             diff = sorted(k for k in set(old) | set(now) if k not in RESUMABLE and old.get(k) != now.get(k))
             if diff:
-                raise ValueError(f"--resume with a different config than {saved}: "
+                raise UserError(f"--resume with a different config than {saved}: "
                                  + ", ".join(f"{k}: {old.get(k)!r} -> {now.get(k)!r}" for k in diff))
         write_json(saved, cfg.dump())
     acc.wait_for_everyone()
@@ -324,7 +325,7 @@ def _claim_precision(acc, out: Path, prec: dict, resume: bool) -> None:
     if resume and saved.exists():
         old = read_json(saved)
         if old.get("precision") != prec["precision"]:
-            raise ValueError(f"--resume: {out} was trained in {old.get('precision')}, this machine would now use "
+            raise UserError(f"--resume: {out} was trained in {old.get('precision')}, this machine would now use "
                              f"{prec['precision']}; pass --dtype {old.get('format')} to resume it as it began")
     if acc.is_main_process:
         write_json(saved, prec)
