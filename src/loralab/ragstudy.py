@@ -51,6 +51,8 @@ class RagIndex(_Strict):
 class RagEval(_Strict):
     questions: Literal["drop"] = Field("drop", description="Question source: DROP questions about the games.")
     limit: int | None = Field(60, description="Held-out questions (seeded subset).")
+    game_hint: bool = Field(True, description="Open each question with its game's first sentence (DROP "
+                            "questions rarely say which game they ask about).")
     max_new_tokens: int = 16
     foreign: str = Field("medical", description="Packaged domain whose prompts measure contamination.")
     prompts: int = Field(20, description="Foreign prompts.")
@@ -143,7 +145,7 @@ def run(spec: RagSpec, progress: bool = True) -> dict:
 
     f = prepare(spec, progress)
     held_docs = {doc_key(r) for r in read_records(f["held"])}
-    qs = drop_questions(held_docs)
+    qs = drop_questions(held_docs, game_hint=spec.eval.game_hint)
     if spec.eval.limit is not None and len(qs) > spec.eval.limit:
         keep = np.sort(np.random.default_rng(spec.seed).permutation(len(qs))[: spec.eval.limit])
         qs = [qs[i] for i in keep]

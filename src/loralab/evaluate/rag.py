@@ -53,9 +53,13 @@ class Question:
     answers: tuple[str, ...]
 
 
-def drop_questions(docs: set[str] | None = None) -> list[Question]:
+def drop_questions(docs: set[str] | None = None, game_hint: bool = False) -> list[Question]:
     """DROP questions about NFL game passages (the packaged sport domain), optionally only
-    those whose passage is one of `docs` (ids as `olmo:drop-nfl` records carry them)."""
+    those whose passage is one of `docs` (ids as `olmo:drop-nfl` records carry them).
+
+    A DROP question rarely names its game ("How many yards was the longest touchdown?"), so
+    no retriever can tell which game is meant; `game_hint` opens each question with the
+    first sentence of its passage ("About the game that began: ...") to name it."""
     from ..data.packaged import _h  # the passage hash that names a game's document
 
     out = []
@@ -70,8 +74,12 @@ def drop_questions(docs: set[str] | None = None) -> list[Question]:
         spans = ast.literal_eval(raw) if isinstance(raw, str) else raw
         answers = tuple(dict.fromkeys(" ".join(a) if isinstance(a, (list, tuple)) else str(a) for a in spans))
         answers = tuple(a for a in answers if a.strip())
+        q = d["question"].strip()
+        if game_hint:
+            first = re.split(r"(?<=[.!?])\s+", p.strip(), maxsplit=1)[0]
+            q = f"About the game that began: \"{first}\"\n{q}"
         if answers:
-            out.append(Question(d["query_id"], doc, d["question"].strip(), answers))
+            out.append(Question(d["query_id"], doc, q, answers))
     return out
 
 

@@ -102,11 +102,12 @@ class Entry:
 
 @dataclass
 class Settings:
-    per_class: int = 300  # training samples per adapter class
-    general: int = 600  # "none"-class samples (ARC + PIQA questions)
+    per_class: int = 1000  # training samples per adapter class
+    general: int = 3000  # "none"-class samples (ARC + PIQA questions; the whole training side)
     holdout: float = 0.25  # share of documents (and general items) the classifier never sees
     calib: float = 0.2  # share of the classifier's samples kept for temperature and threshold
-    max_false_activation: float = 0.02  # on calibration general prompts
+    max_false_activation: float = 0.04  # on calibration general prompts
+    l2: float = 1e-4  # weight decay of the softmax regression
     min_threshold: float = 0.5
     max_chars: int = 400  # characters of a sample / prompt the embedder sees
     seed: int = 0
@@ -331,7 +332,7 @@ def train_classifier(entries: Sequence[Entry], s: Settings, embed: Callable, gen
             y.append(classes.index(c))
     X, y = np.asarray(embed(texts), dtype=np.float32), np.asarray(y)
     cal = np.array([is_eval(k, s.calib, s.seed + 1) for k in keys])
-    W, b = fit_softmax(X[~cal], y[~cal], len(classes))
+    W, b = fit_softmax(X[~cal], y[~cal], len(classes), l2=s.l2)
     logits = X[cal] @ W.T + b
     T = fit_temperature(logits, y[cal]) if cal.any() else 1.0
     thr, stats = pick_threshold(_softmax(logits / T), y[cal], len(classes) - 1, s.max_false_activation,
