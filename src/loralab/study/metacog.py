@@ -155,7 +155,12 @@ def run_study(spec: MetacogStudy, root: str | Path) -> dict:
         cfg = MetacogConfig(**{"model": spec.model, "seed": spec.seed, "progress": False, **spec.eval,
                                "compositions": comps, "out": str(ev_dir)})
         meta = evaluate_metacog(cfg)
-    forget = forgetting(spec, paths, models.load(spec.model))
+    fpath = root / "forgetting.json"
+    if fpath.exists():
+        forget = read_json(fpath)
+    else:
+        forget = forgetting(spec, paths, models.load(spec.model))
+        write_json(fpath, forget)
     res = {"spec": spec.model_dump(), "metacog": meta, "forgetting": forget,
            "data": {k: (read_json(paths[k] / "data_card.json") or {}).get("recipe") for k in ("metacog", "anchor")},
            "seconds": {"build": round(t_build, 1), "total": round(time.time() - t0, 1)}}
