@@ -541,4 +541,8 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
           [({"code": k}, v) for k, v in sorted(metrics.http.items())])
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
+    if engine is not None:  # the inspector page (serve/inspect/): its own copy of the base, made on first use
+        from .inspect import build_router
+        app.include_router(build_router(engine.loaded, registry=getattr(app.state.registry, "root", None),
+                                        runs_dir="runs", lazy=True), prefix="/inspect")
     return app
