@@ -86,6 +86,8 @@ def _module_shapes(model) -> dict[str, tuple[int, int]]:
 
     out = {}
     for name, m in model.named_modules():
+        while hasattr(m, "base_layer"):  # a module PEFT has already wrapped: the layer underneath
+            m = m.base_layer
         if isinstance(m, torch.nn.Linear):
             out[name] = (m.in_features, m.out_features)
         elif isinstance(m, torch.nn.Embedding):

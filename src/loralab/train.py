@@ -24,6 +24,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 import warnings
 from collections import Counter
@@ -343,6 +344,9 @@ def _restore(acc, out: Path, resume: bool, model, opt, sched, evaluate_now) -> t
     """(first step to run, log rows so far); the log is cut back to the checkpoint's step."""
     ckpt = latest_checkpoint(out) if resume else None
     start = load_checkpoint(ckpt, model, opt, sched) if ckpt is not None else 0
+    if resume and acc.is_main_process:  # say where the run picks up (stderr: stdout stays the result)
+        print(f"resuming {out} from {ckpt.relative_to(out)} (step {start})" if ckpt is not None else
+              f"resuming {out}: no checkpoint was written yet, starting from step 0", file=sys.stderr, flush=True)
     rows = [r for r in iter_jsonl(out / LOG) if r["step"] <= start] if start and (out / LOG).exists() else []
     if start == 0:
         rows = [{"step": 0, "eval_loss": evaluate_now()}]

@@ -89,3 +89,30 @@ def test_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_disk, figures):
     assert "space" in line.lower(), line
     assert list(tiny_disk.iterdir()) == [], list(tiny_disk.iterdir())
     figures("enospc_ingest", runs=1, partial_artifacts=0)
+
+
+def test_train_killed_resumes_and_says_from_where(tmp_path, figures):
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Q{i}: what do bees make?", "response": f"Honey, fact {i}."})
+                            + "\n" for i in range(24)))
+    recs = tmp_path / "recs"
+    assert run_cli("data", "ingest", data, "--out", recs).returncode == 0
+    out = tmp_path / "run"
+    args = ["train", "--model", "tiny-random", "--data", recs, "--out", out, "--steps", "8", "--save-every", "2",
+            "--device", "cpu", "--dtype", "float32", "--max-seq-len", "64", "--batch-size", "2", "-q"]
+    p = _popen(*args)
+    deadline = time.time() + 600
+    while not list(out.glob("checkpoints/step-*/state.json")):
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.02)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    assert not (out / "adapter").exists()
+    r = run_cli(*args, "--resume", timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stderr and "checkpoints/step-" in r.stderr, r.stderr
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 8  # no step logged twice, the run finished
+    figures("kill9_train", runs=1, resumed=1, says_checkpoint=1)

@@ -148,3 +148,12 @@ def test_read_header_names_the_lie(good, tmp_path, edit, word):
     _rewrite_header(f, edit)
     with pytest.raises(TensorFileError, match=word):
         read_header(f)
+
+
+def test_checks_hold_on_an_already_wrapped_model(good):
+    """A second adapter checked against a base PEFT has already wrapped finds the same modules."""
+    tiny = models.load("tiny-random", device="cpu", dtype="float32")
+    wrapped = apply_adapters(tiny, [good])
+    cfg = json.loads((good / "adapter_config.json").read_text())
+    h = read_header(good / "adapter_model.safetensors")
+    assert adapter_problems(h, wrapped.model.get_base_model(), cfg) == []
