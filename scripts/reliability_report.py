@@ -39,10 +39,13 @@ AREAS = {
     "kill9_train": ("kill -9 during training", "`train --resume` says which checkpoint it resumed from and "
                     "ends with the adapter of an uninterrupted run"),
     "enospc_ingest": ("a full disk (2 MiB tmpfs)", "one clear line, exit 2, nothing partial left"),
-    "server_abuse": ("hostile traffic against `loralab serve`", "malformed and oversized bodies, huge "
-                     "max_tokens and n, unknown adapters, path traversal and pickle files in load_lora_adapter, "
-                     "slow-loris clients, mid-stream disconnects, a storm above the queue limit, load/unload "
-                     "races: no 5xx, healthy requests answered, memory back to its baseline"),
+    "server_abuse_limits": ("requests past every limit", "max_tokens 10⁹, n 10⁶, negative values, unknown "
+                            "adapters, wrong types; load_lora_adapter with `..`, /etc/passwd, a pickle-only "
+                            "folder, a symlink out of the registry, a traversal name: each a 4xx in OpenAI's shape"),
+    "server_abuse": ("a storm above the queue limit", "24 clients against a queue of 6 while 8 slow-loris "
+                     "connections hang half-sent and an adapter is loaded and unloaded in a loop: no 5xx, "
+                     "every 429 with Retry-After, healthy requests answered, RSS back within 10 % (mid-stream "
+                     "disconnects: tests/test_serve_api.py's storm)"),
 }
 
 
