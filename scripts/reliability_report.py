@@ -37,7 +37,7 @@ AREAS = {
     "kill9_ingest": ("kill -9 at seeded random moments during ingest", "the folder appears whole or not at "
                      "all; the re-run's records are byte-identical to an uninterrupted run's"),
     "kill9_train": ("kill -9 during training", "`train --resume` says which checkpoint it resumed from and "
-                    "ends with the adapter of an uninterrupted run"),
+                    "finishes the run (equality with an uninterrupted run: tests/test_train.py)"),
     "enospc_ingest": ("a full disk (2 MiB tmpfs)", "one clear line, exit 2, nothing partial left"),
     "server_abuse_limits": ("requests past every limit", "max_tokens 10⁹, n 10⁶, negative values, unknown "
                             "adapters, wrong types; load_lora_adapter with `..`, /etc/passwd, a pickle-only "
@@ -59,6 +59,8 @@ def main(figures: str, out: str) -> None:
              "What loralab is made to survive, how it is tried, and what was measured. Written by",
              "`make reliability` (the whole suite at full size: `tests/reliability/`, then",
              "`scripts/reliability_report.py`); the default test run keeps a representative subset.",
+             "", ("Sizes: full (`LORALAB_RELIABILITY_FULL=1`)." if all(r.get("full") for rs in rows.values() for r in rs)
+                  else "Sizes: the default subset (some or all areas ran without `LORALAB_RELIABILITY_FULL=1`)."),
              "", f"Run on {time.strftime('%Y-%m-%d')}, {platform.machine()} "
              f"{_cpu()} ({_cores()} cores), Python {platform.python_version()}.", "",
              "| area | what is tried | how | figures |", "|---|---|---|---|"]
@@ -68,7 +70,7 @@ def main(figures: str, out: str) -> None:
             figs = "not run"
         else:
             last = got[-1]
-            figs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in last.items() if k != "t")
+            figs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in last.items() if k not in ("t", "full"))
         lines.append(f"| {area.replace('_', ' ')} | {what} | {how} | {figs} |")
     lost = sum(r.get("lost", 0) for rs in rows.values() for r in rs)
     lines += ["", f"Records lost across every run above: **{lost}** (read = kept + quarantined everywhere).", ""]

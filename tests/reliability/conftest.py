@@ -51,6 +51,6 @@ def figures():
     def record(area: str, **counts) -> None:
         if path:
             with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"area": area, "t": time.time(), **counts}) + "\n")
+                f.write(json.dumps({"area": area, "t": time.time(), "full": FULL, **counts}) + "\n")
 
     return record

@@ -39,7 +39,7 @@ def _leftovers(folder: Path, name: str) -> list[Path]:
 
 
 def test_ingest_killed_anywhere_leaves_nothing_corrupt_and_reruns_identically(tmp_path, figures):
-    src = _corpus(tmp_path, 20_000)
+    src = _corpus(tmp_path, 10_000)
     ref = tmp_path / "ref"
     r = run_cli("data", "ingest", src, "--out", ref, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -59,7 +59,7 @@ def test_ingest_killed_anywhere_leaves_nothing_corrupt_and_reruns_identically(tm
         # the folder appears whole or not at all
         if out.exists():
             card = json.loads((out / "data_card.json").read_text())
-            assert card["reconciliation"]["totals"]["read"] == 20_001
+            assert card["reconciliation"]["totals"]["read"] == 10_001
         r = run_cli("data", "ingest", src, "--out", out, "--overwrite", timeout=600)
         assert r.returncode == 0, r.stderr[-2000:]
         assert (out / "records.jsonl").read_bytes() == (ref / "records.jsonl").read_bytes()

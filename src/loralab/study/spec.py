@@ -34,9 +34,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .. import safeyaml
+from ..errors import UserError
 
 
-class StudyError(ValueError):
+class StudyError(UserError):
     """A study spec that does not validate; the message lists every problem."""
 
 
