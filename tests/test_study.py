@@ -12,7 +12,7 @@ import yaml
 from typer.testing import CliRunner
 
 from loralab.cli import app
-from loralab.study import report, runner
+from loralab.study import runner
 from loralab.study.spec import expand, parse_spec
 
 TOPICS = ["hive inspection", "queen rearing", "varroa mites", "honey harvest", "swarm control", "winter feeding",
@@ -31,6 +31,7 @@ def bee_corpus(folder):
 
 
 def make_spec(bees) -> dict:
+    (bees.parent / "broken.jsonl").write_text("not json\n{\"half\": \n", encoding="utf-8")
     return {
         "name": "tiny",
         "model": "tiny-random",
@@ -41,7 +42,8 @@ def make_spec(bees) -> dict:
         "variants": {
             "raw": {},
             "qa": {"data": {"structure": {"mode": "template"}, "select": ["random:50"]}},
-            "broken": {"train": {"trigger_mode": "alora"}},  # alora without a trigger: invalid at training
+            # a source with no usable line: the spec is valid, the run fails when it reads its data
+            "broken": {"data": {"sources": [str(bees.parent / "broken.jsonl")]}},
             "bee": {"data": {"sources": [str(bees)], "domain": "beekeeping", "eval_docs": 0.4}},
         },
         "axes": {"variant": ["raw", "qa", "broken", "bee"]},
@@ -91,7 +93,7 @@ def test_rerun_completes_only_the_missing_runs(study):
 def test_failing_run_is_recorded_and_others_continue(study):
     broken = study["runs"]["broken"]
     st = json.loads((study["root"] / "runs" / broken.id / "status.json").read_text())
-    assert st["state"] == "failed" and "alora" in st["error"] and "Traceback" in st["traceback"]
+    assert st["state"] == "failed" and st["error"] and "Traceback" in st["traceback"]
     assert study["states"][study["runs"]["qa"].id]["state"] == "done"
 
 
@@ -116,7 +118,10 @@ def test_report_matches_run_metrics(study):
         assert float(rows[rid]["contamination.medical.kl"]) == m["contamination"]["medical"]["kl"] >= 0
         assert rows[rid]["state"] == "done"
     assert rows[study["runs"]["broken"].id]["state"] == "failed"
-    assert "alora" in rows[study["runs"]["broken"].id]["error"] and rows[study["runs"]["qa"].id]["error"] == ""
+    assert rows[study["runs"]["broken"].id]["error"] == json.loads(
+        (study["root"] / "runs" / study["runs"]["broken"].id / "status.json").read_text())["error"][:len(
+            rows[study["runs"]["broken"].id]["error"])] != ""
+    assert rows[study["runs"]["qa"].id]["error"] == ""
     html = study["page"].read_text()
     assert "SEEDED 2-layer".lower() in html.lower() and "Holm" in html  # which weights; which correction
     assert html.count("<img") >= 3 and "data:image/png;base64," in html
@@ -228,7 +233,7 @@ def test_the_cli_exits_non_zero_with_a_summary_when_a_run_fails(study):
     r = study["cli"]
     assert r.exit_code == 1, r.output
     out = " ".join(r.output.split())
-    assert "3 done, 1 failed" in out and "alora" in out
+    assert f"3 done, 1 failed: {study['runs']['broken'].id}" in out
     assert "Findings" in out and "Largest in-domain gain" in out  # the answer is printed, not only the path
 
 

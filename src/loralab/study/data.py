@@ -87,7 +87,7 @@ def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progres
         qcfg = {"model": model, **d.heldout_qa, "progress": False}
         out["heldout_qa"] = _cached(root, "heldout-qa", [key[:2], qcfg],
                                     lambda o: structure(held, o, StructureConfig(**qcfg)))
-    cur = pool
+    cur = out["pool"]
     if d.corrupt > 0:
         from ..data.corrupt import CorruptConfig, corrupt
 

@@ -26,7 +26,6 @@ import base64
 import csv
 import html
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
