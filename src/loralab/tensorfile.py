@@ -99,6 +99,7 @@ def adapter_problems(header: dict[str, dict[str, Any]], model, config: dict[str,
     """Every way the adapter's tensors do not fit `model` (a plain, un-wrapped base)."""
     problems: list[str] = []
     shapes = _module_shapes(model)
+    names = {n for n, _ in model.named_modules()}
     r = config.get("r")
     rank_pattern = config.get("rank_pattern") or {}
     for name, t in header.items():
@@ -106,13 +107,15 @@ def adapter_problems(header: dict[str, dict[str, Any]], model, config: dict[str,
             problems.append(f"tensor {name!r} is not a PEFT adapter tensor")
             continue
         rest = name[len(PREFIX):]
-        for part in (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector.weight",
+        for part in (".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector.weight", ".lora_magnitude_vector",
                      ".lora_embedding_A", ".lora_embedding_B", ".token_adapter.trainable_tokens_delta"):
             if rest.endswith(part):
                 module, kind = rest[: -len(part)], part
                 break
-        else:
-            problems.append(f"tensor {name!r}: unknown kind of adapter tensor")
+        else:  # another PEFT tensor (a bias, modules_to_save, ...): it must belong to a module of the base
+            parts = rest.split(".")
+            if not any(".".join(parts[:k]) in names for k in range(len(parts) - 1, 0, -1)):
+                problems.append(f"tensor {name!r}: the base has no module it could belong to")
             continue
         if module not in shapes:
             problems.append(f"tensor {name!r}: the base has no module {module!r}")
@@ -121,7 +124,7 @@ def adapter_problems(header: dict[str, dict[str, Any]], model, config: dict[str,
         shape = t["shape"]
         rank = next((v for k, v in rank_pattern.items() if module.endswith(k)), r)
         want = {".lora_A.weight": [rank, fan_in], ".lora_B.weight": [fan_out, rank],
-                ".lora_magnitude_vector.weight": [fan_out]}.get(kind)
+                ".lora_magnitude_vector.weight": [fan_out], ".lora_magnitude_vector": [fan_out]}.get(kind)
         if want is not None and rank is not None and shape != want:
             problems.append(f"tensor {name!r} has shape {shape}, the base's {module} needs {want}")
         elif kind == ".token_adapter.trainable_tokens_delta" and (len(shape) != 2 or shape[1] not in (fan_in, fan_out)):
