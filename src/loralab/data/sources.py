@@ -319,6 +319,17 @@ def read_hub(spec: str) -> Iterator[Item | Bad]:
 # ---------------------------------------------------------------- dispatch
 
 def read_file(path: Path, max_bytes: int) -> Iterator[Item | Bad]:
+    """The file's items; a file that yields none is one Bad ("empty"), so every input file
+    is accounted for in the reconciliation."""
+    n = 0
+    for it in _read_file(path, max_bytes):
+        n += 1
+        yield it
+    if n == 0:
+        yield Bad({"path": str(path), "offset": 0}, "empty", "the file holds no rows")
+
+
+def _read_file(path: Path, max_bytes: int) -> Iterator[Item | Bad]:
     ext = path.suffix.lower()
     if ext in TEXT_EXT:
         return read_text(path, max_bytes)
