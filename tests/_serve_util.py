@@ -46,25 +46,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args: str, timeout: float = 120.0):
-    """`loralab serve ARGS --port P` as a real process on loopback; (process, base URL) once /health answers."""
+def start_server(*args: str, timeout: float = 120.0, cwd=None):
+    """`loralab serve ARGS --port P` as a real process on loopback; (process, base URL) once /health answers.
+
+    The server's output goes to a log file (a pipe nobody reads could fill and stall it);
+    `proc.log_path` names it and a failed start shows its tail."""
     import os
     import subprocess
     import sys
+    import tempfile
     import time
 
     import httpx
 
     port = free_port()
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.Popen([sys.executable, "-m", "loralab.cli", "serve", *args, "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONUNBUFFERED": "1"}
+    log_path = Path(tempfile.mkstemp(prefix="loralab-serve-", suffix=".log")[1])
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "loralab.cli", "serve", *args, "--host", "127.0.0.1",
+                                 "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    proc.log_path = log_path
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
     while time.time() - t0 < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read()}")
+            raise RuntimeError(f"server exited {proc.returncode}: {log_path.read_text()[-2000:]}")
         try:
             if httpx.get(url + "/health", timeout=1.0).status_code == 200:
                 return proc, url
@@ -72,7 +78,7 @@ def start_server(*args: str, timeout: float = 120.0):
             pass
         time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not start in time")
+    raise RuntimeError(f"server did not start in time: {log_path.read_text()[-2000:]}")
 
 
 def stop_server(proc) -> None:

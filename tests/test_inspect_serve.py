@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import httpx
 import pytest
-
-from inspect_support import free_port, make_adapter
+from _serve_util import start_server, stop_server
+from inspect_support import make_adapter
 
 PROMPT, TEXT = "Who won the game on Sunday?", "The Bears won it by three points."
 
@@ -20,33 +14,12 @@ PROMPT, TEXT = "Who won the game on Sunday?", "The Bears won it by three points.
 def served(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("inspect-serve")
     make_adapter(tiny, root / "registry" / "sport", seed=1)
-    port = free_port()
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "loralab"), "serve", "--model", "tiny-random",
-                             "--device", "cpu", "--dtype", "float32", "--registry", str(root / "registry"),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=root,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_server("--model", "tiny-random", "--device", "cpu", "--dtype", "float32",
+                             "--registry", str(root / "registry"), timeout=180, cwd=root)
     try:
-        t0 = time.time()
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"loralab serve exited: {(root / 'serve.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() - t0 < 180, (root / "serve.log").read_text()[-2000:]
-            time.sleep(0.3)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc)
 
 
 def test_serve_mounts_the_inspector(served):
