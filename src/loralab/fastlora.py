@@ -52,16 +52,28 @@ def fast_lora(model):
     except ImportError:  # no PEFT, nothing to do
         yield model
         return
+    with _forwards(model, [m for m in model.modules() if type(m) is LoraLinear], _lean_forward):
+        yield model
+
+
+@contextlib.contextmanager
+def _forwards(model, modules, forward, **attrs):
+    """Within the block, each of `modules` not already patched runs `forward` (with `attrs`
+    set on it per module: {name: {module: value}}); all restored on exit."""
     swapped = []
-    for m in model.modules():
-        if type(m) is LoraLinear and "forward" not in m.__dict__:
-            m.forward = types.MethodType(_lean_forward, m)
+    for m in modules:
+        if "forward" not in m.__dict__:
+            for k, per in attrs.items():
+                setattr(m, k, per[m])
+            m.forward = types.MethodType(forward, m)
             swapped.append(m)
     try:
         yield model
     finally:
         for m in swapped:
             del m.forward
+            for k in attrs:
+                delattr(m, k)
 
 
 # ---------------------------------------------------------------- stacked adapters (serving)
@@ -155,16 +167,7 @@ def stacked_lora(model, bank):
     at every call, so adapters can be added and batches changed inside the block. Module
     names are those of `model.named_modules()`; the output head is never adapted.
     """
-    swapped = []
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    for name, m in model.named_modules():
-        if type(m) is torch.nn.Linear and m is not head and "forward" not in m.__dict__:
-            m._loralab_bank = (bank, name)
-            m.forward = types.MethodType(_stacked_forward, m)
-            swapped.append(m)
-    try:
+    named = {m: (bank, name) for name, m in model.named_modules() if type(m) is torch.nn.Linear and m is not head}
+    with _forwards(model, list(named), _stacked_forward, _loralab_bank=named):
         yield model
-    finally:
-        for m in swapped:
-            del m.forward
-            del m._loralab_bank
