@@ -177,14 +177,14 @@ def test_roles_compose_with_weights(tmp_path):
 def test_cache_by_registry_digest_and_fingerprint(registry, tmp_path):
     r1 = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache",
                               settings=Settings(general=0))
-    files = list((tmp_path / "cache").glob("*.json"))
+    files = list((tmp_path / "cache").glob("*.npz"))
     assert len(files) == 1
     r2 = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
     assert np.array_equal(r1.classifiers["knowledge"].W, r2.classifiers["knowledge"].W)
     card = registry / "sport" / "loralab.json"
     card.write_text(card.read_text().replace('"touchdown"', '"touchdowns"'))
     Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(general=0))
-    assert len(list((tmp_path / "cache").glob("*.json"))) == 2  # a changed card: a new digest
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2  # a changed card: a new digest
 
     class Loaded:
         fingerprint = "abc"
@@ -260,3 +260,29 @@ def test_route_many_and_routing_report(registry, tmp_path):
     counts = rep["confusion"]["counts"]
     assert sum(sum(row.values()) for row in counts.values()) == len(prompts)
     assert sum(rep["rules"].values()) == len(prompts)
+
+
+def test_ngram_features_separate_what_the_embedding_cannot_and_save_load(tmp_path):
+    """Two classes whose embeddings are identical differ only in how they are written: the
+    n-gram block separates them, the embedding alone cannot; a saved classifier loads back to
+    the same probabilities."""
+    from loralab.serve.routeclf import Classifier, fit_classifier
+
+    rng = np.random.default_rng(0)
+    a = [f"which of these {w} is called what" for w in rng.choice(GENERAL, 60)]
+    b = [f"a student observes the {w} during an experiment" for w in rng.choice(GENERAL, 60)]
+    texts, y = a + b, np.array([0] * 60 + [1] * 60)
+    X = np.ones((len(texts), 8), dtype=np.float32) / np.sqrt(8)  # one vector for every text
+    cal = np.arange(len(texts)) % 4 == 0
+    kw = dict(C=10.0, max_fa=0.05, floor=0.5)
+    only = fit_classifier(texts, X, y, ["a", "none"], cal, features="embedding", **kw)
+    both = fit_classifier(texts, X, y, ["a", "none"], cal, features="embedding+ngrams", **kw)
+    probe = ["which of these clouds is called what", "a student observes the rain during an experiment"]
+    PX = np.ones((2, 8), dtype=np.float32) / np.sqrt(8)
+    assert np.allclose(only.probs(probe, PX)[0], only.probs(probe, PX)[1])  # no way to tell them apart
+    p = both.probs(probe, PX)
+    assert p[0].argmax() == 0 and p[1].argmax() == 1 and p[0, 0] > 0.8 and p[1, 1] > 0.8
+    both.save(tmp_path / "clf.npz")
+    again = Classifier.load(tmp_path / "clf.npz")
+    assert again.classes == both.classes and again.threshold == both.threshold
+    np.testing.assert_allclose(again.probs(probe, PX), p, rtol=1e-5, atol=1e-6)

@@ -22,10 +22,11 @@ adapter and a metacognitive one compose with their card weights):
                  adapter is an aLoRA (its invocation sequence is what activates it).
   2. keyword     whole-word keyword hits from the cards; the adapter with strictly most hits
                  wins, confidence = its share of all hits; a tie falls through.
-  3. classifier  softmax regression on MiniLM embeddings of samples of each adapter's own
-                 training records plus a "none" class of general prompts (ARC, PIQA);
-                 temperature-scaled on a calibration split, and a threshold chosen there so
-                 that at most `max_false_activation` of general prompts activate an adapter.
+  3. classifier  logistic regression on MiniLM embeddings and word / character n-gram tf-idf
+                 (`routeclf`) of samples of each adapter's own training records plus a "none"
+                 class of general prompts (ARC, PIQA); temperature-scaled on a calibration
+                 split, and a threshold chosen there so that at most `max_false_activation`
+                 of general prompts activate an adapter.
   4. base        nothing fired: no adapter for this role.
 
 Records are split by document (seeded): the classifier samples only one side, so the
@@ -51,11 +52,14 @@ from ..adapters import CARD, resolve_folder
 from ..data.records import read_records, to_messages
 from ..data.split import doc_key, is_eval
 from ..errors import UserError
-from ..io import read_json, write_json
+from ..io import read_json
+from .routeclf import FORMAT, Classifier, fit_classifier, pick_threshold
+
+__all__ = ["Decision", "Entry", "Router", "Settings", "Classifier", "pick_threshold", "read_registry",
+           "adapter_samples", "general_prompts", "train_classifier"]
 
 RULES = ("trigger", "keyword", "classifier", "base")
 NONE = "none"
-FORMAT = "loralab-router/1"
 SETTINGS_FILE = "router.json"  # optional, in the registry folder: Settings fields
 
 
@@ -107,9 +111,10 @@ class Settings:
     holdout: float = 0.25  # share of documents (and general items) the classifier never sees
     calib: float = 0.2  # share of the classifier's samples kept for temperature and threshold
     max_false_activation: float = 0.04  # on calibration general prompts
-    l2: float = 1e-4  # weight decay of the softmax regression
+    C: float = 10.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
+    features: str = "embedding+ngrams"  # or "embedding": the sentence embedding alone
     min_threshold: float = 0.5
-    max_chars: int = 400  # characters of a sample / prompt the embedder sees
+    max_chars: int = 1000  # characters of a sample / prompt the classifier sees
     seed: int = 0
 
 
@@ -234,88 +239,6 @@ def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[t
 
 # ----------------------------------------------------------------- classifier
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=1, keepdims=True)
-
-
-def fit_softmax(X: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3, steps: int = 200):
-    """Class-balanced multinomial logistic regression by L-BFGS: (W (C, D), b (C,))."""
-    import torch
-
-    Xt, yt = torch.from_numpy(X.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
-    counts = np.bincount(y, minlength=classes).astype(np.float32)
-    wts = torch.from_numpy(np.where(counts > 0, len(y) / (classes * np.maximum(counts, 1)), 0.0).astype(np.float32))
-    W = torch.zeros(classes, X.shape[1], requires_grad=True)
-    b = torch.zeros(classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(Xt @ W.T + b, yt, weight=wts) + l2 * (W * W).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return W.detach().numpy(), b.detach().numpy()
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature T minimising the NLL of softmax(logits / T) (grid over log T)."""
-    best, best_t = np.inf, 1.0
-    for t in np.exp(np.linspace(np.log(0.05), np.log(20.0), 121)):
-        p = _softmax(logits / t)
-        nll = -np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean()
-        if nll < best:
-            best, best_t = nll, float(t)
-    return best_t
-
-
-def pick_threshold(probs: np.ndarray, y: np.ndarray, none: int, max_fa: float, floor: float) -> tuple[float, dict]:
-    """Smallest threshold on the top adapter probability whose false activation on the
-    calibration "none" samples is <= max_fa (an adapter fires only when its probability is
-    the argmax and >= threshold); with the calibration accuracy it gives."""
-    pred = probs.argmax(axis=1)
-    top = probs.max(axis=1)
-    is_none = y == none
-    fires = pred != none
-    cands = np.unique(np.concatenate([[floor], top[fires & (top >= floor)]]))
-    chosen = float(cands[-1]) + 1e-6 if len(cands) else 1.0
-    for t in cands:  # ascending: the first that meets the target keeps the most recall
-        fa = float((fires & (top >= t) & is_none).sum() / max(is_none.sum(), 1))
-        if fa <= max_fa:
-            chosen = float(t)
-            break
-    routed = np.where(fires & (top >= chosen), pred, none)
-    stats = {"false_activation": float((routed[is_none] != none).mean()) if is_none.any() else None,
-             "domain_accuracy": float((routed[~is_none] == y[~is_none]).mean()) if (~is_none).any() else None,
-             "n": int(len(y))}
-    return chosen, stats
-
-
-@dataclass
-class Classifier:
-    classes: list[str]  # adapter names, then "none"
-    W: np.ndarray  # (C, D)
-    b: np.ndarray  # (C,)
-    temperature: float
-    threshold: float
-    calibration: dict
-
-    def probs(self, X: np.ndarray) -> np.ndarray:
-        return _softmax((X @ self.W.T + self.b) / self.temperature)  # (n, C)
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT, "classes": self.classes, "W": self.W.tolist(), "b": self.b.tolist(),
-                "temperature": self.temperature, "threshold": self.threshold, "calibration": self.calibration}
-
-    @classmethod
-    def from_json(cls, d: dict) -> "Classifier":
-        return cls(d["classes"], np.asarray(d["W"], dtype=np.float32), np.asarray(d["b"], dtype=np.float32),
-                   float(d["temperature"]), float(d["threshold"]), d["calibration"])
-
-
 def train_classifier(entries: Sequence[Entry], s: Settings, embed: Callable, general=None) -> Classifier | None:
     """Fit, calibrate and threshold the classifier for `entries` (one role); None without data."""
     samples = {e.name: adapter_samples(e, s, held_out=False) for e in entries}
@@ -328,17 +251,14 @@ def train_classifier(entries: Sequence[Entry], s: Settings, embed: Callable, gen
     for c, rows in samples.items():
         for k, t in rows:
             keys.append(k)
-            texts.append(t)
+            texts.append(t[: s.max_chars])
             y.append(classes.index(c))
     X, y = np.asarray(embed(texts), dtype=np.float32), np.asarray(y)
     cal = np.array([is_eval(k, s.calib, s.seed + 1) for k in keys])
-    W, b = fit_softmax(X[~cal], y[~cal], len(classes), l2=s.l2)
-    logits = X[cal] @ W.T + b
-    T = fit_temperature(logits, y[cal]) if cal.any() else 1.0
-    thr, stats = pick_threshold(_softmax(logits / T), y[cal], len(classes) - 1, s.max_false_activation,
-                                s.min_threshold) if cal.any() else (s.min_threshold, {})
-    stats["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
-    return Classifier(classes, W.astype(np.float32), b.astype(np.float32), T, thr, stats)
+    clf = fit_classifier(texts, X, y, classes, cal, features=s.features, C=s.C,
+                         max_fa=s.max_false_activation, floor=s.min_threshold)
+    clf.calibration["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    return clf
 
 
 # ----------------------------------------------------------------- router
@@ -445,7 +365,7 @@ class Router:
         clf = self.classifiers.get(role)
         if clf is None:
             return None, "no classifier"
-        p = clf.probs(self._vector(text, memo))[0]
+        p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
         i = int(p.argmax())
         name = clf.classes[i]
         if name == NONE:
@@ -506,7 +426,7 @@ class Router:
         clf = self.classifiers.get(self.roles[0]) if self.roles else None
         if clf is None:
             return 1.0
-        p = clf.probs(self._vector(text, memo))[0]
+        p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
         return float(p[-1])
 
     # ------------------------------------------------------------ evaluation
@@ -542,13 +462,13 @@ def _cached_classifier(group: list[Entry], s: Settings, embed: Callable, cache_d
     name = getattr(embed, "cache_name", EMBEDDER if getattr(embed, "__module__", "") == "loralab.embed" else None)
     if name is None or general is not None:  # an embedder or general set we cannot name: no cache
         return train_classifier(group, s, embed, general)
-    path = Path(cache_dir or home() / "router") / f"{registry_digest(group, s, name)}.json"
+    path = Path(cache_dir or home() / "router") / f"{registry_digest(group, s, name)}.npz"
     if path.exists():
         try:
-            return Classifier.from_json(read_json(path))
-        except (OSError, ValueError, KeyError):
+            return Classifier.load(path)
+        except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is rebuilt
     clf = train_classifier(group, s, embed)
     if clf is not None:
-        write_json(path, clf.to_json())
+        clf.save(path)
     return clf
