@@ -95,3 +95,39 @@ def test_spec_validation(tmp_path):
         load_spec(bad)
     with pytest.raises(UserError, match="no such file"):
         load_spec(tmp_path / "missing.yaml")
+
+
+@pytest.mark.slow  # ingests NFL games, trains a tiny adapter, embeds with the packaged MiniLM
+def test_eval_cli_rag_on_documents_the_adapter_never_saw(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from loralab.cli import app
+    from loralab.config import TrainConfig
+    from loralab.data.ingest import IngestConfig, ingest
+    from loralab.data.records import read_records
+    from loralab.data.split import doc_key
+    from loralab.train import train
+
+    ingest(["olmo:drop-nfl"], tmp_path / "games", IngestConfig(domain="sport", limit=12, progress=False))
+    recs = list(read_records(tmp_path / "games"))
+    docs = sorted({doc_key(r) for r in recs})
+    seen = set(docs[:8])
+    write_records(tmp_path / "train", [r for r in recs if doc_key(r) in seen])
+    train(TrainConfig(model="tiny-random", data=str(tmp_path / "train"), out=str(tmp_path / "run"), steps=1,
+                      batch_size=2, max_seq_len=64, domain="sport"), progress=False)
+    build_index([str(tmp_path / "games")], tmp_path / "idx", progress=False)
+    common = ["eval", "--model", "tiny-random", "--adapter", str(tmp_path / "run"), "--tasks", "none",
+              "--gen-tasks", "none", "--no-contamination", "--no-weights", "--out", str(tmp_path / "ev"),
+              "--rag", str(tmp_path / "idx"), "--rag-k", "1", "--rag-limit", "3", "--rag-prompts", "2"]
+    res = CliRunner().invoke(app, common)
+    assert res.exit_code == 0, res.output
+    out = json.loads(next((tmp_path / "ev").glob("*/rag.json")).read_text())
+    assert out["conditions"] == ["base", "base+rag", "adapter", "adapter+rag"]
+    assert 1 <= out["n_questions"] <= 3 and out["index"]["unseen_documents"] == len(docs) - 8
+    assert all(it["doc"] not in seen for it in out["items"])  # only games the adapter never trained on
+    assert all(len(it["sources"]) == 1 for it in out["items"]) and "adapter+rag" in res.output
+    # two adapters, or an adapter whose card names no training data: one line, exit 2
+    bad = CliRunner().invoke(app, common + ["--adapter", str(tmp_path / "run")])
+    assert bad.exit_code == 2 and "exactly one --adapter" in bad.output

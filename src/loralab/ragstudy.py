@@ -13,7 +13,9 @@ Steps (each skipped when its output exists, so a re-run resumes):
      contamination on foreign prompts, and write results.json, table.md and the finding.
 
 The study runner (`loralab study`) has no retrieval axis, so this spec runs here; its
-data and training sections take the same fields as a study's.
+data and training sections take the same fields as a study's. For an adapter trained
+elsewhere, `eval_adapter` (behind `loralab eval --adapter A --rag INDEX`) runs step 5 alone
+on the documents of INDEX that the adapter's card says it never trained on.
 """
 
 from __future__ import annotations
@@ -169,3 +171,49 @@ def run(spec: RagSpec, progress: bool = True) -> dict:
     with atomic_open(root / "table.md") as fh:
         fh.write(md + "\n\n" + res["finding"] + "\n")
     return {"table": md, "finding": res["finding"], "path": str(root / "results.json"), "results": res}
+
+
+def eval_adapter(model: str, adapter: str | Path, index: str | Path, *, k: int = 3, limit: int | None = 60,
+                 game_hint: bool = True, max_new_tokens: int = 16, foreign: str = "medical", prompts: int = 20,
+                 seed: int = 0, device: str = "auto", dtype: str = "auto", progress: bool = True) -> dict:
+    """`loralab eval --rag INDEX`: the four-way comparison (base, base + RAG, adapter, adapter +
+    RAG) for one trained adapter, on DROP questions about the documents of `index` that the
+    adapter never trained on (its card's `data.path` names what it trained on)."""
+    from .adapters import apply_adapters, load_card
+    from .data.records import read_records
+    from .data.split import doc_key
+    from .evaluate.drift import domain_prompts
+    from .evaluate.rag import drop_questions, four_way
+    from .models import load
+    from .rag import open_index
+
+    idx = open_index(index)
+    card = load_card(adapter)
+    data = ((card or {}).get("data") or {}).get("path")
+    if not data or not Path(data).exists():
+        raise UserError(f"--rag: adapter {adapter} has no card naming its training data (data.path), so the "
+                        "documents it never saw cannot be told apart")
+    trained = {doc_key(r) for r in read_records(data)}
+    docs = {c["source"] for c in idx.chunks} - trained
+    qs = drop_questions(docs, game_hint=game_hint)
+    if limit is not None and len(qs) > limit:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(qs))[:limit])
+        qs = [qs[i] for i in keep]
+    if not qs:
+        raise UserError(f"--rag: no DROP question is about the {len(docs)} documents of {index} that the adapter "
+                        f"did not train on (index an NFL corpus such as olmo:drop-nfl)")
+    fprompts = domain_prompts(foreign, prompts, seed=seed) if prompts else []
+    loaded = apply_adapters(load(model, device=device, dtype=dtype), [adapter])
+    trig = card.get("trigger") if card.get("trigger_mode") == "prefix" else None
+    res = four_way(loaded, idx, qs, foreign=fprompts, k=k, max_new_tokens=max_new_tokens, trigger=trig, seed=seed,
+                   progress=progress)
+    from .evaluate.rag import finding
+
+    res["finding"] = finding(res)
+    p0 = next(loaded.model.parameters())
+    res["model"] = {"spec": model, "fingerprint": loaded.fingerprint, "dtype": str(p0.dtype).replace("torch.", ""),
+                    "device": str(p0.device)}
+    res["adapter"] = {"path": str(adapter), "data": card.get("data")}
+    res["index"] = {"path": str(index), "k": k, "documents": len({c["source"] for c in idx.chunks}),
+                    "unseen_documents": len(docs)}
+    return res

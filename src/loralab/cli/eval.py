@@ -2,6 +2,7 @@
 
     loralab eval --model smollm2-135m --suite quick --out eval/base
     loralab eval --adapter runs/sport --adapter runs/med --suite quick --out eval/ --eval-data data/sport_eval
+    loralab eval --adapter runs/sport --rag idx/ --rag-k 2 --out eval/      # + base / base+RAG / adapter / adapter+RAG
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Seed of subsets, prompts and bootstrap."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    rag: Path = typer.Option(None, "--rag", help="Index folder (`loralab rag index`): also answer DROP questions "
+                             "about its documents the adapter never trained on four ways (base, base+RAG, "
+                             "adapter, adapter+RAG) -> <adapter>/rag.json."),
+    rag_k: int = typer.Option(3, "--rag-k", min=1, help="Passages per question."),
+    rag_limit: int = typer.Option(60, "--rag-limit", min=1, help="Questions (seeded subset)."),
+    rag_prompts: int = typer.Option(20, "--rag-prompts", min=0, help="Foreign (medical) prompts for "
+                                    "contamination under each condition."),
 ) -> None:
     """Gain, forgetting, reasoning, contamination and ΔW of adapters against their base."""
     from .. import models
@@ -132,6 +140,8 @@ def eval_cmd(
         if not sep or not name.strip() or not folder.strip():
             fail(f"--domain-data takes NAME=DIR, got {item!r}")
         dd[name.strip()] = folder.strip()
+    if rag is not None and len(adapter) != 1:
+        fail("--rag takes exactly one --adapter (the four conditions are paired on its questions)")
     doms = _names(domains)
     if doms is None:
         from ..evaluate.drift import DOMAINS
@@ -152,4 +162,21 @@ def eval_cmd(
         out.print(t)
     out.print(f"weights: {res['base']['model']['weights']}")
     where = [out_dir / n / "metrics.json" for n in res["adapters"]] or [out_dir / "base" / "metrics.json"]
+    if rag is not None:
+        where.append(_rag(model, adapter[0], rag, out_dir / next(iter(res["adapters"])), rag_k, rag_limit,
+                          rag_prompts, seed, device, dtype))
     out.print("wrote " + ", ".join(str(w) for w in where))
+
+
+def _rag(model, adapter, index, folder: Path, k, limit, prompts, seed, device, dtype) -> Path:
+    from ..io import write_json
+    from ..ragstudy import eval_adapter, table
+
+    res = eval_adapter(model, adapter, index, k=k, limit=limit, prompts=prompts, seed=seed, device=device,
+                       dtype=dtype)
+    out.print(f"LoRA + RAG: {res['n_questions']} DROP questions about {res['index']['unseen_documents']} documents "
+              f"of {index} the adapter never trained on, k = {k}")
+    out.print(table(res))
+    out.print(res["finding"])
+    write_json(folder / "rag.json", res)
+    return folder / "rag.json"

@@ -3,12 +3,13 @@
     loralab serve --registry adapters/ --port 8000
     loralab serve --model tiny-random --registry adapters/ --api-key secret --max-batch 32
     loralab serve --backend http://127.0.0.1:8001 --registry adapters/   # a remote multi-LoRA server generates
+    loralab serve --registry adapters/ --rag nfl=idx/     # requests (or cards) may ask {"rag": {"index": "nfl", "k": 3}}
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -35,6 +36,8 @@ def serve_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
+    rag: List[str] = typer.Option([], "--rag", help="NAME=DIR: a retrieval index (`loralab rag index`) that "
+                                  "requests and adapter cards may name; repeatable."),
 ) -> None:
     """Serve the base model and every adapter of a registry behind an OpenAI-compatible API."""
     from ..errors import UserError
@@ -46,6 +49,7 @@ def serve_cmd(
                     max_prompt_tokens=max_prompt_tokens, max_tokens=max_tokens,
                     default_max_tokens=default_max_tokens, retry_after=retry_after, backend=backend)
     try:
+        indexes = _open_indexes(rag)
         reg = Registry(registry) if registry else None
         if backend:
             engine = None
@@ -70,9 +74,30 @@ def serve_cmd(
     out.print(f"listening on http://{host}:{port}/v1")
     import uvicorn
 
-    app_ = create_app(engine, limits, registry=reg)
+    for name, idx in indexes.items():
+        out.print(f"index {name}: {len(idx)} passages ({idx.backend})")
+    app_ = create_app(engine, limits, registry=reg, indexes=indexes)
     try:
         uvicorn.run(app_, host=host, port=port, log_level=log_level)
     finally:
         if engine is not None:
             engine.stop()
+
+
+def _open_indexes(specs: list[str]) -> dict:
+    """{name: opened Index} from NAME=DIR flags; a damaged index stops the server before it starts."""
+    from ..errors import UserError
+    from ..rag import open_index
+
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--rag {spec!r}: expected NAME=DIR")
+        if name in out:
+            raise UserError(f"--rag: index name {name!r} given twice")
+        try:
+            out[name.strip()] = open_index(path.strip())
+        except UserError as e:
+            raise UserError(f"--rag {name}: {e}") from None
+    return out

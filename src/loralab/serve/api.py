@@ -7,6 +7,11 @@ Routes: POST /v1/chat/completions, /v1/completions (SSE when `stream`), GET /v1/
 POST /v1/load_lora_adapter and /v1/unload_lora_adapter (vLLM's bodies), GET /health,
 GET /metrics (Prometheus text). `model` is the base's name (or `__base__`), an adapter's
 name, or `auto` (the router's choice, returned in `route` and the X-Loralab-Route header).
+Retrieval (chat only): a request's `rag` {"index", "k"}, or else the `rag` field of the first
+chosen adapter's card, names one of the indexes the server opened (`indexes`, from
+`loralab serve --rag NAME=DIR`); the last user message gets its top-k passages in
+`rag.format_prompt`'s template after routing (the router sees the question, not the passages),
+and the response carries `rag` (index, k, source ids) and an X-Loralab-Sources header.
 
 For other parts of the server (the inspector page mounts itself at /inspect) the app
 exposes: `app.state.engine` (Engine: `.loaded`, `.bank`, `.adapters()`, `.submit(...)`,
@@ -74,7 +79,8 @@ class _Metrics:
         self.last = (time.time(), 0)
 
 
-def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=None) -> FastAPI:
+def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=None,
+               indexes: dict | None = None) -> FastAPI:
     """The FastAPI app over `engine` (None with `limits.backend`: everything goes to the backend)."""
     limits = limits or Limits()
     app = FastAPI(title="loralab", docs_url=None, redoc_url=None)
@@ -178,6 +184,45 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
 
     def base_name() -> str:
         return engine.base_name if engine is not None else "base"
+
+    indexes_ = dict(indexes or {})
+    app.state.indexes = indexes_
+
+    def card_rag(pairs) -> P.RagOptions | None:
+        """The `rag` field of the first chosen adapter's card, when it has one."""
+        reg = app.state.registry
+        if not pairs or reg is None:
+            return None
+        try:
+            card = reg.resolve(pairs[0][0]).card
+        except UserError:
+            return None
+        spec = card.get("rag")
+        if not isinstance(spec, dict):
+            return None
+        try:
+            return P.RagOptions.model_validate(spec)
+        except ValueError as e:
+            raise ApiError(500, f"adapter {pairs[0][0]!r}: card field rag is invalid ({e})", "server_error") from e
+
+    async def retrieve(msgs: list[dict], opts: P.RagOptions | None):
+        """(messages, rag json or None): the last user message with its passages."""
+        if opts is None or opts.k == 0:
+            return msgs, None
+        if opts.index not in indexes_:
+            have = ", ".join(sorted(indexes_)) or "none (start the server with --rag NAME=DIR)"
+            raise ApiError(404, f"unknown index {opts.index!r}; available: {have}", param="rag.index",
+                           code="index_not_found")
+        from ..rag import augment
+
+        out, sources = await run_in_threadpool(augment, msgs, indexes_[opts.index], opts.k)
+        return out, {"index": opts.index, "k": opts.k, "sources": sources}
+
+    def extra_headers(route, rag):
+        h = route_headers(route)
+        if rag:
+            h["X-Loralab-Sources"] = ",".join(rag["sources"])
+        return h
 
     def check(pairs):
         if engine is None:
@@ -310,7 +355,7 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
     def route_headers(route):
         return {"X-Loralab-Route": route["header"]} if route else {}
 
-    async def forward(path: str, body: dict, stream: bool, route):
+    async def forward(path: str, body: dict, stream: bool, route, rag=None):
         """Send the request to the remote backend and pass its answer through."""
         c = backend()
         headers = {"Authorization": f"Bearer {limits.api_key}"} if limits.api_key else {}
@@ -329,14 +374,16 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
                 finally:
                     await resp.aclose()
 
-            return StreamingResponse(gen(), media_type="text/event-stream", headers=route_headers(route))
+            return StreamingResponse(gen(), media_type="text/event-stream", headers=extra_headers(route, rag))
         resp = await c.post(path, json=body, headers=headers)
         data = resp.json() if resp.headers.get("content-type", "").startswith("application/json") else None
         if data is None:
             raise ApiError(502, f"backend answered {resp.status_code} without JSON", "server_error")
         if route and resp.status_code == 200:
             data["route"] = route
-        return JSONResponse(data, status_code=resp.status_code, headers=route_headers(route))
+        if rag and resp.status_code == 200:
+            data["rag"] = rag
+        return JSONResponse(data, status_code=resp.status_code, headers=extra_headers(route, rag))
 
     def sse(obj: P.BaseModel | str) -> str:
         return f"data: {obj if isinstance(obj, str) else obj.model_dump_json(exclude_none=True)}\n\n"
@@ -350,6 +397,7 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
         pairs, route, routed = resolve(req.model, req.strength, req.adapters, text)
         if last_user is not None:
             msgs[last_user]["content"] = routed
+        msgs, rag = await retrieve(msgs, req.rag or card_rag(pairs))
         if limits.backend:
             body = req.model_dump(exclude_none=True, exclude={"adapters", "strength"})
             if len(pairs) > 1:
@@ -358,7 +406,8 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
             if body["model"] == BASE_NAME and req.model in ("auto", BASE_NAME):
                 body["model"] = await backend_base()
             body["messages"] = msgs
-            return await forward("/v1/chat/completions", body, req.stream, route)
+            body.pop("rag", None)
+            return await forward("/v1/chat/completions", body, req.stream, route, rag)
         from ..generate import chat_inputs
 
         try:
@@ -376,12 +425,12 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
                                     finish_reason=d.finish_reason)
                        for i, (toks, d) in enumerate(res)]
             body = P.ChatCompletion(id=rid, created=created, model=name, choices=choices,
-                                    usage=usage([d for _, d in res]), route=route)
-            return JSONResponse(body.model_dump(exclude_none=True), headers=route_headers(route))
+                                    usage=usage([d for _, d in res]), route=route, rag=rag)
+            return JSONResponse(body.model_dump(exclude_none=True), headers=extra_headers(route, rag))
 
         async def gen():
             for i in range(req.n):
-                yield sse(P.ChatCompletionChunk(id=rid, created=created, model=name, route=route, choices=[
+                yield sse(P.ChatCompletionChunk(id=rid, created=created, model=name, route=route, rag=rag, choices=[
                     P.ChunkChoice(index=i, delta=P.Delta(role="assistant", content=""))]))
             dones = []
             async for i, ev in merged(handles):
@@ -401,7 +450,7 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
                 yield sse(P.ChatCompletionChunk(id=rid, created=created, model=name, choices=[], usage=usage(dones)))
             yield sse("[DONE]")
 
-        return StreamingResponse(gen(), media_type="text/event-stream", headers=route_headers(route))
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=extra_headers(route, rag))
 
     async def backend_base() -> str:
         data = (await backend().get("/v1/models")).json()

@@ -1,9 +1,11 @@
 """Request and response bodies of the OpenAI-compatible API (shared by server and clients).
 
-The fields are OpenAI's (and vLLM's for the LoRA endpoints); loralab adds three, all
+The fields are OpenAI's (and vLLM's for the LoRA endpoints); loralab adds four, all
 optional: `strength` (scales the adapter named by `model`), `adapters` (a composition of
-several adapters with weights, e.g. [{"name": "sport", "weight": 0.7}, ...]) and, in
-responses, `route` (the router's choice when `model` is "auto"). Unknown request fields
+several adapters with weights, e.g. [{"name": "sport", "weight": 0.7}, ...]), `rag`
+(retrieval from an index the server opened with `--rag NAME=DIR`: {"index": NAME, "k": 3};
+chat requests only) and, in responses, `route` (the router's choice when `model` is "auto")
+and `rag` (the index, k and the source ids of the passages put into the prompt). Unknown request fields
 are ignored, as OpenAI-compatible servers do; wrong types are a 400 naming the field.
 """
 
@@ -21,6 +23,11 @@ class _In(BaseModel):
 class AdapterWeight(_In):
     name: str
     weight: float = Field(1.0, ge=-4.0, le=4.0)
+
+
+class RagOptions(_In):
+    index: str  # a name given to `loralab serve --rag NAME=DIR`
+    k: int = Field(3, ge=0, le=32)  # passages put into the prompt (0: no retrieval)
 
 
 class TextPart(_In):
@@ -56,6 +63,7 @@ class _Sampling(_In):
     seed: Optional[int] = None
     strength: float = Field(1.0, ge=-4.0, le=4.0)
     adapters: Optional[list[AdapterWeight]] = None
+    rag: Optional[RagOptions] = None
     user: Optional[str] = None
 
     @field_validator("stop")
@@ -143,6 +151,7 @@ class ChatCompletion(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     route: Optional[dict[str, Any]] = None
+    rag: Optional[dict[str, Any]] = None
 
 
 class Delta(BaseModel):
@@ -165,6 +174,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     usage: Optional[Usage] = None
     route: Optional[dict[str, Any]] = None
+    rag: Optional[dict[str, Any]] = None
 
 
 class CompletionLogprobs(BaseModel):
