@@ -100,8 +100,11 @@ def save_full_model(model, folder: str | Path, *, tokenizer, card: dict[str, Any
 
 
 def peft_model(model):
-    """The PeftModel inside `model` (itself, or None for a plain HF model)."""
-    return model if hasattr(model, "peft_config") and hasattr(model, "base_model") else None
+    """The PeftModel inside `model` (itself, or None for a plain HF model: transformers' own
+    models may carry a `peft_config` attribute without being PEFT-wrapped)."""
+    from peft import PeftModel
+
+    return model if isinstance(model, PeftModel) else None
 
 
 def is_alora(model) -> bool:
@@ -216,6 +219,11 @@ def has_trained_tokens(folder: Path) -> bool:
     """The adapter trains token rows (added trigger tokens): PEFT trainable_token_indices is set."""
     cfg = Path(folder) / "adapter_config.json"
     return cfg.exists() and bool(read_json(cfg).get("trainable_token_indices"))
+
+
+def adapter_names(folders: Sequence[Path]) -> list[str]:
+    """The unique, PEFT-safe names `apply_adapters` gives these folders (also used for whole models)."""
+    return _names(folders, None)
 
 
 def _names(folders: Sequence[Path], names: Sequence[str] | None) -> list[str]:

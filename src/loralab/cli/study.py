@@ -39,6 +39,9 @@ def study_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Validate the whole spec, print the runs and stop."),
     only: list[str] = typer.Option([], "--only", help="Run only these run ids."),
     report_only: bool = typer.Option(False, "--report-only", help="Rebuild the report from the run folders."),
+    findings: Path = typer.Option(None, "--findings", help="Also write this Markdown file (e.g. FINDINGS.md) "
+                                  "from the spec's `findings` questions, and copy results.csv, report.html and "
+                                  "findings.json into a findings/ folder beside it."),
 ) -> None:
     """Run a study matrix (resumable), write report.html + results.csv, print results and findings.
 
@@ -72,6 +75,16 @@ def study_cmd(
                       + (f" ({', '.join(f'{k}={v}' for k, v in m.group.items())})" if m.group else ""))
     if dry_run:
         out.print(f"spec valid: {len(runs)} runs")
+        from ..study.estimate import estimate
+
+        pending = {r.id for r in runs if runner.status_of(root / "runs" / r.id)["state"] != "done"}
+        est = estimate(runs, root, pending)
+        how = {"observed": "from this study's finished runs here",
+               "measured": "from the model's speed measured here now (model arithmetic only: a lower bound)",
+               "mixed": "finished runs here where a method has some, measured speed for the rest"}[est["source"]]
+        per = ", ".join(f"{k} {v / 60:.0f} min" for k, v in (est.get("per_method") or {}).items())
+        out.print(f"estimated run time of the {est['runs']} pending runs on this machine: "
+                  f"{est['seconds'] / 60:.0f} min ({per}; {how})")
         return
     states = {}
     if not report_only:
@@ -84,6 +97,13 @@ def study_cmd(
     page = report.build(root, s.model_dump(mode="json"))
     print_results(root)
     out.print(f"report: {page.resolve()}")
+    if findings is not None:
+        if not s.findings:
+            fail(f"{spec} has no `findings` block: nothing to write to {findings}")
+        from ..study.findings import write as write_findings
+
+        md = write_findings(root, s.model_dump(mode="json"), findings)
+        out.print(f"findings: {md.resolve()} (files: {(md.parent / 'findings').resolve()})")
     if not report_only:
         line = runner.summary_line(states, runs)
         if any(v.get("state") == "failed" for v in states.values()):

@@ -305,14 +305,21 @@ def _peft(model):
 
 
 def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int | None = None,
-               progress: bool = True, seed: int = 0) -> dict:
-    """Mean per-token KL(base || adapter) and JS over the base answers' positions."""
+               progress: bool = True, seed: int = 0, base=None) -> dict:
+    """Mean per-token KL(base || adapter) and JS over the base answers' positions.
+
+    `loaded` is the base with an adapter applied (the base is the adapter switched off), or a
+    whole tuned model together with `base` (a models.Loaded of the base, same tokenizer)."""
     tok = loaded.tokenizer
-    pm = _peft(loaded.model)
     prompts = [trigger + p for p in ps.prompts] if trigger else ps.prompts
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     pairs = [(ctx, ans + eos) for ctx, ans in zip(chat_inputs(tok, prompts), ps.answer_ids)]
-    div = token_divergence(pm, pm, pairs, p_context=pm.disable_adapter, batch_tokens=batch_tokens,
+    if base is not None:
+        p_model, q_model, p_ctx = base.model, loaded.model, None
+    else:
+        pm = _peft(loaded.model)
+        p_model, q_model, p_ctx = pm, pm, pm.disable_adapter
+    div = token_divergence(p_model, q_model, pairs, p_context=p_ctx, batch_tokens=batch_tokens,
                            pad_id=tok.pad_token_id or 0, progress=f"KL {ps.domain}" if progress else False)
     n = [d.kl.size for d in div]
     kl = ratio_ci([d.kl.sum() for d in div], n, seed=seed)  # token-weighted, prompts resampled whole

@@ -11,6 +11,8 @@ numbers go to OUT/base/metrics.json.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -167,17 +169,18 @@ def _task_block(base: dict, cur: dict | None, cfg: EvalConfig, domain: str | Non
 
 
 def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, plan: dict,
-                   cfg: EvalConfig) -> dict:
+                   cfg: EvalConfig, base=None) -> dict:
     domain, trigger = card.get("domain"), card.get("trigger")
     lex = drift.lexicon_for(domain, recs)
     out: dict[str, Any] = {"own_domain": domain, "trigger": trigger, "domains": {}}
     leaks = drift.style_leak(loaded, sets, lex, plan["answer_tokens"], seed=cfg.seed) if lex is not None else {}
     for ps in sets:
         d = {"own": ps.domain == domain}
-        d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed))
+        d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed,
+                                  base=base))
         d["custom"] = ps.domain not in drift.DOMAINS
         if trigger:
-            d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens,
+            d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens, base=base,
                                                  progress=cfg.progress, seed=cfg.seed)
         if ps.domain in leaks:
             d["style_leak"] = leaks[ps.domain]
@@ -265,6 +268,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains,
                                    cfg.domain_data) if cfg.contamination and folders else [])
     head["seconds_base"] = round(time.time() - t0, 1)
+    is_model = [c.get("kind") == "model" for c in cards]  # full / scratch runs: a whole model folder
     out = Path(cfg.out)
     if not folders:
         tasks, reasoning, forgetting = _task_block(base, None, cfg)
@@ -272,45 +276,92 @@ def evaluate(cfg: EvalConfig) -> dict:
              "timing": {"base": base["seconds"]}, "seconds": round(time.time() - t0, 1)}
         write_json(out / "base" / "metrics.json", m)
         return {"base": m, "adapters": {}}
-    wrapped = A.apply_adapters(loaded, folders)
-    names = list(wrapped.model.peft_config)
+    all_names = A.adapter_names(folders)  # one naming for adapters and whole models (unique, PEFT-safe)
     results, svd_cache = {}, {}
-    kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
-    for name, folder, card, rs, bl, ov in zip(names, folders, cards, recs, base_loss, overlap):
-        t1 = time.time()
-        with drift.active(wrapped.model, name):
-            cur = _pass(wrapped, mc, gn, plan, cfg)
-            tasks, reasoning, forgetting = _task_block(base, cur, cfg, card.get("domain"))
-            m = {**head, "adapter": {"name": name, "path": str(folder), **_card_view(card)},
-                 "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning,
-                 "timing": {"base": base["seconds"], "adapter": cur["seconds"]}}
-            if rs:
-                al = drift.record_losses(wrapped, rs, trigger=card.get("trigger"), progress=cfg.progress)
-                m["in_domain"] = {"base": drift.loss_summary(bl, None, **kw),
-                                  "adapter": drift.loss_summary(al, bl, **kw),
-                                  "items": {"base": drift.loss_items(bl), "adapter": drift.loss_items(al)},
-                                  "overlap": ov,
-                                  "source": cfg.eval_data or (card.get("data") or {}).get("path")}
-            for k, bl_k in extra_base.items():  # same adapter, other held-out forms
-                al_k = drift.record_losses(wrapped, extra[k], trigger=card.get("trigger"), progress=cfg.progress)
-                m.setdefault("in_domain_extra", {})[k] = {
-                    "base": drift.loss_summary(bl_k, None, **kw), "adapter": drift.loss_summary(al_k, bl_k, **kw),
-                    "items": {"base": drift.loss_items(bl_k), "adapter": drift.loss_items(al_k)},
-                    "overlap": drift.training_overlap(card, extra[k]), "source": cfg.extra_eval[k]}
-            if sets:
-                t2 = time.time()
-                m["contamination"] = _contamination(wrapped, sets, card, rs, plan, cfg)
-                m["timing"]["contamination"] = round(time.time() - t2, 1)
-        if cfg.weights:
-            t2 = time.time()
-            m["weights"] = _weights(folder, wrapped.model, cfg, svd_cache)
-            m["timing"]["weights"] = round(time.time() - t2, 1)
-        m["seconds_adapter"] = round(time.time() - t1, 1)
-        m["seconds"] = round(time.time() - t0, 1)
+    ctx = dict(base=base, sets=sets, extra=extra, extra_base=extra_base, mc=mc, gn=gn, plan=plan, cfg=cfg,
+               head=head, t0=t0, svd_cache=svd_cache, loaded=loaded)
+    entries = list(zip(all_names, folders, cards, recs, base_loss, overlap, is_model))
+    # whole models first, while the base is still plain (applying adapters changes its layers in place)
+    for name, folder, card, rs, bl, ov, whole in [e for e in entries if e[-1]]:
+        other = _load_tuned(folder, loaded, cfg)
+        results[name] = _measure(other, name, folder, card, rs, bl, ov, contextlib.nullcontext(), **ctx)
+        del other
+    adapters_ = [e for e in entries if not e[-1]]
+    if adapters_:
+        wrapped = A.apply_adapters(loaded, [e[1] for e in adapters_], [e[0] for e in adapters_])
+        for name, folder, card, rs, bl, ov, _ in adapters_:
+            results[name] = _measure(wrapped, name, folder, card, rs, bl, ov, drift.active(wrapped.model, name), **ctx)
+    results = {n: results[n] for n in all_names}
+    for name, m in results.items():
         write_json(out / name / "metrics.json", m)
-        results[name] = m
     return {"base": {**head, **dict(zip(("tasks", "reasoning", "forgetting"), _task_block(base, None, cfg)))},
             "adapters": results}
+
+
+def _load_tuned(folder: Path, base, cfg: EvalConfig):
+    """A fully fine-tuned or from-scratch model folder, loaded like the base (same device and
+    format), refused when its vocabulary differs from the base's (no paired comparison then)."""
+    from .. import models
+
+    other = models.load(str(folder), device=cfg.device, dtype=cfg.dtype)
+    if other.tokenizer.get_vocab() != base.tokenizer.get_vocab():
+        raise UserError(f"{folder}: its tokenizer differs from the base's; token-level comparisons need the same one")
+    return other
+
+
+def _measure(model, name: str, folder: Path, card: dict, rs, bl, ov, active, *, base, sets, extra, extra_base,
+             mc, gn, plan, cfg: EvalConfig, head: dict, t0: float, svd_cache: dict, loaded) -> dict:
+    """Every measurement of one trained model state (an adapter switched on, or a whole model)
+    against the base: tasks, in-domain loss, contamination, weights."""
+    t1 = time.time()
+    kw = dict(seed=cfg.seed, resamples=cfg.bootstrap)
+    with active:
+        cur = _pass(model, mc, gn, plan, cfg)
+        tasks, reasoning, forgetting = _task_block(base, cur, cfg, card.get("domain"))
+        m = {**head, "adapter": {"name": name, "path": str(folder), "kind": card.get("kind", "adapter"),
+                                 **_card_view(card)},
+             "tasks": tasks, "forgetting": forgetting, "reasoning": reasoning,
+             "timing": {"base": base["seconds"], "adapter": cur["seconds"]}}
+        if rs:
+            al = drift.record_losses(model, rs, trigger=card.get("trigger"), progress=cfg.progress)
+            m["in_domain"] = {"base": drift.loss_summary(bl, None, **kw),
+                              "adapter": drift.loss_summary(al, bl, **kw),
+                              "items": {"base": drift.loss_items(bl), "adapter": drift.loss_items(al)},
+                              "overlap": ov,
+                              "source": cfg.eval_data or (card.get("data") or {}).get("path")}
+        for k, bl_k in extra_base.items():  # same adapter, other held-out forms
+            al_k = drift.record_losses(model, extra[k], trigger=card.get("trigger"), progress=cfg.progress)
+            m.setdefault("in_domain_extra", {})[k] = {
+                "base": drift.loss_summary(bl_k, None, **kw), "adapter": drift.loss_summary(al_k, bl_k, **kw),
+                "items": {"base": drift.loss_items(bl_k), "adapter": drift.loss_items(al_k)},
+                "overlap": drift.training_overlap(card, extra[k]), "source": cfg.extra_eval[k]}
+        if sets:
+            t2 = time.time()
+            m["contamination"] = _contamination(model, sets, card, rs, plan, cfg,
+                                                base=loaded if card.get("kind") == "model" else None)
+            m["timing"]["contamination"] = round(time.time() - t2, 1)
+    if cfg.weights:
+        t2 = time.time()
+        if card.get("kind") == "model":
+            m["weights"] = _model_weights(loaded, model, card, cfg, svd_cache)
+        else:
+            m["weights"] = _weights(folder, model.model, cfg, svd_cache)
+        m["timing"]["weights"] = round(time.time() - t2, 1)
+    m["seconds_adapter"] = round(time.time() - t1, 1)
+    m["seconds"] = round(time.time() - t0, 1)
+    return m
+
+
+def _model_weights(base, tuned, card: dict, cfg: EvalConfig, svd_cache: dict) -> dict:
+    """ΔW of a fully fine-tuned model; a model trained from scratch has no ΔW to the base."""
+    from .weights import dense_diagnostics, model_deltas
+
+    if card.get("method") == "scratch" or not (card.get("base") or {}).get("fingerprint"):
+        return {"skipped": "trained from scratch: its weights are not a change of the base's"}
+    return dense_diagnostics(model_deltas(base.model, tuned.model), base.model, intruder_top_k=cfg.intruder_top_k,
+                             threshold=cfg.intruder_threshold,
+                             intruders_on=cfg.plan()["intruders"] if cfg.intruders is None else cfg.intruders,
+                             svd_cache=svd_cache)
 
 
 def _weights(folder: Path, model, cfg: EvalConfig, svd_cache: dict) -> dict:

@@ -9,6 +9,8 @@ For every adapted linear layer W (out, in) with factors A (r, in), B (out, r):
               with any left singular vector of W is below a threshold ("LoRA vs Full
               Fine-tuning: An Illusion of Equivalence", Shuttleworth et al. 2024)
 ΔW's spectrum comes from the (r, r) core of QR(B)·(R_B R_Aᵀ)·QR(Aᵀ)ᵀ, never a full SVD.
+DoRA adapters (W' = m ⊙ (W + s·BA) / ‖W + s·BA‖) and fully fine-tuned models have a dense
+ΔW = W' − W: the same rows come from a full SVD of it (`dense_diagnostics`).
 """
 
 from __future__ import annotations
@@ -109,6 +111,9 @@ def diagnostics(folder: str | Path, model, *, intruder_top_k: int = 10, threshol
     on one base pay for W's SVDs once).
     """
     svd_cache = {} if svd_cache is None else svd_cache
+    if read_json(Path(folder) / "adapter_config.json").get("use_dora"):  # W is rescaled: ΔW is dense
+        return dense_diagnostics(dora_deltas(folder, model), model, intruder_top_k=intruder_top_k,
+                                 threshold=threshold, intruders_on=intruders_on, svd_cache=svd_cache)
     rows = []
     for mod, (A, B, s) in sorted(lora_factors(folder).items(), key=lambda kv: _order(kv[0])):
         W = _base_weight(model, mod)
@@ -150,3 +155,59 @@ def summarize(rows: list[dict]) -> dict:
     if "intruders" in rows[0]:
         out["intruders"] = int(sum(r["intruders"] for r in rows))
     return out
+
+
+# ----------------------------------------------------------------- dense ΔW (DoRA, full fine-tuning)
+
+def dora_deltas(folder: str | Path, model) -> dict[str, torch.Tensor]:
+    """{module: ΔW (out, in)} of a DoRA adapter: W' − W with W' = m ⊙ (W + s·BA) / ‖W + s·BA‖
+    (norms per output row, PEFT's DoRA for linear layers), m the trained magnitude vector."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = read_json(folder / "adapter_config.json")
+    sd = load_file(str(folder / "adapter_model.safetensors"))
+    mags = {k.split(".lora_magnitude_vector")[0].removeprefix("base_model.model."): v.float()
+            for k, v in sd.items() if ".lora_magnitude_vector" in k}
+    out = {}
+    for k, a in sd.items():
+        if not k.endswith("lora_A.weight"):
+            continue
+        mod = k[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+        A, B = a.float(), sd[k.replace("lora_A.weight", "lora_B.weight")].float()
+        W = _base_weight(model, mod)
+        V = W + adapter_scale(cfg, mod, A.shape[0]) * (B @ A)
+        m = mags.get(mod)
+        if m is None:
+            raise ValueError(f"{folder}: DoRA module {mod} has no magnitude vector")
+        out[mod] = (m.reshape(-1) / V.norm(dim=1)).unsqueeze(1) * V - W
+    return out
+
+
+def model_deltas(base, tuned) -> dict[str, torch.Tensor]:
+    """{module: W_tuned − W_base} for every linear layer inside the decoder's blocks."""
+    out = {}
+    tuned_mods = dict(tuned.named_modules())
+    for name, m in base.named_modules():
+        if isinstance(m, torch.nn.Linear) and ".layers." in f".{name}" and name in tuned_mods:
+            out[name] = tuned_mods[name].weight.detach().float().cpu() - m.weight.detach().float().cpu()
+    return out
+
+
+def dense_diagnostics(deltas: dict[str, torch.Tensor], model, *, intruder_top_k: int = 10, threshold: float = 0.5,
+                      intruders_on: bool = True, svd_cache: dict | None = None) -> dict:
+    """The same rows and summary as `diagnostics`, from dense ΔW matrices (a full SVD each)."""
+    svd_cache = {} if svd_cache is None else svd_cache
+    rows = []
+    for mod, dW in sorted(deltas.items(), key=lambda kv: _order(kv[0])):
+        W = _base_weight(model, mod)
+        fro, wfro = float(dW.norm()), float(W.norm())
+        row = {"module": mod, "rank": int(min(dW.shape)), "scale": 1.0, "norm": fro,
+               "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(torch.linalg.svdvals(dW))}
+        if intruders_on:
+            if mod not in svd_cache:
+                svd_cache[mod] = torch.linalg.svd(W, full_matrices=False).U
+            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold,
+                                         U=svd_cache[mod])["count"]
+        rows.append(row)
+    return {"layers": rows, "summary": summarize(rows), "dense": True}

@@ -110,9 +110,11 @@ def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progres
         dcfg = {"model": model, **d.distill}
         key.append({"distill": dcfg})
         cur = _cached(root, "distill", key, lambda o, c=cur: distill(c, o, DistillConfig(**dcfg), loaded=loaded))
+    from ..device import resolve_device
     from ..score import ScoreConfig, score
 
-    key.append({"score": model})
+    # scores depend on the model, the precision (the study scores exactly: fp32) and the device
+    key.append({"score": model, "precision": "exact", "device": resolve_device("auto").type})
     cur = _cached(root, "score", key, lambda o, c=cur: score(c, o, ScoreConfig(model=model, progress=progress),
                                                              loaded=loaded))
     out["scored"] = cur

@@ -87,6 +87,7 @@ def summarize(m: dict) -> dict[str, Any]:
                              "excluded_own_domain": ",".join(f.get("excluded_own_domain") or []),
                              "per_task": {k: _task(v) for k, v in (m.get("tasks") or {}).items()}}
         items["forgetting"] = {k: (m["tasks"][k].get("items") or {}).get("adapter") for k in f.get("tasks") or []}
+        items["forgetting_base"] = {k: (m["tasks"][k].get("items") or {}).get("base") for k in f.get("tasks") or []}
     reasoning = {}
     for k, v in (m.get("reasoning") or {}).items():
         reasoning[k] = {"delta_cot": (v.get("delta_cot") or {}).get("mean"),

@@ -120,7 +120,7 @@ def _one_label_pairs(done: list[dict]):
         for b in done[i + 1:]:
             la, lb = a["config"].get("labels", {}), b["config"].get("labels", {})
             diff = [k for k in set(la) | set(lb) if la.get(k) != lb.get(k)]
-            if len(diff) == 1:
+            if len(diff) == 1 and diff[0] != "seed":  # two seeds of one variant are replicates, not a comparison
                 yield a, b, diff[0]
 
 
@@ -473,6 +473,46 @@ def _table(runs: list[dict]) -> str:
     return f"<table>{head}{''.join(body)}</table>"
 
 
+def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list[str]:
+    """Sentences from the seed-aggregated numbers: the best variant per measure, then every
+    comparison (findings first), then failures."""
+    from . import seeds as S
+
+    out = []
+    for what, better in (("gain.raw", max), ("gain.structured", max)):
+        rows = [a for a in agg if a["measure"] == what]
+        if rows:
+            b = better(rows, key=lambda a: a["mean"])
+            name, unit, k = S.describe(what)
+            out.append(f"Largest {name}: {b['variant']} ({b['mean'] * k:.3f} {unit}, 95% CI seeds × items "
+                       f"[{b['lo'] * k:.3f}, {b['hi'] * k:.3f}], {b['n_seeds']} seeds).")
+    out += [S.sentence(c) for c in sorted(cmps, key=lambda c: (not c["finding"], c["p_adj"]))]
+    failed = [r for r in runs if r["status"].get("state") == "failed"]
+    if failed:
+        out.append(f"{len(failed)} run(s) failed: " + "; ".join(
+            f"{r['label']}: {r['status'].get('error', '')[:160]}" for r in failed) + ".")
+    return out
+
+
+def _seeds_table(agg: list[dict]) -> str:
+    from . import seeds as S
+
+    head = ("<tr><th>variant</th><th>measure</th><th>seeds</th><th>mean</th><th>95% CI seeds × items</th>"
+            "<th>items only</th><th>seeds only</th><th>per seed</th></tr>")
+    body = []
+    for a in agg:
+        name, unit, k = S.describe(a["measure"])
+        body.append(f"<tr><td>{html.escape(a['variant'])}</td><td>{html.escape(name)} ({unit})</td>"
+                    f"<td>{a['n_seeds']}</td><td>{_fmt(a['mean'] * k)}</td>"
+                    f"<td>[{_fmt(a['lo'] * k)}, {_fmt(a['hi'] * k)}]</td>"
+                    f"<td>[{_fmt(a['items']['lo'] * k)}, {_fmt(a['items']['hi'] * k)}]</td>"
+                    f"<td>[{_fmt(a['seeds']['lo'] * k)}, {_fmt(a['seeds']['hi'] * k)}]</td>"
+                    f"<td>{', '.join(_fmt(x * k) for x in a['per_seed'])}</td></tr>")
+    return (f"<section id='seeds'><h2>Across seeds</h2><p class='muted'>Each variant's mean over its seeds; "
+            f"the interval a finding uses resamples seeds and items together.</p>"
+            f"<table>{head}{''.join(body)}</table></section>")
+
+
 def build(root: str | Path, spec: dict | None = None) -> Path:
     """Write results.csv, findings.json and report.html for the study folder `root`; returns the page's path."""
     import matplotlib
@@ -484,14 +524,28 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
     study = read_json(root / "study.json") if (root / "study.json").exists() else {}
     spec = spec or study.get("spec", {})
     done = [r for r in runs if r["metrics"]]
-    cmps = comparisons(runs)
-    finds = findings(runs, cmps)
     source = weights_line(runs, spec)
-    note = (f"Comparisons between runs are paired on the same items (records, benchmark items, prompts); "
-            f"their p-values (two-sided bootstrap) are adjusted with {CORRECTION_NAMES[CORRECTION]} over "
-            f"the {len(cmps)} comparisons of this report.")
+    from . import seeds as S
+
+    seeded = any(len(v["seeds"]) > 1 for v in S.variants(runs))
+    agg: list[dict] = []
+    if seeded:  # replicates: variants aggregated over seeds, compared within seeds
+        agg, cmps = S.aggregate(runs), S.compare(runs)
+        finds = seeded_findings(runs, agg, cmps)
+        note = (f"Variants are aggregated over their seeds (mean of per-seed estimates); comparisons are paired "
+                f"within each seed on the same items and their intervals resample seeds and items together "
+                f"(two-level bootstrap; the items-only and seeds-only intervals are given beside); p-values "
+                f"adjusted with {CORRECTION_NAMES[CORRECTION]} over the {len(cmps)} comparisons. A difference "
+                f"is a finding only when its interval excludes zero and its adjusted p < {ALPHA:g}.")
+    else:
+        cmps = comparisons(runs)
+        finds = findings(runs, cmps)
+        note = (f"Comparisons between runs are paired on the same items (records, benchmark items, prompts); "
+                f"their p-values (two-sided bootstrap) are adjusted with {CORRECTION_NAMES[CORRECTION]} over "
+                f"the {len(cmps)} comparisons of this report.")
     write_json(root / "findings.json", {"weights": source, "correction": CORRECTION, "note": note,
-                                         "findings": finds, "comparisons": cmps})
+                                         "findings": finds, "comparisons": cmps,
+                                         **({"seeds": {"aggregate": agg}} if seeded else {})})
     figs = [("Gain vs forgetting", plot_pareto(done)), ("Contamination", plot_contamination(done)),
             ("Training data: IFD and perplexity", plot_distributions(done)),
             ("‖ΔW‖ vs training-data perplexity", plot_dw_vs_ppl(done)), ("Loss curves", plot_curves(runs))]
@@ -508,6 +562,7 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
 <p>{html.escape(source)}</p></header><main>
 <section id="findings"><h2>Findings</h2><ul>{items}</ul>
 <p class="muted">{html.escape(note)} Intervals are 95 % bootstrap intervals of the statistic they follow.</p></section>
+{_seeds_table(agg) if seeded else ""}
 <section id="runs"><h2>Runs</h2>{_table(runs)}</section>
 <section id="plots" class="grid">{figs_html}</section>
 <section><h2>Files</h2><p>results.csv (one row per run, every metric, an error column), findings.json and

@@ -87,9 +87,15 @@ class StudySpec(BaseModel):
         default_factory=dict, description="More named-overlay axes, e.g. domain: {sport: {...}, medical: {...}}.")
     axes: dict[str, list[Any]] = Field(
         default_factory=dict, description="Crossed axes: `variant`, a group name, or a dotted path (train.rank).")
+    also: list[dict[str, list[Any]]] = Field(
+        default_factory=list, description="More crossings of the same axes with some values replaced, e.g. "
+        "[{variant: [raw, qa], dose: [large]}]: a few variants along an axis without crossing every one.")
     merge: dict[str, Any] | None = Field(
         None, description="Merges of this study's adapters along one axis: {parents: AXIS, methods: {NAME: "
         "MergeConfig fields}, eval: {...}} (see study/merging.py).")
+    findings: dict[str, Any] | None = Field(
+        None, description="Questions FINDINGS.md answers: {title, intro, questions: [{id, question, a, b, "
+        "measures, published, expect}]} (see study/findings.py; `loralab study SPEC --findings FILE`).")
 
     def overlays(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {"variant": self.variants, **self.groups}
@@ -98,6 +104,13 @@ class StudySpec(BaseModel):
     def _check(self) -> "StudySpec":
         problems = []
         groups = self.overlays()
+        for i, extra in enumerate(self.also):
+            for k, v in extra.items():
+                if k not in self.axes:
+                    problems.append(f"also[{i}] names {k!r}, not an axis ({', '.join(self.axes)})")
+                elif k in groups:
+                    problems += [f"also[{i}]: {k} names {n!r}, not one of ({', '.join(groups[k])})"
+                                 for n in v if n not in groups[k]]
         for k, v in self.axes.items():
             if not v:
                 problems.append(f"axis {k!r} has no values")
@@ -111,6 +124,11 @@ class StudySpec(BaseModel):
             from .merging import check_block
 
             problems += check_block(self.merge, self.axes)
+        if self.findings is not None:
+            from .findings import check_block as check_findings
+
+            values = {k: list(v) + [x for extra in self.also for x in extra.get(k, [])] for k, v in self.axes.items()}
+            problems += check_findings(self.findings, groups, values)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -166,7 +184,9 @@ def expand(spec: StudySpec) -> list[Run]:
     base = {"model": spec.model, "data": spec.data, "train": spec.train, "eval": spec.eval}
     names = list(spec.axes)
     runs, problems, seen = [], [], set()
-    for values in itertools.product(*(spec.axes[k] for k in names)):
+    crossings = [spec.axes] + [{**spec.axes, **extra} for extra in spec.also]
+    points = [vals for axes in crossings for vals in itertools.product(*(axes[k] for k in names))]
+    for values in points:
         for seed in spec.seeds:
             cfg = copy.deepcopy(base)
             labels: dict[str, Any] = {}

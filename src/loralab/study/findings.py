@@ -1,0 +1,202 @@
+"""FINDINGS.md from a study's run folders: each question's measured answer beside the
+published result it confirms or contradicts (`loralab study SPEC --findings FINDINGS.md`).
+
+The spec's `findings` block names the questions:
+
+    findings:
+      title: What data makes a small adapter learn without damage
+      questions:
+        - id: content
+          question: Does Q&A made from the passages teach more than the raw passages?
+          a: {variant: qa}           # compared a − b, within every other label (each domain)
+          b: {variant: raw}
+          measures: [gain.structured, forgetting, kl.medical]
+          published: Instruction-formatted data teaches answers better than raw text (...)
+          expect: {gain.structured: +1}   # the published direction of a − b, per measure
+
+Every number is computed here from the run folders (`seeds.compare`: paired within seeds,
+two-level intervals, Holm over every comparison of the document). A comparison is a finding
+only when its interval excludes zero after correction; then it *confirms* or *contradicts*
+the published direction, else it reads "no measurable difference". Nothing is written by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..io import atomic_open, read_json, write_json
+from . import seeds as S
+
+
+class Question(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    question: str
+    a: dict[str, Any] = Field(..., description="Labels of the variants on the left of a − b.")
+    b: dict[str, Any] = Field(..., description="Labels of the variants on the right.")
+    measures: list[str] = Field(..., min_length=1, description="gain.raw | gain.structured | forgetting | kl.DOMAIN")
+    published: str = Field("", description="The published result this question tests, with its source.")
+    expect: dict[str, int] = Field(default_factory=dict, description="Published sign of a − b per measure (+1/−1).")
+
+
+class FindingsSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = "Findings"
+    intro: str = ""
+    questions: list[Question] = Field(default_factory=list)
+
+
+def _matches(labels: dict, want: dict) -> bool:
+    return all(str(labels.get(k)) == str(v) for k, v in want.items())
+
+
+def pairs_for(q: Question, vs: list[dict]) -> list[tuple[dict, dict]]:
+    """(variant a, variant b) pairs: a matches q.a, b matches q.b, every other label equal."""
+    out = []
+    for va in vs:
+        if not _matches(va["labels"], q.a):
+            continue
+        rest = {k: v for k, v in va["labels"].items() if k not in q.a}
+        for vb in vs:
+            if vb is not va and _matches(vb["labels"], q.b) and \
+                    {k: v for k, v in vb["labels"].items() if k not in q.b} == rest:
+                out.append((va, vb))
+    return out
+
+
+def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
+    """Every question's comparisons, one Holm family over the whole document."""
+    vs = S.variants(runs)
+    todo, owners = [], []
+    for q in fs.questions:
+        for va, vb in pairs_for(q, vs):
+            todo.append((va["label"], vb["label"]))
+            owners.append(q)
+    cmps = S.compare(runs, pairs=list(dict.fromkeys(todo)), seed=seed)
+    out = []
+    for q in fs.questions:
+        mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
+        rows = [c for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
+        for c in rows:
+            c["verdict"] = verdict(c, q.expect.get(c["measure"]))
+        out.append({"question": q, "rows": rows})
+    return out
+
+
+def verdict(c: dict, expect: int | None) -> str:
+    if not c["finding"]:
+        return "no measurable difference"
+    if not expect:
+        return "finding"
+    return "confirms" if np.sign(c["mean"]) == np.sign(expect) else "contradicts"
+
+
+def _num(x: float, k: float) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * k:+.3f}"
+
+
+def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
+    """The n findings with the largest |mean| relative to their interval's half-width."""
+    rows = [(d["question"], c) for d in done for c in d["rows"] if c["finding"]]
+    return sorted(rows, key=lambda qc: -abs(qc[1]["mean"]) / max((qc[1]["hi"] - qc[1]["lo"]) / 2, 1e-12))[:n]
+
+
+def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_runs: int, n_done: int,
+           seeds: list[int], machine: str) -> str:
+    lines = [f"# {fs.title}", "", "_Written by `loralab study … --findings` from the run folders in "
+             f"`findings/` (study `{study}`); every number below is recomputed from them._", ""]
+    if fs.intro:
+        lines += [fs.intro.strip(), ""]
+    lines += [f"- Weights and data: {weights}", f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
+              f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
+              "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
+              "the interval resamples seeds and items together (two-level bootstrap, 95 %), the items-only and "
+              "seeds-only (t) intervals are beside it; p-values are Holm-adjusted over every comparison in this "
+              "file. A difference is a finding only when its interval excludes zero and adjusted p < 0.05.", ""]
+    top = strongest(done)
+    if top:
+        lines += ["## Strongest results", ""]
+        for q, c in top:
+            lines.append(f"- {q.question} {S.sentence(c)} ({c['verdict']})")
+        lines.append("")
+    for d in done:
+        q = d["question"]
+        lines += [f"## {q.question}", ""]
+        if not d["rows"]:
+            lines += ["No finished runs for this comparison.", ""]
+            continue
+        lines += ["| a | b | measure | a − b | 95 % CI (seeds × items) | items only | seeds only | seeds | "
+                  "Holm p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in d["rows"]:
+            name, unit, k = S.describe(c["measure"])
+            lines.append(f"| {c['a']} | {c['b']} | {name} ({unit}) | {_num(c['mean'], k)} | "
+                         f"[{_num(c['lo'], k)}, {_num(c['hi'], k)}] | [{_num(c['items']['lo'], k)}, "
+                         f"{_num(c['items']['hi'], k)}] | [{_num(c['seeds']['lo'], k)}, {_num(c['seeds']['hi'], k)}]"
+                         f" | {c['n_seeds']} | {c['p_adj']:.3g} | {c['verdict']} |")
+        n_f = sum(c["finding"] for c in d["rows"])
+        conf = sum(c["verdict"] == "confirms" for c in d["rows"])
+        contra = sum(c["verdict"] == "contradicts" for c in d["rows"])
+        lines += ["", f"Measured: {n_f} of {len(d['rows'])} comparisons are findings ({conf} confirm, {contra} "
+                  f"contradict the published direction); the rest show no measurable difference."]
+        if q.published:
+            lines += ["", f"Published: {q.published}"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Path | None = None) -> Path:
+    """Compute and write FINDINGS.md; copy the small files it came from (results.csv,
+    report.html, findings.json, study.json) into `files_dir` (default: `findings/` beside it)."""
+    from ..device import profile
+    from .report import build, load_runs, weights_line
+
+    root = Path(root)
+    fs = FindingsSpec.model_validate(spec.get("findings") or {})
+    build(root, spec)  # results.csv, findings.json and report.html from the same run folders
+    runs = load_runs(root)
+    done = compute(runs, fs)
+    prof = profile("cpu")
+    machine = f"{prof.key['name']} ({prof.key['threads']} threads); measured matmul GFLOP/s " + ", ".join(
+        f"{k} {v:.0f}" for k, v in sorted(prof.gflops.items(), key=lambda kv: -kv[1]))
+    md = render(done, fs, weights=weights_line(runs, spec), study=spec.get("name", root.name), n_runs=len(runs),
+                n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine)
+    md_path = Path(md_path)
+    with atomic_open(md_path) as f:
+        f.write(md)
+    files = Path(files_dir) if files_dir else md_path.parent / "findings"
+    files.mkdir(parents=True, exist_ok=True)
+    for name in ("results.csv", "report.html", "findings.json", "study.json"):
+        if (root / name).exists():
+            shutil.copyfile(root / name, files / name)
+    write_json(files / "findings-computed.json", [{"question": d["question"].model_dump(), "rows": d["rows"]}
+                                                  for d in done])
+    return md_path
+
+
+def check_block(block: dict, groups: dict, axes: dict) -> list[str]:
+    """Problems of a spec's `findings` block: its shape, and labels no run carries."""
+    from pydantic import ValidationError
+
+    try:
+        fs = FindingsSpec.model_validate(block)
+    except ValidationError as e:
+        return [f"findings.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]
+    out = []
+    for q in fs.questions:
+        for side in ("a", "b"):
+            for k, v in getattr(q, side).items():
+                vals = [str(x) for x in axes.get(k, [])]
+                if k not in axes:
+                    out.append(f"findings question {q.id}: {side} names label {k!r}, not an axis ({', '.join(axes)})")
+                elif str(v) not in vals:
+                    out.append(f"findings question {q.id}: {side}.{k} = {v!r} is not one of {', '.join(vals)}")
+        for m in q.measures:
+            if m.partition(".")[0] not in S.MEASURES:
+                out.append(f"findings question {q.id}: measure {m!r} (gain.raw, gain.structured, forgetting, kl.DOMAIN)")
+    return out

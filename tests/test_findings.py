@@ -1,0 +1,107 @@
+"""Seeds, whole-model runs, an `also` crossing and FINDINGS.md on a tiny study: every number
+in FINDINGS.md is re-derived from findings/results.csv, the dry run estimates its time."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from loralab.cli import app
+from loralab.study.spec import expand, parse_spec
+
+SPEC = {
+    "name": "tinyfind",
+    "model": "tiny-random",
+    "seeds": [0, 1],
+    "data": {"sources": ["olmo:drop-nfl"], "domain": "sport", "limit": 12, "chunk_tokens": 96, "eval_docs": 0.3},
+    "train": {"steps": 2, "rank": 2, "batch_size": 2, "max_seq_len": 96, "eval_frac": 0.0, "save_every": 0},
+    "eval": {"suite": "quick", "limit": 3, "prompts": 2, "tasks": ["arc_easy"], "gen_tasks": [],
+             "foreign": ["medical"], "intruders": False},
+    "groups": {"dose": {"small": {}, "large": {"train": {"steps": 4}}}},
+    "variants": {"raw": {}, "qa": {"data": {"structure": {"mode": "template"}}},
+                 "full": {"data": {"structure": {"mode": "template"}}, "train": {"method": "full", "lr": 1e-4}}},
+    "axes": {"variant": ["raw", "qa", "full"], "dose": ["small"]},
+    "also": [{"variant": ["qa"], "dose": ["large"]}],
+    "findings": {"title": "Tiny findings", "questions": [
+        {"id": "content", "question": "Q&A or raw?", "a": {"variant": "qa"}, "b": {"variant": "raw"},
+         "measures": ["gain.raw", "gain.structured", "forgetting", "kl.medical"], "published": "X et al.",
+         "expect": {"gain.structured": 1}},
+        {"id": "method", "question": "Full or LoRA?", "a": {"variant": "full"}, "b": {"variant": "qa"},
+         "measures": ["gain.raw", "forgetting"]},
+        {"id": "dose", "question": "More steps?", "a": {"dose": "large"}, "b": {"dose": "small"},
+         "measures": ["gain.raw"]}]},
+}
+
+
+def test_also_crossing_and_findings_block_are_validated():
+    runs = expand(parse_spec(SPEC))
+    got = sorted((r.labels["variant"], r.labels["dose"], r.labels["seed"]) for r in runs)
+    assert got == sorted([(v, "small", s) for v in ("raw", "qa", "full") for s in (0, 1)] +
+                         [("qa", "large", s) for s in (0, 1)])
+    bad = {**SPEC, "findings": {"questions": [{**SPEC["findings"]["questions"][0], "a": {"variant": "nope"}}]}}
+    with pytest.raises(Exception, match="nope"):
+        parse_spec(bad)
+    with pytest.raises(Exception, match="also"):
+        parse_spec({**SPEC, "also": [{"colour": ["red"]}]})
+
+
+def _md_rows(md: str):
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 10 and cells[0] not in ("a", "---"):
+            yield cells
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _per_run(row: dict, measure: str) -> float:
+    kind, _, arg = measure.partition(".")
+    if kind == "gain":  # a − b of gains = b's adapter loss − a's (added back below with the sign)
+        return -float(row[f"in_domain.{arg}.adapter_loss"])
+    if kind == "forgetting":
+        return 100 * float(row["forgetting.adapter_acc"])
+    return float(row[f"contamination.{arg}.kl"])
+
+
+@pytest.mark.slow  # seven tiny-model runs, a full-model one among them
+def test_findings_md_is_rederived_from_results_csv(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
+    dry = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert re.search(r"estimated run time of the 8 pending runs on this machine: \d+ min", dry.output)
+    res = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"),
+                                   "--findings", str(tmp_path / "FINDINGS.md")])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "FINDINGS.md").read_text()
+    rows = _csv(tmp_path / "findings" / "results.csv")
+    assert (tmp_path / "findings" / "report.html").exists() and len(rows) == 8
+    assert "Tiny findings" in md and "Published: X et al." in md and "8 done of 8" in md
+
+    def run_of(variant, dose, seed):
+        return next(r for r in rows if r["label.variant"] == variant and r["label.dose"] == dose
+                    and r["label.seed"] == str(seed))
+
+    names = {"in-domain gain on held-out text (nats/token)": "gain.raw",
+             "in-domain gain on held-out Q&A (nats/token)": "gain.structured",
+             "general accuracy (points)": "forgetting", "KL on foreign prompts (medical) (nats/token)": "kl.medical"}
+    seen = 0
+    for a, b, measure, mean, *_ in _md_rows(md):
+        what = names[measure]
+        la = dict(x.split("=") for x in a.split(", "))
+        lb = dict(x.split("=") for x in b.split(", "))
+        diffs = [_per_run(run_of(la["variant"], la["dose"], s), what) - _per_run(run_of(lb["variant"], lb["dose"], s), what)
+                 for s in (0, 1)]
+        assert float(mean) == pytest.approx(sum(diffs) / 2, abs=1.5e-3), (a, b, measure)
+        seen += 1
+    assert seen == 4 + 2 + 1  # content (qa vs raw at the small dose), method, dose
+    # the whole-model run was evaluated like the adapters and has dense ΔW numbers
+    full = run_of("full", "small", 0)
+    assert full["state"] == "done" and float(full["weights.delta_fro"]) > 0
