@@ -23,8 +23,11 @@ SPEC = {
              "foreign": ["medical"], "intruders": False},
     "groups": {"dose": {"small": {}, "large": {"train": {"steps": 4}}}},
     "variants": {"raw": {}, "qa": {"data": {"structure": {"mode": "template"}}},
+                 "ifd": {"data": {"structure": {"mode": "template"}, "select": ["ifd_topk:50"]}},
+                 "ifd_weak": {"data": {"structure": {"mode": "template"}, "select": ["ifd_topk:50"],
+                                       "scorer": "tiny-random@layers=1"}},
                  "full": {"data": {"structure": {"mode": "template"}}, "train": {"method": "full", "lr": 1e-4}}},
-    "axes": {"variant": ["raw", "qa", "full"], "dose": ["small"]},
+    "axes": {"variant": ["raw", "qa", "full", "ifd", "ifd_weak"], "dose": ["small"]},
     "also": [{"variant": ["qa"], "dose": ["large"]}],
     "findings": {"title": "Tiny findings", "questions": [
         {"id": "content", "question": "Q&A or raw?", "a": {"variant": "qa"}, "b": {"variant": "raw"},
@@ -33,14 +36,15 @@ SPEC = {
         {"id": "method", "question": "Full or LoRA?", "a": {"variant": "full"}, "b": {"variant": "qa"},
          "measures": ["gain.raw", "forgetting"]},
         {"id": "dose", "question": "More steps?", "a": {"dose": "large"}, "b": {"dose": "small"},
-         "measures": ["gain.raw"]}]},
+         "measures": ["gain.raw"]}],
+        "scorers": [{"a": {"variant": "ifd_weak"}, "b": {"variant": "ifd"}, "top": 0.5, "published": "S. et al."}]},
 }
 
 
 def test_also_crossing_and_findings_block_are_validated():
     runs = expand(parse_spec(SPEC))
     got = sorted((r.labels["variant"], r.labels["dose"], r.labels["seed"]) for r in runs)
-    assert got == sorted([(v, "small", s) for v in ("raw", "qa", "full") for s in (0, 1)] +
+    assert got == sorted([(v, "small", s) for v in ("raw", "qa", "full", "ifd", "ifd_weak") for s in (0, 1)] +
                          [("qa", "large", s) for s in (0, 1)])
     bad = {**SPEC, "findings": {"questions": [{**SPEC["findings"]["questions"][0], "a": {"variant": "nope"}}]}}
     with pytest.raises(Exception, match="nope"):
@@ -70,20 +74,20 @@ def _per_run(row: dict, measure: str) -> float:
     return float(row[f"contamination.{arg}.kl"])
 
 
-@pytest.mark.slow  # seven tiny-model runs, a full-model one among them
+@pytest.mark.slow  # twelve tiny-model runs, a full-model one among them
 def test_findings_md_is_rederived_from_results_csv(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(SPEC), encoding="utf-8")
     dry = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"), "--dry-run"])
     assert dry.exit_code == 0, dry.output
-    assert re.search(r"estimated run time of the 8 pending runs on this machine: \d+ min", dry.output)
+    assert re.search(r"estimated run time of the 12 pending runs on this machine: \d+ min", dry.output)
     res = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"),
                                    "--findings", str(tmp_path / "FINDINGS.md")])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "FINDINGS.md").read_text()
     rows = _csv(tmp_path / "findings" / "results.csv")
-    assert (tmp_path / "findings" / "report.html").exists() and len(rows) == 8
-    assert "Tiny findings" in md and "Published: X et al." in md and "8 done of 8" in md
+    assert (tmp_path / "findings" / "report.html").exists() and len(rows) == 12
+    assert "Tiny findings" in md and "Published: X et al." in md and "12 done of 12" in md
 
     def run_of(variant, dose, seed):
         return next(r for r in rows if r["label.variant"] == variant and r["label.dose"] == dose
@@ -105,3 +109,24 @@ def test_findings_md_is_rederived_from_results_csv(tmp_path):
     # the whole-model run was evaluated like the adapters and has dense ΔW numbers
     full = run_of("full", "small", 0)
     assert full["state"] == "done" and float(full["weights.delta_fro"]) > 0
+
+    # weak-to-strong: the table's rho is score.agreement on the two runs' scored folders
+    import json
+
+    from loralab.data.records import read_records
+    from loralab.score import agreement
+
+    assert "Weak-to-strong scoring" in md and "Published: S. et al." in md
+    computed = json.loads((tmp_path / "findings" / "findings-computed.json").read_text())["scorers"]
+    assert len(computed) == 2 and {g["seed"] for g in computed} == {0, 1}
+    root = tmp_path / "out" / "tinyfind" / "runs"
+    for g in computed:
+        folders = {}
+        for variant in ("ifd_weak", "ifd"):
+            rid = run_of(variant, "small", g["seed"])["id"]
+            folders[variant] = {r.id: r.meta["score"] for r in read_records(
+                json.loads((root / rid / "data.json").read_text())["scored"])}
+        ids = sorted(set(folders["ifd_weak"]) & set(folders["ifd"]))
+        want = agreement([folders["ifd_weak"][i] for i in ids], [folders["ifd"][i] for i in ids], fracs=(0.5,))
+        assert g["rho_ifd"] == pytest.approx(want["spearman_ifd"]["rho"])
+        assert f"| {g['rho_ifd']:.3f} |" in md

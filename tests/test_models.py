@@ -105,3 +105,22 @@ def test_cpu_bf16_override(monkeypatch):
     assert device.resolve("cpu").dtype == torch.bfloat16
     monkeypatch.setenv("LORALAB_CPU_BF16", "0")
     assert device.resolve("cpu").dtype == torch.float32
+
+
+def test_weakened_model_keeps_the_first_layers():
+    from loralab import models
+
+    full = models.load("tiny-random", device="cpu", dtype="float32")
+    weak = models.load("tiny-random@layers=1", device="cpu", dtype="float32")
+    assert len(weak.model.model.layers) == 1 == weak.model.config.num_hidden_layers
+    assert len(full.model.model.layers) > 1 and weak.fingerprint != full.fingerprint
+    assert weak.spec == "tiny-random@layers=1" and models.check_spec("tiny-random@layers=1") == weak.spec
+    import torch
+
+    x = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():  # the kept layer is the full model's first layer, weight for weight
+        torch.testing.assert_close(weak.model.model.layers[0].mlp.up_proj.weight,
+                                   full.model.model.layers[0].mlp.up_proj.weight)
+        assert not torch.allclose(weak.model(x).logits, full.model(x).logits)
+    with pytest.raises(models.ModelError, match="fewer than"):
+        models.load("tiny-random@layers=99")

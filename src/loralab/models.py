@@ -241,7 +241,37 @@ def build_tiny(seed: int = TINY_SEED):
 
 def normalize_spec(spec: str | None) -> str:
     spec = (spec or DEFAULT_MODEL).strip()
-    return ALIASES.get(spec.lower(), spec)
+    base, layers = split_layers(spec)
+    base = ALIASES.get(base.lower(), base)
+    return f"{base}@layers={layers}" if layers else base
+
+
+LAYERS_RE = re.compile(r"^(.*)@layers=(\d+)$")
+
+
+def split_layers(spec: str) -> tuple[str, int | None]:
+    """'smollm2-135m@layers=8' -> ('smollm2-135m', 8): a weakened model that keeps only the first
+    N decoder layers (then the final norm and the vocabulary projection), e.g. a weak scorer."""
+    m = LAYERS_RE.match(spec)
+    if not m:
+        return spec, None
+    n = int(m.group(2))
+    if n < 1:
+        raise ModelError(f"{spec}: @layers=N needs N >= 1")
+    return m.group(1), n
+
+
+def _truncate(model, n: int, spec: str) -> None:
+    inner = getattr(model, "model", None)
+    layers = getattr(inner, "layers", None)
+    if layers is None:
+        raise ModelError(f"{spec}: @layers=N works on decoder models with model.layers")
+    if n > len(layers):
+        raise ModelError(f"{spec}: the model has {len(layers)} layers, fewer than {n}")
+    inner.layers = layers[:n]
+    model.config.num_hidden_layers = n
+    if isinstance(getattr(model.config, "layer_types", None), list):
+        model.config.layer_types = model.config.layer_types[:n]
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -287,6 +317,9 @@ def check_spec(spec: str | None) -> str:
     Cheap (nothing is loaded or built): verbs call it before any long work starts.
     """
     spec = normalize_spec(spec)
+    base, layers = split_layers(spec)
+    if layers:
+        return f"{check_spec(base)}@layers={layers}"
     if spec in KNOWN:
         return spec
     p = Path(spec).expanduser()
@@ -318,6 +351,12 @@ def load(spec: str | None = None, *, device: str = "auto", dtype: str = "auto") 
     quiet_hf()
 
     spec = normalize_spec(spec)
+    base_spec, layers = split_layers(spec)
+    if layers:  # a weakened copy: the first N decoder layers of the named model
+        out = load(base_spec, device=device, dtype=dtype)
+        _truncate(out.model, layers, spec)
+        return Loaded(model=out.model, tokenizer=out.tokenizer, fingerprint=_digest(out.fingerprint, f"layers={layers}"),
+                      spec=spec, path=None)
     place = devpolicy.resolve(device, dtype)
     if spec == "tiny-random":
         model, tok, fp = build_tiny()

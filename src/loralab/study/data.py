@@ -113,10 +113,11 @@ def prepare(d: DataSpec, model: str, seed: int, root: Path, loaded=None, progres
     from ..device import resolve_device
     from ..score import ScoreConfig, score
 
-    # scores depend on the model, the precision (the study scores exactly: fp32) and the device
-    key.append({"score": model, "precision": "exact", "device": resolve_device("auto").type})
-    cur = _cached(root, "score", key, lambda o, c=cur: score(c, o, ScoreConfig(model=model, progress=progress),
-                                                             loaded=loaded))
+    # scores depend on the scorer, the precision (the study scores exactly: fp32) and the device
+    scorer = d.scorer or model
+    key.append({"score": scorer, "precision": "exact", "device": resolve_device("auto").type})
+    cur = _cached(root, "score", key, lambda o, c=cur: score(c, o, ScoreConfig(model=scorer, progress=progress),
+                                                             loaded=loaded if scorer == model else None))
     out["scored"] = cur
     if d.select:
         from ..select import SelectConfig, select

@@ -45,11 +45,23 @@ class Question(BaseModel):
     expect: dict[str, int] = Field(default_factory=dict, description="Published sign of a − b per measure (+1/−1).")
 
 
+class ScorerPair(BaseModel):
+    """Two variants whose data differ only in the model that scored it (weak vs strong)."""
+
+    model_config = ConfigDict(extra="forbid")
+    a: dict[str, Any] = Field(..., description="Labels of the variants scored by one model (e.g. the weak one).")
+    b: dict[str, Any] = Field(..., description="Labels of the variants scored by the other.")
+    top: float = Field(0.3, gt=0, lt=1, description="Share of records compared as the selected top.")
+    published: str = ""
+
+
 class FindingsSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str = "Findings"
     intro: str = ""
     questions: list[Question] = Field(default_factory=list)
+    scorers: list[ScorerPair] = Field(default_factory=list, description="Weak-to-strong scoring: rank agreement "
+                                      "of IFD and perplexity between two scorers on the same records.")
 
 
 def _matches(labels: dict, want: dict) -> bool:
@@ -89,6 +101,41 @@ def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
     return out
 
 
+def _scores(run: dict) -> dict[str, dict]:
+    """{record id: score dict} of the scored folder a run's data came from."""
+    from ..data.records import read_records
+
+    f = Path(run["dir"]) / "data.json"
+    scored = read_json(f).get("scored") if f.exists() else None
+    if not scored or not (Path(scored) / "records.jsonl").exists():
+        return {}
+    return {r.id: (r.meta or {}).get("score") or {} for r in read_records(scored)}
+
+
+def scorer_agreement(runs: list[dict], fs: FindingsSpec) -> list[dict]:
+    """Per scorer pair and shared seed: `score.agreement` on the records both scored (Spearman
+    rho of IFD and perplexity, overlap of the top shares by IFD beside a random ranking's)."""
+    from ..score import agreement
+
+    vs = S.variants(runs)
+    out = []
+    for sp in fs.scorers:
+        q = Question(id="scorers", question="", a=sp.a, b=sp.b, measures=["gain.raw"])
+        for va, vb in pairs_for(q, vs):
+            for seed in sorted(set(va["seeds"]) & set(vb["seeds"])):
+                x, y = _scores(va["seeds"][seed]), _scores(vb["seeds"][seed])
+                ids = sorted(set(x) & set(y))
+                if len(ids) < 4:
+                    continue
+                g = agreement([x[i] for i in ids], [y[i] for i in ids], fracs=(sp.top,))
+                top = g["top_overlap"][0]
+                out.append({"a": va["label"], "b": vb["label"], "seed": seed, "records": g["n_ifd"], "top": sp.top,
+                            "rho_ifd": g["spearman_ifd"]["rho"], "rho_ppl": g["spearman_ppl"]["rho"],
+                            "top_overlap": top["overlap"], "random_overlap": top["random_expectation"],
+                            "published": sp.published})
+    return out
+
+
 def verdict(c: dict, expect: int | None) -> str:
     if not c["finding"]:
         return "no measurable difference"
@@ -101,6 +148,10 @@ def _num(x: float, k: float) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x * k:+.3f}"
 
 
+def _f(x) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
 def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
     """The n findings with the largest |mean| relative to their interval's half-width."""
     rows = [(d["question"], c) for d in done for c in d["rows"] if c["finding"]]
@@ -108,7 +159,7 @@ def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
 
 
 def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_runs: int, n_done: int,
-           seeds: list[int], machine: str) -> str:
+           seeds: list[int], machine: str, agreement: list[dict] | None = None) -> str:
     lines = [f"# {fs.title}", "", "_Written by `loralab study … --findings` from the run folders in "
              f"`findings/` (study `{study}`); every number below is recomputed from them._", ""]
     if fs.intro:
@@ -147,6 +198,15 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
         if q.published:
             lines += ["", f"Published: {q.published}"]
         lines.append("")
+    if agreement:
+        lines += ["## Weak-to-strong scoring: do two scorers rank the same records alike?", "",
+                  "| a (scorer) | b (scorer) | seed | records | Spearman ρ IFD | Spearman ρ perplexity | "
+                  "top overlap by IFD | random ranking's overlap |", "|---|---|---|---|---|---|---|---|"]
+        for g in agreement:
+            lines.append(f"| {g['a']} | {g['b']} | {g['seed']} | {g['records']} | {_f(g['rho_ifd'])} | "
+                         f"{_f(g['rho_ppl'])} | {_f(g['top_overlap'])} | {_f(g['random_overlap'])} |")
+        pubs = sorted({g["published"] for g in agreement if g["published"]})
+        lines += [""] + [f"Published: {p}" for p in pubs] + [""]
     return "\n".join(lines) + "\n"
 
 
@@ -164,8 +224,10 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     prof = profile("cpu")
     machine = f"{prof.key['name']} ({prof.key['threads']} threads); measured matmul GFLOP/s " + ", ".join(
         f"{k} {v:.0f}" for k, v in sorted(prof.gflops.items(), key=lambda kv: -kv[1]))
+    agreement = scorer_agreement(runs, fs)
     md = render(done, fs, weights=weights_line(runs, spec), study=spec.get("name", root.name), n_runs=len(runs),
-                n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine)
+                n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine,
+                agreement=agreement)
     md_path = Path(md_path)
     with atomic_open(md_path) as f:
         f.write(md)
@@ -174,8 +236,9 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     for name in ("results.csv", "report.html", "findings.json", "study.json"):
         if (root / name).exists():
             shutil.copyfile(root / name, files / name)
-    write_json(files / "findings-computed.json", [{"question": d["question"].model_dump(), "rows": d["rows"]}
-                                                  for d in done])
+    write_json(files / "findings-computed.json", {"questions": [{"question": d["question"].model_dump(),
+                                                                 "rows": d["rows"]} for d in done],
+                                                  "scorers": agreement})
     return md_path
 
 
@@ -188,7 +251,8 @@ def check_block(block: dict, groups: dict, axes: dict) -> list[str]:
     except ValidationError as e:
         return [f"findings.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]
     out = []
-    for q in fs.questions:
+    for q in list(fs.questions) + [Question(id=f"scorers[{i}]", question="", a=p.a, b=p.b, measures=["gain.raw"])
+                                   for i, p in enumerate(fs.scorers)]:
         for side in ("a", "b"):
             for k, v in getattr(q, side).items():
                 vals = [str(x) for x in axes.get(k, [])]

@@ -55,6 +55,8 @@ class DataSpec(BaseModel):
     structure: dict[str, Any] | None = Field(None, description="StructureConfig fields; null = keep raw text.")
     distill: dict[str, Any] | None = Field(None, description="DistillConfig fields; null = original responses.")
     select: list[str] = Field(default_factory=list, description="Selection policies NAME[:ARGS] after scoring.")
+    scorer: str | None = Field(None, description="Model that scores (IFD, perplexity) the training data, e.g. a "
+                               "weaker one ('smollm2-135m@layers=8'); default: the run's model.")
     fmt: str = Field("chat", description="Surface format the training text is rendered in (chat, alpaca, json, yaml, plain).")
     heldout_qa: dict[str, Any] | None = Field(
         {"mode": "template", "tasks": ["cloze"]},
