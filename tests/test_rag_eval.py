@@ -131,3 +131,34 @@ def test_eval_cli_rag_on_documents_the_adapter_never_saw(tmp_path):
     # two adapters, or an adapter whose card names no training data: one line, exit 2
     bad = CliRunner().invoke(app, common + ["--adapter", str(tmp_path / "run")])
     assert bad.exit_code == 2 and "exactly one --adapter" in bad.output
+
+
+@pytest.mark.slow  # a tiny study run with LoRA + RAG (ingest, train, index with MiniLM, four conditions)
+def test_rag_is_a_study_axis(tmp_path):
+    import csv
+
+    from loralab.study import runner
+    from loralab.study.spec import StudyError, expand, parse_spec
+
+    spec = {"name": "ragaxis", "model": "tiny-random",
+            "data": {"sources": ["olmo:drop-nfl"], "domain": "sport", "limit": 14, "chunk_tokens": 96,
+                     "eval_docs": 0.4},
+            "train": {"steps": 1, "rank": 2, "batch_size": 2, "max_seq_len": 64, "eval_frac": 0.0, "save_every": 0},
+            "eval": {"suite": "quick", "limit": 2, "prompts": 2, "tasks": ["arc_easy"], "gen_tasks": [],
+                     "intruders": False},
+            "variants": {"plain": {}, "with_rag": {"eval": {"rag": {"k": 1, "limit": 2, "prompts": 1,
+                                                                    "max_new_tokens": 2}}}},
+            "axes": {"variant": ["plain", "with_rag"]}}
+    s = parse_spec(spec)
+    runner.run_study(s, tmp_path, progress=False)
+    from loralab.study.report import build
+
+    build(tmp_path / "ragaxis", s.model_dump(mode="json"))
+    rows = {r["label.variant"]: r for r in csv.DictReader(open(tmp_path / "ragaxis" / "results.csv"))}
+    assert rows["with_rag"]["state"] == "done" and rows["plain"]["state"] == "done"
+    for cond in ("base", "base+rag", "adapter", "adapter+rag"):
+        assert float(rows["with_rag"][f"rag.{cond}.answer_nll.mean"]) > 0
+    assert not rows["plain"].get("rag.base.answer_nll.mean")
+    bad = {**spec, "variants": {"x": {"eval": {"rag": {"kk": 1}}}}, "axes": {"variant": ["x"]}}
+    with pytest.raises(StudyError, match="eval.rag"):
+        expand(parse_spec(bad))

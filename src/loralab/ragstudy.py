@@ -60,6 +60,19 @@ class RagEval(_Strict):
     prompts: int = Field(20, description="Foreign prompts.")
 
 
+class RunRag(_Strict):
+    """A study run's `eval.rag`: LoRA + RAG measured for that run's adapter (see study/evaluation.py)."""
+
+    k: int = Field(2, ge=1, description="Passages per question.")
+    chunk: int = Field(80, ge=8, description="Words per indexed passage.")
+    overlap: int = Field(20, ge=0, description="Words shared by neighbouring passages.")
+    limit: int | None = Field(16, ge=1, description="Questions about the held-out documents (seeded subset).")
+    game_hint: bool = True
+    max_new_tokens: int = Field(8, ge=1)
+    foreign: str = "medical"
+    prompts: int = Field(4, ge=0, description="Foreign prompts for contamination under each condition.")
+
+
 class RagSpec(_Strict):
     name: str = "rag"
     description: str = ""

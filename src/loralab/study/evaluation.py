@@ -149,7 +149,7 @@ def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, pr
     from ..evaluate.drift import DOMAINS
 
     run0, _, data0 = runs[0]
-    fields = {k: v for k, v in run0.config.eval.items() if k != "foreign"}
+    fields = {k: v for k, v in run0.config.eval.items() if k not in ("foreign", "rag")}
     folders = dict(domain_folders or {})
     if run0.config.data.domain and run0.config.data.domain not in DOMAINS:
         folders[run0.config.data.domain] = str(data0["heldout_raw"])
@@ -178,3 +178,22 @@ def base_metrics(root: Path) -> dict | None:
     for p in sorted((root / "eval").glob("*/*/metrics.json")):
         return read_json(p)
     return None
+
+
+def rag_for_run(run: Run, run_dir: Path, data: dict[str, Path], root: Path, progress: bool = True) -> dict:
+    """A run's `eval.rag`: base / base+RAG / adapter / adapter+RAG on DROP questions about its
+    held-out documents, with an index of every document it ingested (the held-out games' facts
+    are in the index, never in the weights). The index is built once per ingest and settings."""
+    from ..rag import build_index
+    from ..ragstudy import RunRag, eval_adapter
+
+    cfg = RunRag(**run.config.eval["rag"])
+    index = root / "data" / f"index-{digest([str(data['ingest']), cfg.chunk, cfg.overlap])}"
+    build_index([str(data["ingest"])], index, chunk=cfg.chunk, overlap=cfg.overlap, progress=progress)
+    res = eval_adapter(run.config.model, run_dir / "train" / "adapter", index, k=cfg.k, limit=cfg.limit,
+                       game_hint=cfg.game_hint, max_new_tokens=cfg.max_new_tokens, foreign=cfg.foreign,
+                       prompts=cfg.prompts, seed=run.config.seed, progress=progress)
+    out = {"n_questions": res["n_questions"], "k": cfg.k, "index": str(index), "finding": res["finding"]}
+    for cond, sm in res["summary"].items():
+        out[cond] = {m: {"mean": v["mean"], "lo": v["lo"], "hi": v["hi"]} for m, v in sm.items() if v}
+    return out

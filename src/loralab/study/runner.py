@@ -161,12 +161,22 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
                 write_json(run_dir / STATUS, states[run.id])
                 event("failed", run, states[run.id])
             continue
-        for run, run_dir, _ in members:
+        for run, run_dir, data in members:
             card = read_json(run_dir / "train" / "adapter" / "loralab.json")
             prior = read_json(run_dir / "data.json")
             metrics = {"id": run.id, "labels": run.labels, **res[run.id],
                        "train": card.get("curve") or card.get("training") or {},
                        "seconds": {**prior.get("seconds", {}), "eval_group": round(time.time() - t0, 1)}}
+            if run.config.eval.get("rag") is not None:  # LoRA + RAG for this run's adapter
+                t1 = time.time()
+                try:
+                    metrics["rag"] = evaluation.rag_for_run(run, run_dir, data, root, progress)
+                except Exception as e:  # a run without DROP questions on its held-out documents, ...
+                    states[run.id] = _fail(e)
+                    write_json(run_dir / STATUS, states[run.id])
+                    event("failed", run, states[run.id])
+                    continue
+                metrics["seconds"]["rag"] = round(time.time() - t1, 1)
             write_json(run_dir / "metrics.json", metrics)
             states[run.id] = {"state": "done", "finished": time.time()}
             write_json(run_dir / STATUS, states[run.id])

@@ -244,7 +244,11 @@ def check_run(rc: RunConfig) -> list[str]:
     from ..evaluate.run import EvalConfig
 
     out = check_mapping(TrainConfig, rc.train, "train")
-    out += check_mapping(EvalConfig, {k: v for k, v in rc.eval.items() if k != "foreign"}, "eval")
+    out += check_mapping(EvalConfig, {k: v for k, v in rc.eval.items() if k not in ("foreign", "rag")}, "eval")
+    if rc.eval.get("rag") is not None:
+        from ..ragstudy import RunRag
+
+        out += check_mapping(RunRag, rc.eval["rag"], "eval.rag")
     foreign = rc.eval.get("foreign")
     if foreign is not None and not (isinstance(foreign, list) and all(isinstance(x, str) for x in foreign)):
         out.append(f"eval.foreign: a list of domain names, got {foreign!r}")
