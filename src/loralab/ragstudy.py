@@ -12,8 +12,9 @@ Steps (each skipped when its output exists, so a re-run resumes):
   5. answer questions about the held-out games four ways (evaluate.rag.four_way), with
      contamination on foreign prompts, and write results.json, table.md and the finding.
 
-The study runner (`loralab study`) has no retrieval axis, so this spec runs here; its
-data and training sections take the same fields as a study's. For an adapter trained
+A study run measures the same four conditions with `eval: {rag: {...}}` (`RunRag`, run by
+study/evaluation.py); this spec is the stand-alone form, whose data and training sections
+take the same fields as a study's. For an adapter trained
 elsewhere, `eval_adapter` (behind `loralab eval --adapter A --rag INDEX`) runs step 5 alone
 on the documents of INDEX that the adapter's card says it never trained on.
 """
