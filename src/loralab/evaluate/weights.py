@@ -114,20 +114,24 @@ def diagnostics(folder: str | Path, model, *, intruder_top_k: int = 10, threshol
     if read_json(Path(folder) / "adapter_config.json").get("use_dora"):  # W is rescaled: ΔW is dense
         return dense_diagnostics(dora_deltas(folder, model), model, intruder_top_k=intruder_top_k,
                                  threshold=threshold, intruders_on=intruders_on, svd_cache=svd_cache)
-    rows = []
-    for mod, (A, B, s) in sorted(lora_factors(folder).items(), key=lambda kv: _order(kv[0])):
-        W = _base_weight(model, mod)
-        dW = delta_weight(A, B, s)
-        fro, wfro = float(dW.norm()), float(W.norm())
-        row = {"module": mod, "rank": int(A.shape[0]), "scale": s, "norm": fro,
-               "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(delta_spectrum(A, B, s))}
-        if intruders_on:
-            if mod not in svd_cache:
-                svd_cache[mod] = torch.linalg.svd(W, full_matrices=False).U
-            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold,
-                                         U=svd_cache[mod])["count"]
-        rows.append(row)
+    kw = dict(intruder_top_k=intruder_top_k, threshold=threshold, intruders_on=intruders_on, svd_cache=svd_cache)
+    rows = [_row(mod, _base_weight(model, mod), delta_weight(A, B, s), int(A.shape[0]), s, delta_spectrum(A, B, s),
+                 **kw) for mod, (A, B, s) in sorted(lora_factors(folder).items(), key=lambda kv: _order(kv[0]))]
     return {"layers": rows, "summary": summarize(rows)}
+
+
+def _row(mod: str, W: torch.Tensor, dW: torch.Tensor, rank: int, scale: float, sv: torch.Tensor, *,
+         intruder_top_k: int, threshold: float, intruders_on: bool, svd_cache: dict) -> dict:
+    """One module's diagnostics from its base weight, its ΔW and ΔW's singular values."""
+    fro, wfro = float(dW.norm()), float(W.norm())
+    row = {"module": mod, "rank": rank, "scale": scale, "norm": fro,
+           "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(sv)}
+    if intruders_on:
+        if mod not in svd_cache:
+            svd_cache[mod] = torch.linalg.svd(W, full_matrices=False).U
+        row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold,
+                                     U=svd_cache[mod])["count"]
+    return row
 
 
 def _order(mod: str) -> tuple:
@@ -197,17 +201,8 @@ def model_deltas(base, tuned) -> dict[str, torch.Tensor]:
 def dense_diagnostics(deltas: dict[str, torch.Tensor], model, *, intruder_top_k: int = 10, threshold: float = 0.5,
                       intruders_on: bool = True, svd_cache: dict | None = None) -> dict:
     """The same rows and summary as `diagnostics`, from dense ΔW matrices (a full SVD each)."""
-    svd_cache = {} if svd_cache is None else svd_cache
-    rows = []
-    for mod, dW in sorted(deltas.items(), key=lambda kv: _order(kv[0])):
-        W = _base_weight(model, mod)
-        fro, wfro = float(dW.norm()), float(W.norm())
-        row = {"module": mod, "rank": int(min(dW.shape)), "scale": 1.0, "norm": fro,
-               "rel_norm": fro / wfro if wfro else float("nan"), **spectral_stats(torch.linalg.svdvals(dW))}
-        if intruders_on:
-            if mod not in svd_cache:
-                svd_cache[mod] = torch.linalg.svd(W, full_matrices=False).U
-            row["intruders"] = intruders(W, W + dW, top_k=intruder_top_k, threshold=threshold,
-                                         U=svd_cache[mod])["count"]
-        rows.append(row)
+    kw = dict(intruder_top_k=intruder_top_k, threshold=threshold, intruders_on=intruders_on,
+              svd_cache={} if svd_cache is None else svd_cache)
+    rows = [_row(mod, _base_weight(model, mod), dW, int(min(dW.shape)), 1.0, torch.linalg.svdvals(dW), **kw)
+            for mod, dW in sorted(deltas.items(), key=lambda kv: _order(kv[0]))]
     return {"layers": rows, "summary": summarize(rows), "dense": True}
