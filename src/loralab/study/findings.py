@@ -164,6 +164,10 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
              f"`findings/` (study `{study}`); every number below is recomputed from them._", ""]
     if fs.intro:
         lines += [fs.intro.strip(), ""]
+    if n_done < n_runs:
+        lines += [f"**A partial run of the study: {n_done} of its {n_runs} runs have finished.** Questions whose "
+                  "variants have not run say so; every number below comes from the finished runs only, and the "
+                  "study resumes where it stopped (`loralab study SPEC --findings FILE` again).", ""]
     lines += [f"- Weights and data: {weights}", f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
               "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
