@@ -2,8 +2,8 @@
 
 Two sources, the better one used:
   observed   runs of this study already finished here: their recorded seconds (data +
-             training from data.json, evaluation from metrics.json), mean per method, times
-             the pending runs of that method;
+             training from data.json, their share of their evaluation group's time from
+             metrics.json), mean per method, times the pending runs of that method;
   measured   otherwise: the model's speed on this machine, timed now for a few seconds
              (one LoRA training step, one full training step when the study has full or
              scratch runs, one forward pass, at the study's batch and sequence length; cached
@@ -100,12 +100,16 @@ def run_tokens(run: Run) -> dict:
 def observed(root: Path, runs: list[Run]) -> dict[str, float]:
     """{method: mean seconds per finished run} from this study's run folders."""
     per: dict[str, list[float]] = {}
+    found = []
     for r in runs:
         d = root / "runs" / r.id
-        if not (d / "metrics.json").exists() or not (d / "data.json").exists():
-            continue
-        sec = read_json(d / "data.json").get("seconds", {})
-        ev = (read_json(d / "metrics.json").get("seconds") or {}).get("eval_group", 0.0)
+        if (d / "metrics.json").exists() and (d / "data.json").exists():
+            found.append((r, read_json(d / "data.json").get("seconds", {}), read_json(d / "metrics.json")))
+    size: dict[str, int] = {}  # runs per evaluation group: the group's time is shared between them
+    for _, _, m in found:
+        size[m.get("eval_dir", "")] = size.get(m.get("eval_dir", ""), 0) + 1
+    for r, sec, m in found:
+        ev = (m.get("seconds") or {}).get("eval_group", 0.0) / size[m.get("eval_dir", "")]
         per.setdefault(r.config.train.get("method", "lora"), []).append(sum(sec.values()) + ev)
     return {k: sum(v) / len(v) for k, v in per.items()}
 

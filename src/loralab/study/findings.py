@@ -229,7 +229,9 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     machine = f"{prof.key['name']} ({prof.key['threads']} threads); measured matmul GFLOP/s " + ", ".join(
         f"{k} {v:.0f}" for k, v in sorted(prof.gflops.items(), key=lambda kv: -kv[1]))
     agreement = scorer_agreement(runs, fs)
-    md = render(done, fs, weights=weights_line(runs, spec), study=spec.get("name", root.name), n_runs=len(runs),
+    planned = len(read_json(root / "study.json").get("runs") or []) if (root / "study.json").exists() else len(runs)
+    md = render(done, fs, weights=weights_line(runs, spec).removeprefix("Weights: "), study=spec.get("name", root.name),
+                n_runs=max(planned, len(runs)),
                 n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine,
                 agreement=agreement)
     md_path = Path(md_path)
