@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..evaluate.stats import CORRECTIONS
 from ..io import atomic_open, read_json, write_json
 from . import seeds as S
 
@@ -94,10 +95,16 @@ def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
     out = []
     for q in fs.questions:
         mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
-        rows = [c for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
-        for c in rows:
-            c["verdict"] = verdict(c, q.expect.get(c["measure"]))
+        rows = [dict(c) for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
         out.append({"question": q, "rows": rows})
+    # one Holm family: exactly the comparisons the document shows
+    shown = [c for d in out for c in d["rows"]]
+    for c, p in zip(shown, CORRECTIONS["holm"]([c["p"] for c in shown])):
+        c["p_adj"] = p
+        c["finding"] = bool(p <= S.ALPHA and (c["lo"] > 0 or c["hi"] < 0))
+    for d in out:
+        for c in d["rows"]:
+            c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))
     return out
 
 
@@ -172,8 +179,9 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
               "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
               "the interval resamples seeds and items together (two-level bootstrap, 95 %), the items-only and "
-              "seeds-only (t) intervals are beside it; p-values are Holm-adjusted over every comparison in this "
-              "file. A difference is a finding only when its interval excludes zero and adjusted p < 0.05.", ""]
+              f"seeds-only (t) intervals are beside it; p-values are Holm-adjusted over the "
+              f"{sum(len(d['rows']) for d in done)} comparisons in this file. A difference is a finding only when its "
+              "interval excludes zero and adjusted p < 0.05.", ""]
     top = strongest(done)
     if top:
         lines += ["## Strongest results", ""]
