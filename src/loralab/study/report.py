@@ -32,6 +32,7 @@ from typing import Any
 
 from ..evaluate.stats import CORRECTION_NAMES, CORRECTIONS, paired_ratio_diff, pooled_mean_ci
 from ..io import atomic_open, iter_jsonl, read_json, write_json
+from . import seeds as S
 
 Z95 = 1.959964
 CORRECTION = "holm"  # multiple-comparison correction of the findings
@@ -115,15 +116,6 @@ def in_domain_form(m: dict) -> str:
     return "structured" if get(m, "in_domain.structured.gain") is not None else "raw"
 
 
-def _one_label_pairs(done: list[dict]):
-    for i, a in enumerate(done):
-        for b in done[i + 1:]:
-            la, lb = a["config"].get("labels", {}), b["config"].get("labels", {})
-            diff = [k for k in set(la) | set(lb) if la.get(k) != lb.get(k)]
-            if len(diff) == 1 and diff[0] != "seed":  # two seeds of one variant are replicates, not a comparison
-                yield a, b, diff[0]
-
-
 def _paired(a: dict, b: dict, what: str) -> dict | None:
     """Run a − run b on the same items for one measure; None when they were not measured on the same items.
 
@@ -131,33 +123,14 @@ def _paired(a: dict, b: dict, what: str) -> dict | None:
                   token-weighted, cluster bootstrap over the shared records
     forgetting    macro mean over tasks of a's − b's per-item accuracy (general accuracy change)
     kl.<domain>   per-token KL difference on the same foreign prompts
+    (the pairing of items is `seeds.paired_arrays`, shared with the across-seeds comparisons)
     """
-    ia, ib = (a["metrics"] or {}).get("items") or {}, (b["metrics"] or {}).get("items") or {}
+    got = S.paired_arrays((a["metrics"] or {}).get("items") or {}, (b["metrics"] or {}).get("items") or {}, what)
+    if got is None:
+        return None
+    kind, arrays = got
     kw = dict(resamples=COMPARE_RESAMPLES, seed=0)
-    kind, _, arg = what.partition(".")
-    if kind == "gain":
-        x = (ia.get(f"in_domain.{arg}") or {}).get("adapter")
-        y = (ib.get(f"in_domain.{arg}") or {}).get("adapter")
-        if not (x and y) or x["ids"] != y["ids"]:
-            return None
-        return paired_ratio_diff(y["nll"], y["tokens"], x["nll"], x["tokens"], **kw)
-    if kind == "forgetting":
-        fa, fb = ia.get("forgetting") or {}, ib.get("forgetting") or {}
-        if not fa or set(fa) != set(fb) or any(not fa[t] or len(fa[t]) != len(fb[t] or []) for t in fa):
-            return None
-        import numpy as np
-
-        return pooled_mean_ci([np.asarray(fa[t]) - np.asarray(fb[t]) for t in sorted(fa)], **kw)
-    if kind == "kl":
-        x, y = ia.get(f"contamination.{arg}"), ib.get(f"contamination.{arg}")
-        if not (x and y) or x["tokens"] != y["tokens"]:
-            return None
-        return paired_ratio_diff(x["kl"], x["tokens"], y["kl"], y["tokens"], **kw)
-    return None
-
-
-MEASURES = {"gain": ("in-domain gain", "nats/token", 1.0), "forgetting": ("general accuracy", "points", 100.0),
-            "kl": ("KL on foreign prompts", "nats/token", 1.0)}
+    return paired_ratio_diff(*arrays, **kw) if kind == "ratio" else pooled_mean_ci(arrays, **kw)
 
 
 def comparisons(runs: list[dict], correction: str = CORRECTION) -> list[dict]:
@@ -165,7 +138,7 @@ def comparisons(runs: list[dict], correction: str = CORRECTION) -> list[dict]:
     the same items; p-values adjusted together (`correction`) over all of them."""
     done = [r for r in runs if r["metrics"]]
     out = []
-    for a, b, axis in _one_label_pairs(done):
+    for a, b, axis in S.one_label_pairs(done, lambda r: r["config"].get("labels", {})):
         whats = [f"gain.{f}" for f in ("raw", "structured")]
         whats += ["forgetting"]
         whats += [f"kl.{d}" for d in sorted((a["metrics"].get("contamination") or {}))
@@ -183,12 +156,7 @@ def comparisons(runs: list[dict], correction: str = CORRECTION) -> list[dict]:
 
 
 def _cmp_sentence(c: dict) -> str:
-    kind, _, arg = c["measure"].partition(".")
-    name, unit, k = MEASURES[kind]
-    if kind == "gain":
-        name += " on held-out Q&A" if arg == "structured" else " on held-out text"
-    elif kind == "kl":
-        name += f" ({arg})"
+    name, unit, k = S.describe(c["measure"])
     verdict = "significant" if c["significant"] else "not significant"
     return (f"{c['a']} − {c['b']} ({c['axis']}): {name} {c['mean'] * k:+.3f} {unit} "
             f"[95% CI {c['lo'] * k:+.3f}, {c['hi'] * k:+.3f}], paired over {c['n']} items; "
@@ -476,8 +444,6 @@ def _table(runs: list[dict]) -> str:
 def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list[str]:
     """Sentences from the seed-aggregated numbers: the best variant per measure, then every
     comparison (findings first), then failures."""
-    from . import seeds as S
-
     out = []
     for what, better in (("gain.raw", max), ("gain.structured", max)):
         rows = [a for a in agg if a["measure"] == what]
@@ -495,8 +461,6 @@ def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list
 
 
 def _seeds_table(agg: list[dict]) -> str:
-    from . import seeds as S
-
     head = ("<tr><th>variant</th><th>measure</th><th>seeds</th><th>mean</th><th>95% CI seeds × items</th>"
             "<th>items only</th><th>seeds only</th><th>per seed</th></tr>")
     body = []
@@ -525,8 +489,6 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
     spec = spec or study.get("spec", {})
     done = [r for r in runs if r["metrics"]]
     source = weights_line(runs, spec)
-    from . import seeds as S
-
     seeded = any(len(v["seeds"]) > 1 for v in S.variants(runs))
     agg: list[dict] = []
     if seeded:  # replicates: variants aggregated over seeds, compared within seeds

@@ -89,26 +89,37 @@ def single_part(run: dict, what: str):
     return None
 
 
-def paired_part(a: dict, b: dict, what: str):
-    """a − b within one seed, on the items both were measured on (None when they differ)."""
-    ia, ib = _items(a), _items(b)
+def paired_arrays(ia: dict, ib: dict, what: str):
+    """The per-item arrays that pair run a with run b on one measure, from their `items`:
+    ("ratio", (num_a, den_a, num_b, den_b)) for a − b of two ratios of sums, ("mean", groups)
+    for a macro mean over tasks of per-item differences, or None when the two runs were not
+    measured on the same items. Gain a − gain b = adapter loss b − adapter loss a (the base cancels)."""
     kind, _, arg = what.partition(".")
-    if kind == "gain":  # gain a − gain b = adapter loss b − adapter loss a (the base cancels)
+    if kind == "gain":
         x, y = (ia.get(f"in_domain.{arg}") or {}).get("adapter"), (ib.get(f"in_domain.{arg}") or {}).get("adapter")
         if not (x and y) or x["ids"] != y["ids"]:
             return None
-        return ratio_part(y["nll"], y["tokens"], x["nll"], x["tokens"])
+        return "ratio", (y["nll"], y["tokens"], x["nll"], x["tokens"])
     if kind == "forgetting":
         fa, fb = ia.get("forgetting") or {}, ib.get("forgetting") or {}
         if not fa or set(fa) != set(fb) or any(not fa[t] or len(fa[t]) != len(fb[t] or []) for t in fa):
             return None
-        return mean_part([np.asarray(fa[t], float) - np.asarray(fb[t], float) for t in sorted(fa)])
+        return "mean", [np.asarray(fa[t], float) - np.asarray(fb[t], float) for t in sorted(fa)]
     if kind == "kl":
         x, y = ia.get(f"contamination.{arg}"), ib.get(f"contamination.{arg}")
         if not (x and y) or x["tokens"] != y["tokens"]:
             return None
-        return ratio_part(x["kl"], x["tokens"], y["kl"], y["tokens"])
+        return "ratio", (x["kl"], x["tokens"], y["kl"], y["tokens"])
     return None
+
+
+def paired_part(a: dict, b: dict, what: str):
+    """a − b within one seed, on the items both were measured on (None when they differ)."""
+    got = paired_arrays(_items(a), _items(b), what)
+    if got is None:
+        return None
+    kind, arrays = got
+    return ratio_part(*arrays) if kind == "ratio" else mean_part(arrays)
 
 
 def aggregate(runs: list[dict], *, seed: int = 0) -> list[dict]:
@@ -125,12 +136,14 @@ def aggregate(runs: list[dict], *, seed: int = 0) -> list[dict]:
     return out
 
 
-def _one_label_pairs(vs: list[dict]):
-    for i, a in enumerate(vs):
-        for b in vs[i + 1:]:
-            la, lb = a["labels"], b["labels"]
+def one_label_pairs(items: list, labels_of=lambda v: v["labels"]):
+    """(a, b, label) for every pair that differs in exactly one label other than the seed (two
+    seeds of one variant are replicates, not a comparison)."""
+    for i, a in enumerate(items):
+        for b in items[i + 1:]:
+            la, lb = labels_of(a), labels_of(b)
             diff = [k for k in set(la) | set(lb) if la.get(k) != lb.get(k)]
-            if len(diff) == 1:
+            if len(diff) == 1 and diff[0] != "seed":
                 yield a, b, diff[0]
 
 
@@ -141,7 +154,7 @@ def compare(runs: list[dict], *, correction: str = "holm", seed: int = 0,
     vs = variants(runs)
     by = {v["label"]: v for v in vs}
     todo = ([(by[a], by[b], _axis(by[a], by[b])) for a, b in pairs if a in by and b in by] if pairs is not None
-            else list(_one_label_pairs(vs)))
+            else list(one_label_pairs(vs)))
     out = []
     for a, b, axis in todo:
         shared = sorted(set(a["seeds"]) & set(b["seeds"]))
