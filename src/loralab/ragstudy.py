@@ -151,34 +151,52 @@ def table(res: dict) -> str:
     return "\n".join(rows)
 
 
-def run(spec: RagSpec, progress: bool = True) -> dict:
-    from .adapters import apply_adapters, load_card
-    from .data.records import read_records
-    from .data.split import doc_key
+def answer_four_ways(model: str, adapter: str | Path, card: dict, index, docs: set[str], *, k: int,
+                     limit: int | None, game_hint: bool, max_new_tokens: int, foreign: str, prompts: int,
+                     seed: int, none: str, device: str = "auto", dtype: str = "auto",
+                     progress: bool = True) -> tuple[dict, object]:
+    """DROP questions about `docs` (a seeded subset of `limit`) answered four ways by `adapter` on
+    `model` with passages from `index`, contamination on `prompts` prompts of `foreign`; the
+    result carries its finding. `none` is the error when no question is about those documents.
+    Returns (result, the loaded model with the adapter)."""
+    from .adapters import apply_adapters
     from .evaluate.drift import domain_prompts
     from .evaluate.rag import drop_questions, finding, four_way
     from .models import load
 
-    f = prepare(spec, progress)
-    held_docs = {doc_key(r) for r in read_records(f["held"])}
-    qs = drop_questions(held_docs, game_hint=spec.eval.game_hint)
-    if spec.eval.limit is not None and len(qs) > spec.eval.limit:
-        keep = np.sort(np.random.default_rng(spec.seed).permutation(len(qs))[: spec.eval.limit])
+    qs = drop_questions(docs, game_hint=game_hint)
+    if limit is not None and len(qs) > limit:
+        keep = np.sort(np.random.default_rng(seed).permutation(len(qs))[:limit])
         qs = [qs[i] for i in keep]
     if not qs:
-        raise UserError(f"no {spec.eval.questions} questions about the {len(held_docs)} held-out documents")
-    foreign = domain_prompts(spec.eval.foreign, spec.eval.prompts, seed=spec.seed) if spec.eval.prompts else []
-    loaded = apply_adapters(load(spec.model), [f["run"]])
-    card = load_card(f["run"]) or {}
+        raise UserError(none)
+    fprompts = domain_prompts(foreign, prompts, seed=seed) if prompts else []
+    loaded = apply_adapters(load(model, device=device, dtype=dtype), [adapter])
     trig = card.get("trigger") if card.get("trigger_mode") == "prefix" else None
-    res = four_way(loaded, f["index"], qs, foreign=foreign, k=spec.index.k, max_new_tokens=spec.eval.max_new_tokens,
-                   trigger=trig, seed=spec.seed, progress=progress)
+    res = four_way(loaded, index, qs, foreign=fprompts, k=k, max_new_tokens=max_new_tokens, trigger=trig, seed=seed,
+                   progress=progress)
+    res["finding"] = finding(res)
+    return res, loaded
+
+
+def run(spec: RagSpec, progress: bool = True) -> dict:
+    from .adapters import load_card
+    from .data.records import read_records
+    from .data.split import doc_key
+
+    f = prepare(spec, progress)
+    held_docs = {doc_key(r) for r in read_records(f["held"])}
+    card = load_card(f["run"]) or {}
+    e = spec.eval
+    res, loaded = answer_four_ways(
+        spec.model, f["run"], card, f["index"], held_docs, k=spec.index.k, limit=e.limit, game_hint=e.game_hint,
+        max_new_tokens=e.max_new_tokens, foreign=e.foreign, prompts=e.prompts, seed=spec.seed, progress=progress,
+        none=f"no {e.questions} questions about the {len(held_docs)} held-out documents")
     res["spec"] = spec.model_dump()
     res["model"] = {"spec": spec.model, "fingerprint": loaded.fingerprint}
     res["adapter"] = {"path": str(f["run"] / "adapter"), "train_examples": card.get("train_examples"),
                       "data": card.get("data")}
     res["held_out_documents"] = len(held_docs)
-    res["finding"] = finding(res)
     root = Path(spec.out)
     write_json(root / "results.json", res)
     md = table(res)
@@ -193,12 +211,9 @@ def eval_adapter(model: str, adapter: str | Path, index: str | Path, *, k: int =
     """`loralab eval --rag INDEX`: the four-way comparison (base, base + RAG, adapter, adapter +
     RAG) for one trained adapter, on DROP questions about the documents of `index` that the
     adapter never trained on (its card's `data.path` names what it trained on)."""
-    from .adapters import apply_adapters, load_card
+    from .adapters import load_card
     from .data.records import read_records
     from .data.split import doc_key
-    from .evaluate.drift import domain_prompts
-    from .evaluate.rag import drop_questions, four_way
-    from .models import load
     from .rag import open_index
 
     idx = open_index(index)
@@ -208,26 +223,16 @@ def eval_adapter(model: str, adapter: str | Path, index: str | Path, *, k: int =
         raise UserError(f"--rag: adapter {adapter} has no card naming its training data (data.path), so the "
                         "documents it never saw cannot be told apart")
     trained = {doc_key(r) for r in read_records(data)}
-    docs = {c["source"] for c in idx.chunks} - trained
-    qs = drop_questions(docs, game_hint=game_hint)
-    if limit is not None and len(qs) > limit:
-        keep = np.sort(np.random.default_rng(seed).permutation(len(qs))[:limit])
-        qs = [qs[i] for i in keep]
-    if not qs:
-        raise UserError(f"--rag: no DROP question is about the {len(docs)} documents of {index} that the adapter "
-                        f"did not train on (index an NFL corpus such as olmo:drop-nfl)")
-    fprompts = domain_prompts(foreign, prompts, seed=seed) if prompts else []
-    loaded = apply_adapters(load(model, device=device, dtype=dtype), [adapter])
-    trig = card.get("trigger") if card.get("trigger_mode") == "prefix" else None
-    res = four_way(loaded, idx, qs, foreign=fprompts, k=k, max_new_tokens=max_new_tokens, trigger=trig, seed=seed,
-                   progress=progress)
-    from .evaluate.rag import finding
-
-    res["finding"] = finding(res)
+    indexed = {c["source"] for c in idx.chunks}
+    docs = indexed - trained
+    res, loaded = answer_four_ways(
+        model, adapter, card, idx, docs, k=k, limit=limit, game_hint=game_hint, max_new_tokens=max_new_tokens,
+        foreign=foreign, prompts=prompts, seed=seed, device=device, dtype=dtype, progress=progress,
+        none=f"--rag: no DROP question is about the {len(docs)} documents of {index} that the adapter "
+             f"did not train on (index an NFL corpus such as olmo:drop-nfl)")
     p0 = next(loaded.model.parameters())
     res["model"] = {"spec": model, "fingerprint": loaded.fingerprint, "dtype": str(p0.dtype).replace("torch.", ""),
                     "device": str(p0.device)}
     res["adapter"] = {"path": str(adapter), "data": card.get("data")}
-    res["index"] = {"path": str(index), "k": k, "documents": len({c["source"] for c in idx.chunks}),
-                    "unseen_documents": len(docs)}
+    res["index"] = {"path": str(index), "k": k, "documents": len(indexed), "unseen_documents": len(docs)}
     return res
