@@ -91,13 +91,13 @@ def _open_indexes(specs: list[str]) -> dict:
 
     out = {}
     for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name.strip() or not path.strip():
+        name, sep, path = (x.strip() for x in spec.partition("="))
+        if not sep or not name or not path:
             raise UserError(f"--rag {spec!r}: expected NAME=DIR")
         if name in out:
             raise UserError(f"--rag: index name {name!r} given twice")
         try:
-            out[name.strip()] = open_index(path.strip())
+            out[name] = open_index(path)
         except UserError as e:
             raise UserError(f"--rag {name}: {e}") from None
     return out

@@ -188,17 +188,25 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
     indexes_ = dict(indexes or {})
     app.state.indexes = indexes_
 
+    card_rags: dict[tuple[int, str], Any] = {}
+
     def card_rag(pairs) -> P.RagOptions | None:
-        """The `rag` field of the first chosen adapter's card, when it has one."""
+        """The `rag` field of the first chosen adapter's card, when it has one (read once per
+        registry version, like the router: no file is opened per request)."""
         reg = app.state.registry
         if not pairs or reg is None:
             return None
-        try:
-            card = reg.resolve(pairs[0][0]).card
-        except UserError:
-            return None
-        spec = card.get("rag")
-        if not isinstance(spec, dict):
+        key = (engine.version if engine is not None else 0, pairs[0][0])
+        if key not in card_rags:
+            if card_rags and next(iter(card_rags))[0] != key[0]:
+                card_rags.clear()
+            try:
+                spec = reg.resolve(pairs[0][0]).card.get("rag")
+            except UserError:
+                spec = None
+            card_rags[key] = spec if isinstance(spec, dict) else None
+        spec = card_rags[key]
+        if spec is None:
             return None
         try:
             return P.RagOptions.model_validate(spec)
