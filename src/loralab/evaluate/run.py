@@ -12,7 +12,6 @@ numbers go to OUT/base/metrics.json.
 from __future__ import annotations
 
 import contextlib
-
 import time
 from pathlib import Path
 from typing import Any, Literal

@@ -124,6 +124,12 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
                                      "runs": [{"id": r.id, "labels": r.labels} for r in expand(spec)]})
     states: dict[str, dict] = {}
     trained: list[tuple[Run, Path, dict[str, Path]]] = []
+
+    def failed(run: Run, run_dir: Path, e: BaseException) -> None:  # called in an except block: keeps the traceback
+        states[run.id] = _fail(e)
+        write_json(run_dir / STATUS, states[run.id])
+        event("failed", run, states[run.id])
+
     for run in runs:  # phase 1: data + training
         run_dir = root / "runs" / run.id
         st = status_of(run_dir)
@@ -139,9 +145,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
             write_json(run_dir / STATUS, {"state": "interrupted", "at": time.time()})
             raise
         except Exception as e:  # a failing run is data: record it, go on
-            states[run.id] = _fail(e)
-            write_json(run_dir / STATUS, states[run.id])
-            event("failed", run, states[run.id])
+            failed(run, run_dir, e)
             continue
         write_json(run_dir / STATUS, {"state": "trained", "at": time.time()})
         trained.append((run, run_dir, data))
@@ -157,9 +161,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
             raise
         except Exception as e:
             for run, run_dir, _ in members:
-                states[run.id] = _fail(e)
-                write_json(run_dir / STATUS, states[run.id])
-                event("failed", run, states[run.id])
+                failed(run, run_dir, e)
             continue
         for run, run_dir, data in members:
             card = read_json(run_dir / "train" / "adapter" / "loralab.json")
@@ -172,9 +174,7 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
                 try:
                     metrics["rag"] = evaluation.rag_for_run(run, run_dir, data, root, progress)
                 except Exception as e:  # a run without DROP questions on its held-out documents, ...
-                    states[run.id] = _fail(e)
-                    write_json(run_dir / STATUS, states[run.id])
-                    event("failed", run, states[run.id])
+                    failed(run, run_dir, e)
                     continue
                 metrics["seconds"]["rag"] = round(time.time() - t1, 1)
             write_json(run_dir / "metrics.json", metrics)
