@@ -140,7 +140,8 @@ def test_repairs_are_flagged_not_silent(ingested):
 def test_chunks_keep_document_and_budget(ingested):
     out, _ = ingested
     chunks = [r for r in read_records(out) if Path(r.source["path"]).name == "good.txt"]
-    assert len(chunks) > 1 and {c.source["doc"] for c in chunks} == {chunks[0].source["path"]}
+    assert len(chunks) > 1 and {c.source["doc"] for c in chunks} == {
+        Path(chunks[0].source["path"]).parent.name + "/good.txt"}  # named from the folder given, not the disk
     assert [c.source["chunk"] for c in chunks] == list(range(len(chunks)))
     assert all(count_tokens(c.text) <= CFG.chunk_tokens for c in chunks)
     assert "\n\n".join(c.text for c in chunks) == "\n\n".join([PARA] * 12)  # nothing lost between chunks
@@ -232,3 +233,34 @@ def test_saved_dataset_folder_and_arrow_file(tmp_path):
             table = pa.ipc.open_stream(m).read_all().slice(0, 20)
         want = [bool((s or "").strip()) for s in table.column("support").to_pylist()]
         assert [r.context is not None for r in recs] == want and any(want)
+
+
+def test_document_names_and_split_do_not_depend_on_where_the_folder_lies(tmp_path):
+    """The same notes folder in two places: the same documents, the same held-out side (a
+    hash of the absolute path would re-draw the split wherever the folder is copied)."""
+    import shutil
+
+    from loralab.data.split import doc_key, eval_docs
+    from loralab.study.data import holdout
+
+    a = tmp_path / "one" / "notes"
+    a.mkdir(parents=True)
+    for i in range(6):
+        (a / f"n{i}.md").write_text(f"# Note {i}\n\nThe hive {i} was calm today.\n", encoding="utf-8")
+    (a / "rows.jsonl").write_text('{"text": "first row"}\n{"text": "second row"}\n', encoding="utf-8")
+    b = tmp_path / "two" / "deeper" / "notes"
+    shutil.copytree(a, b)
+    docs = []
+    for src, out in ((a, tmp_path / "ia"), (b, tmp_path / "ib")):
+        ingest([str(src)], out, IngestConfig(progress=False))
+        docs.append(sorted(doc_key(r) for r in read_records(out)))
+    assert docs[0] == docs[1]
+    assert "notes/n0.md" in docs[0] and "notes/rows.jsonl:1" in docs[0]
+    # a small corpus whose hash split would hold out nothing still gets one held-out document
+    keys = [f"d{i}" for i in range(8)]
+    for frac in (1e-9, 1 - 1e-9):
+        held = eval_docs(keys, frac, 0)
+        assert 1 <= len(held) <= 7
+    assert eval_docs(keys, 0.0, 0) == set() and eval_docs(keys, 1.0, 0) == set(keys)
+    n = holdout(tmp_path / "ia", tmp_path / "pool", tmp_path / "held", 1e-9, 0)
+    assert n["held_out"] >= 1 and n["train"] >= 1 and n["train"] + n["held_out"] == len(docs[0])

@@ -86,8 +86,9 @@ def build_records(it: Item, cfg: IngestConfig, chunker: Chunker) -> list[Record]
     fields = recognise(it.value)
     flags = list(it.flags) + _normalise(fields)
     loc = it.loc
-    doc = it.doc or row_doc(it.value) or (loc["path"] if "line" not in loc and "item" not in loc
-                                          else f"{loc['path']}:{loc.get('line', loc.get('item'))}")
+    name = it.where or loc["path"]  # the file named from the user's source, not from where it lies
+    doc = it.doc or row_doc(it.value) or (name if "line" not in loc and "item" not in loc
+                                          else f"{name}:{loc.get('line', loc.get('item'))}")
     source = {k: v for k, v in loc.items() if k in ("path", "line", "item", "split")} | {"doc": doc}
     domain = cfg.domain or it.domain or row_domain(it.value)
     meta = add_repaired(dict(it.meta), *flags)

@@ -43,6 +43,8 @@ class Item:
     value: Any                    # a row (dict / str) or a document's text
     flags: list[str] = field(default_factory=list)   # repairs already applied
     doc: str | None = None        # document name (defaults to the row's own or the file's)
+    where: str | None = None      # the file named from the source the user gave (folder name +
+    #                               relative path): document names do not depend on where it lies
     domain: str | None = None
     meta: dict = field(default_factory=dict)
 
@@ -393,6 +395,27 @@ def missing_sources(specs: list[str]) -> list[str]:
     return bad
 
 
+def _named(items: Iterator[Item | Bad], target: Path, name: str) -> Iterator[Item | Bad]:
+    for it in items:
+        if isinstance(it, Item):
+            it.where = name
+            if it.doc == str(target):
+                it.doc = name
+        yield it
+
+
+def source_name(spec: str, target: Path) -> str:
+    """A file or folder reached from the source `spec`, named independently of where `spec` lies:
+    `notes/a.md` for `a.md` in the folder `/any/where/notes`, `a.md` for the file itself."""
+    p = Path(spec)
+    top = p.resolve().name if p.is_dir() else ""
+    try:
+        rel = target.relative_to(p).as_posix() if p.is_dir() else target.name
+    except ValueError:
+        rel = target.name
+    return f"{top}/{rel}" if top and rel != "." else (top or rel)
+
+
 def read_source(spec: str, max_bytes: int) -> Iterator[Item | Bad]:
     """Every item of one command-line source, in a stable order."""
     from .packaged import read_packaged
@@ -401,7 +424,7 @@ def read_source(spec: str, max_bytes: int) -> Iterator[Item | Bad]:
         if kind == "packaged":
             yield from read_packaged(target)
         elif kind == "hf":
-            yield from read_hf_folder(target)
+            yield from _named(read_hf_folder(target), target, source_name(spec, target))
         elif kind == "hub":
             yield from read_hub(target)
         elif kind == "empty_dir":
@@ -411,4 +434,4 @@ def read_source(spec: str, max_bytes: int) -> Iterator[Item | Bad]:
         elif target.is_dir():  # a folder reached through a symlink loop guard or similar
             yield Bad({"path": str(target), "offset": 0}, "unreadable", "is a directory")
         else:
-            yield from read_file(target, max_bytes)
+            yield from _named(read_file(target, max_bytes), target, source_name(spec, target))

@@ -24,6 +24,18 @@ def is_eval(doc: str, eval_frac: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < eval_frac
 
 
+def eval_docs(docs: Iterable[str], eval_frac: float, seed: int) -> set[str]:
+    """The held-out documents of `is_eval`, with one guarantee for small corpora: when there are
+    two or more documents and 0 < eval_frac < 1, each side gets at least one (the document
+    with the lowest hash is held out, or the one with the highest is kept for training)."""
+    keys = sorted(set(docs))
+    held = {d for d in keys if is_eval(d, eval_frac, seed)}
+    if len(keys) >= 2 and 0 < eval_frac < 1 and len(held) in (0, len(keys)):
+        by_hash = sorted(keys, key=lambda d: hashlib.sha256(f"{seed}\0{d}".encode()).digest())
+        held = {by_hash[0]} if not held else held - {by_hash[-1]}
+    return held
+
+
 def split(records: Iterable[Record], eval_frac: float = 0.1, seed: int = 0) -> tuple[list[Record], list[Record]]:
     """(train, eval) lists; records of one document stay together."""
     train, ev = [], []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..data.records import read_records, write_records
-from ..data.split import doc_key, is_eval
+from ..data.split import doc_key, eval_docs
 from ..io import write_json
 from .spec import DataSpec, digest
 
@@ -34,10 +34,13 @@ def _cached(root: Path, step: str, key: Any, make: Callable[[Path], Any]) -> Pat
 
 
 def holdout(src: Path, out_train: Path, out_eval: Path, frac: float, seed: int) -> dict:
-    """Split a records folder by document into train pool and held-out folders."""
+    """Split a records folder by document into train pool and held-out folders (each side gets at
+    least one document when there are two or more; `split.eval_docs`)."""
+    recs = list(read_records(src))
+    ev = eval_docs((doc_key(r) for r in recs), frac, seed)
     train, held = [], []
-    for r in read_records(src):
-        (held if is_eval(doc_key(r), frac, seed) else train).append(r)
+    for r in recs:
+        (held if doc_key(r) in ev else train).append(r)
     for folder, recs in ((out_train, train), (out_eval, held)):
         folder.mkdir(parents=True, exist_ok=True)
         write_records(folder, recs)
