@@ -60,6 +60,30 @@ def test_ifd_equals_hand_computation(tiny, tmp_path):
     assert card["counts"] == {"read": 1, "kept": 1, "quarantined": 0, "reconciled": True}
 
 
+
+def test_plain_rendering_for_a_scorer_without_chat_template(tiny, tmp_path):
+    """render=plain (auto's choice for a base model's tokenizer): prompt paragraphs then the
+    response after BOS, the response alone after BOS; its own cache key, never a chat score."""
+    tok = tiny.tokenizer
+    rec = Record(kind="qa", question="Which bone is the longest?", context="Anatomy quiz.", answer="The femur.")
+    _, [chat] = scored(tmp_path, [rec], tiny)
+    _, [plain] = scored(tmp_path, [rec], tiny, render="plain")
+    s = plain.meta["score"]
+    resp = tok.encode("The femur.", add_special_tokens=False)
+    bos = [tok.bos_token_id]
+    lc = -naive_resp_logprobs(tiny.model, bos + tok.encode("Which bone is the longest?\n\nAnatomy quiz.\n\n",
+                                                            add_special_tokens=False), resp).mean().item()
+    lr = -naive_resp_logprobs(tiny.model, bos, resp).mean().item()
+    assert s["render"] == "plain" and "render" not in chat.meta["score"]
+    assert s["loss_cond"] == pytest.approx(lc, abs=1e-5) and s["loss_resp"] == pytest.approx(lr, abs=1e-5)
+    assert s["loss_cond"] != pytest.approx(chat.meta["score"]["loss_cond"], abs=1e-3)  # not served from the chat cache
+    from loralab.score import render_mode
+
+    assert render_mode("auto", tok) == "chat"
+    bare = copy.copy(tok)
+    bare.chat_template = None
+    assert render_mode("auto", bare) == "plain" and render_mode("chat", bare) == "chat"
+
 def test_bos_handling(tiny, tmp_path):
     tok = tiny.tokenizer
     im_start = tok.convert_tokens_to_ids("<|im_start|>")

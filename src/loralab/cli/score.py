@@ -48,6 +48,7 @@ def score_cmd(
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
     precision: str = typer.Option("exact", help="exact (fp32) | fast (the fastest low-precision format measured here; see `loralab doctor`)"),
+    render: str = typer.Option("auto", help="auto | chat | plain: how prompted records are shown (auto: chat when the tokenizer has a chat template)."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Neither read nor write the score cache."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out if it exists."),
 ) -> None:
@@ -57,7 +58,7 @@ def score_cmd(
 
     cfg = build(ScoreConfig, model=model, adapter=adapter, engine=engine, workers=workers,
                 batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype, precision=precision,
-                cache=not no_cache)
+                render=render, cache=not no_cache)
     _need(records_dir)
     check_spec(cfg.model)
     _need_adapter(cfg.adapter)

@@ -99,8 +99,8 @@ def weights_of(spec: str) -> str:
     from .. import models
 
     spec = models.ALIASES.get(spec, spec)
-    if spec == models.DEFAULT_MODEL:
-        return f"SmolLM2-135M-Instruct, dequantized from the packaged Q4_1 GGUF ({models.GGUF_FILE})"
+    if spec in models.PACKAGED:
+        return models.PACKAGED[spec].weights
     return models.KNOWN.get(spec, spec)
 
 
