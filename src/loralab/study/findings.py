@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..evaluate.stats import CORRECTIONS
 from ..io import atomic_open, read_json, write_json
 from . import seeds as S
 
@@ -91,17 +90,13 @@ def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
         for va, vb in pairs_for(q, vs):
             todo.append((va["label"], vb["label"]))
             owners.append(q)
-    cmps = S.compare(runs, pairs=list(dict.fromkeys(todo)), seed=seed)
+    cmps = S.compare(runs, pairs=list(dict.fromkeys(todo)), seed=seed, correction=None)
     out = []
     for q in fs.questions:
         mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
         rows = [dict(c) for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
         out.append({"question": q, "rows": rows})
-    # one Holm family: exactly the comparisons the document shows
-    shown = [c for d in out for c in d["rows"]]
-    for c, p in zip(shown, CORRECTIONS["holm"]([c["p"] for c in shown])):
-        c["p_adj"] = p
-        c["finding"] = bool(p <= S.ALPHA and (c["lo"] > 0 or c["hi"] < 0))
+    S.adjust([c for d in out for c in d["rows"]])  # one Holm family: exactly the comparisons the document shows
     for d in out:
         for c in d["rows"]:
             c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))

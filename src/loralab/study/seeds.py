@@ -147,10 +147,19 @@ def one_label_pairs(items: list, labels_of=lambda v: v["labels"]):
                 yield a, b, diff[0]
 
 
-def compare(runs: list[dict], *, correction: str = "holm", seed: int = 0,
+def adjust(cmps: list[dict], correction: str = "holm") -> list[dict]:
+    """The p-values of `cmps` adjusted as one family, and each comparison's finding flag."""
+    for c, p in zip(cmps, CORRECTIONS[correction]([c["p"] for c in cmps])):
+        c["p_adj"] = p
+        c["finding"] = bool(p <= ALPHA and (c["lo"] > 0 or c["hi"] < 0))
+    return cmps
+
+
+def compare(runs: list[dict], *, correction: str | None = "holm", seed: int = 0,
             pairs: list[tuple[str, str]] | None = None) -> list[dict]:
     """a − b for every pair of variants that differ in one label (or the named `pairs` of
-    variant labels), paired within each shared seed; p-values adjusted together."""
+    variant labels), paired within each shared seed; p-values adjusted together (None: left
+    unadjusted for a caller that picks its own family)."""
     vs = variants(runs)
     by = {v["label"]: v for v in vs}
     todo = ([(by[a], by[b], _axis(by[a], by[b])) for a, b in pairs if a in by and b in by] if pairs is not None
@@ -168,11 +177,7 @@ def compare(runs: list[dict], *, correction: str = "holm", seed: int = 0,
                 continue
             out.append({"a": a["label"], "b": b["label"], "axis": axis, "measure": what, "seeds": shared,
                         **across_seeds(parts, seed=seed)})
-    adj = CORRECTIONS[correction]([c["p"] for c in out])
-    for c, p in zip(out, adj):
-        c["p_adj"] = p
-        c["finding"] = bool(p <= ALPHA and (c["lo"] > 0 or c["hi"] < 0))
-    return out
+    return adjust(out, correction) if correction else out
 
 
 def _axis(a: dict, b: dict) -> str:

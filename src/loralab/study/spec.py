@@ -106,21 +106,20 @@ class StudySpec(BaseModel):
     def _check(self) -> "StudySpec":
         problems = []
         groups = self.overlays()
+
+        def unknown(where: str, k: str, names) -> list[str]:  # names of a group axis that the group lacks
+            return [f"{where} names {n!r}, not one of ({', '.join(groups[k])})" for n in names
+                    if k in groups and n not in groups[k]]
+
         for i, extra in enumerate(self.also):
             for k, v in extra.items():
-                if k not in self.axes:
-                    problems.append(f"also[{i}] names {k!r}, not an axis ({', '.join(self.axes)})")
-                elif k in groups:
-                    problems += [f"also[{i}]: {k} names {n!r}, not one of ({', '.join(groups[k])})"
-                                 for n in v if n not in groups[k]]
+                problems += ([f"also[{i}] names {k!r}, not an axis ({', '.join(self.axes)})"] if k not in self.axes
+                             else unknown(f"also[{i}]: {k}", k, v))
         for k, v in self.axes.items():
             if not v:
                 problems.append(f"axis {k!r} has no values")
-            if k in groups:
-                for name in v:
-                    if name not in groups[k]:
-                        problems.append(f"axis {k} names {name!r}, not one of ({', '.join(groups[k])})")
-            elif k.split(".")[0] not in ("data", "train", "eval", "model"):
+            problems += unknown(f"axis {k}", k, v)
+            if k not in groups and k.split(".")[0] not in ("data", "train", "eval", "model"):
                 problems.append(f"axis {k!r} must be a group ({', '.join(groups)}) or a path under data., train., eval.")
         if self.merge is not None:
             from .merging import check_block
