@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..evaluate.seedstats import RESAMPLES
 from ..io import atomic_open, read_json, write_json
 from . import seeds as S
 
@@ -173,7 +174,8 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
     lines += [f"- Weights and data: {weights}", f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
               "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
-              "the interval resamples seeds and items together (two-level bootstrap, 95 %), the items-only and "
+              f"the interval resamples seeds and items together (two-level bootstrap, 95 %, {RESAMPLES:,} resamples: "
+              f"a p-value resolves down to {1 / RESAMPLES:g}), the items-only and "
               f"seeds-only (t) intervals are beside it; p-values are Holm-adjusted over the "
               f"{sum(len(d['rows']) for d in done)} comparisons in this file. A difference is a finding only when its "
               "interval excludes zero and adjusted p < 0.05.", ""]

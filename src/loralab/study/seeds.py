@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..evaluate.seedstats import across_seeds, mean_part, ratio_part
+from ..evaluate.seedstats import RESAMPLES, across_seeds, mean_part, ratio_part
 from ..evaluate.stats import CORRECTIONS
 
 ALPHA = 0.05
@@ -147,16 +147,19 @@ def one_label_pairs(items: list, labels_of=lambda v: v["labels"]):
                 yield a, b, diff[0]
 
 
+P_LABEL = {"holm": "Holm p", "bh": "BH q"}
+
+
 def adjust(cmps: list[dict], correction: str = "holm") -> list[dict]:
     """The p-values of `cmps` adjusted as one family, and each comparison's finding flag."""
     for c, p in zip(cmps, CORRECTIONS[correction]([c["p"] for c in cmps])):
-        c["p_adj"] = p
+        c["p_adj"], c["correction"] = p, correction
         c["finding"] = bool(p <= ALPHA and (c["lo"] > 0 or c["hi"] < 0))
     return cmps
 
 
 def compare(runs: list[dict], *, correction: str | None = "holm", seed: int = 0,
-            pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+            pairs: list[tuple[str, str]] | None = None, resamples: int = RESAMPLES) -> list[dict]:
     """a − b for every pair of variants that differ in one label (or the named `pairs` of
     variant labels), paired within each shared seed; p-values adjusted together (None: left
     unadjusted for a caller that picks its own family)."""
@@ -176,7 +179,7 @@ def compare(runs: list[dict], *, correction: str | None = "holm", seed: int = 0,
             if not parts:
                 continue
             out.append({"a": a["label"], "b": b["label"], "axis": axis, "measure": what, "seeds": shared,
-                        **across_seeds(parts, seed=seed)})
+                        **across_seeds(parts, seed=seed, resamples=resamples)})
     return adjust(out, correction) if correction else out
 
 
@@ -204,6 +207,7 @@ def sentence(c: dict[str, Any]) -> str:
     tail = (f" (mean of {c['n_seeds']} seeds; seeds × items interval; over items only "
             f"[{c['items']['lo'] * k:+.3f}, {c['items']['hi'] * k:+.3f}]"
             + (f", over seeds only [{c['seeds']['lo'] * k:+.3f}, {c['seeds']['hi'] * k:+.3f}]"
-               if np.isfinite(c["seeds"]["lo"]) else "") + f"; Holm p = {c['p_adj']:.3g})")
+               if np.isfinite(c["seeds"]["lo"]) else "")
+            + f"; {P_LABEL[c.get('correction', 'holm')]} = {c['p_adj']:.3g})")
     verdict = "" if c["finding"] else " — no measurable difference"
     return head + verdict + tail
