@@ -99,6 +99,9 @@ def weights_of(spec: str) -> str:
     from .. import models
 
     spec = models.ALIASES.get(spec, spec)
+    base, layers = models.split_layers(spec)
+    if layers:
+        return f"the first {layers} decoder layers of: {weights_of(base)}"
     if spec in models.PACKAGED:
         return models.PACKAGED[spec].weights
     return models.KNOWN.get(spec, spec)

@@ -133,10 +133,17 @@ def scorer_agreement(runs: list[dict], fs: FindingsSpec) -> list[dict]:
                 g = agreement([x[i] for i in ids], [y[i] for i in ids], fracs=(sp.top,))
                 top = g["top_overlap"][0]
                 out.append({"a": va["label"], "b": vb["label"], "seed": seed, "records": g["n_ifd"], "top": sp.top,
+                            "scorer_a": _scorer(va["seeds"][seed]), "scorer_b": _scorer(vb["seeds"][seed]),
                             "rho_ifd": g["spearman_ifd"]["rho"], "rho_ppl": g["spearman_ppl"]["rho"],
                             "top_overlap": top["overlap"], "random_overlap": top["random_expectation"],
                             "published": sp.published})
     return out
+
+
+def _scorer(run: dict) -> str:
+    """The model that scored a run's data (its `data.scorer`, else the study's model)."""
+    cfg = run.get("config") or {}
+    return str((cfg.get("data") or {}).get("scorer") or cfg.get("model") or "?")
 
 
 def verdict(c: dict, expect: int | None) -> str:
@@ -162,7 +169,8 @@ def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
 
 
 def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_runs: int, n_done: int,
-           seeds: list[int], machine: str, agreement: list[dict] | None = None) -> str:
+           seeds: list[int], machine: str, agreement: list[dict] | None = None,
+           scorers: list[str] | None = None) -> str:
     lines = [f"# {fs.title}", "", "_Written by `loralab study … --findings` from the run folders in "
              f"`findings/` (study `{study}`); every number below is recomputed from them._", ""]
     if fs.intro:
@@ -171,7 +179,13 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
         lines += [f"**A partial run of the study: {n_done} of its {n_runs} runs have finished.** Questions whose "
                   "variants have not run say so; every number below comes from the finished runs only, and the "
                   "study resumes where it stopped (`loralab study SPEC --findings FILE` again).", ""]
-    lines += [f"- Weights and data: {weights}", f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
+    lines += [f"- Weights and data: {weights}"]
+    if scorers and len(scorers) > 1:
+        from ..evaluate.run import weights_of
+
+        lines += ["- Training data scored (IFD, perplexity) by: " + "; ".join(
+            f"`{m}` ({weights_of(m)})" if weights_of(m) != m else f"`{m}`" for m in scorers)]
+    lines += [f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
               "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
               f"the interval resamples seeds and items together (two-level bootstrap, 95 %, {RESAMPLES:,} resamples: "
@@ -212,7 +226,7 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
                   "| a (scorer) | b (scorer) | seed | records | Spearman ρ IFD | Spearman ρ perplexity | "
                   "top overlap by IFD | random ranking's overlap |", "|---|---|---|---|---|---|---|---|"]
         for g in agreement:
-            lines.append(f"| {g['a']} | {g['b']} | {g['seed']} | {g['records']} | {_f(g['rho_ifd'])} | "
+            lines.append(f"| {g['a']} ({g['scorer_a']}) | {g['b']} ({g['scorer_b']}) | {g['seed']} | {g['records']} | {_f(g['rho_ifd'])} | "
                          f"{_f(g['rho_ppl'])} | {_f(g['top_overlap'])} | {_f(g['random_overlap'])} |")
         pubs = sorted({g["published"] for g in agreement if g["published"]})
         lines += [""] + [f"Published: {p}" for p in pubs] + [""]
@@ -238,7 +252,7 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     md = render(done, fs, weights=weights_line(runs, spec).removeprefix("Weights: "), study=spec.get("name", root.name),
                 n_runs=max(planned, len(runs)),
                 n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine,
-                agreement=agreement)
+                agreement=agreement, scorers=sorted({_scorer(r) for r in runs if r["metrics"]}))
     md_path = Path(md_path)
     with atomic_open(md_path) as f:
         f.write(md)
