@@ -167,3 +167,22 @@ def test_committed_findings_agree_with_their_results_csv():
     md = (root / "FINDINGS.md").read_text()
     rows = _csv(root / "findings" / "results.csv")
     assert rederive(md, rows) > 0
+
+
+def test_runs_with_identical_training_are_not_a_comparison(tmp_path):
+    """Two variants that trained with the same settings on byte-identical records (a source that
+    is already Q&A makes "raw" and "Q&A" the same) are flagged, not compared; other data or
+    other settings are a comparison."""
+    from loralab.study.findings import same_training
+
+    def variant(records: str, train: dict, name: str) -> dict:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "records.jsonl").write_text(records, encoding="utf-8")
+        run = {"config": {"model": "m", "train": train}, "metrics": {"data": {"train": str(folder)}}}
+        return {"label": name, "seeds": {0: run}}
+
+    a = variant('{"q": 1}\n', {"steps": 10}, "a")
+    assert same_training(a, variant('{"q": 1}\n', {"steps": 10}, "twin"))
+    assert not same_training(a, variant('{"q": 2}\n', {"steps": 10}, "other_data"))
+    assert not same_training(a, variant('{"q": 1}\n', {"steps": 40}, "other_steps"))

@@ -92,16 +92,49 @@ def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
             todo.append((va["label"], vb["label"]))
             owners.append(q)
     cmps = S.compare(runs, pairs=list(dict.fromkeys(todo)), seed=seed, correction=None)
+    by = {v["label"]: v for v in vs}
+    same = {(a, b) for a, b in set(todo) if same_training(by[a], by[b])}
     out = []
     for q in fs.questions:
         mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
         rows = [dict(c) for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
         out.append({"question": q, "rows": rows})
-    S.adjust([c for d in out for c in d["rows"]])  # one Holm family: exactly the comparisons the document shows
+    # one Holm family: exactly the comparisons the document shows, less those of identical training runs
+    S.adjust([c for d in out for c in d["rows"] if (c["a"], c["b"]) not in same])
     for d in out:
         for c in d["rows"]:
-            c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))
+            if (c["a"], c["b"]) in same:
+                c.update(p_adj=float("nan"), finding=False, verdict=SAME)
+            else:
+                c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))
     return out
+
+
+SAME = "not a comparison: identical training data and settings"
+
+
+def _train_digest(run: dict) -> str | None:
+    """sha256 of the records a run trained on (None when its data folder is not at hand)."""
+    import hashlib
+
+    p = ((run.get("metrics") or {}).get("data") or {}).get("train")
+    f = Path(p) / "records.jsonl" if p else None
+    return hashlib.sha256(f.read_bytes()).hexdigest() if f is not None and f.exists() else None
+
+
+def same_training(va: dict, vb: dict) -> bool:
+    """Both variants trained with the same settings on byte-identical records in every shared seed
+    (e.g. a source that is already Q&A gives its "raw" and "Q&A" variants the same data): their
+    models are the same, so their difference is no comparison."""
+    shared = set(va["seeds"]) & set(vb["seeds"])
+    for s in shared:
+        ca, cb = va["seeds"][s]["config"], vb["seeds"][s]["config"]
+        if ca.get("train") != cb.get("train") or ca.get("model") != cb.get("model"):
+            return False
+        da = _train_digest(va["seeds"][s])
+        if da is None or da != _train_digest(vb["seeds"][s]):
+            return False
+    return bool(shared)
 
 
 def _scores(run: dict) -> dict[str, dict]:
@@ -163,9 +196,17 @@ def _f(x) -> str:
 
 
 def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
-    """The n findings with the largest |mean| relative to their interval's half-width."""
+    """The n findings with the largest |mean| relative to their interval's half-width, one per
+    question (the strongest of each), so that they answer n different questions."""
     rows = [(d["question"], c) for d in done for c in d["rows"] if c["finding"]]
-    return sorted(rows, key=lambda qc: -abs(qc[1]["mean"]) / max((qc[1]["hi"] - qc[1]["lo"]) / 2, 1e-12))[:n]
+    rows.sort(key=lambda qc: -abs(qc[1]["mean"]) / max((qc[1]["hi"] - qc[1]["lo"]) / 2, 1e-12))
+    seen: set[str] = set()
+    out = []
+    for q, c in rows:
+        if q.id not in seen:
+            seen.add(q.id)
+            out.append((q, c))
+    return out[:n]
 
 
 def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_runs: int, n_done: int,
@@ -191,7 +232,7 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
               f"the interval resamples seeds and items together (two-level bootstrap, 95 %, {RESAMPLES:,} resamples: "
               f"a p-value resolves down to {1 / RESAMPLES:g}), the items-only and "
               f"seeds-only (t) intervals are beside it; p-values are Holm-adjusted over the "
-              f"{sum(len(d['rows']) for d in done)} comparisons in this file. A difference is a finding only when its "
+              f"{sum(c['verdict'] != SAME for d in done for c in d['rows'])} comparisons in this file. A difference is a finding only when its "
               "interval excludes zero and adjusted p < 0.05.", ""]
     top = strongest(done)
     if top:
@@ -212,12 +253,16 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
             lines.append(f"| {c['a']} | {c['b']} | {name} ({unit}) | {_num(c['mean'], k)} | "
                          f"[{_num(c['lo'], k)}, {_num(c['hi'], k)}] | [{_num(c['items']['lo'], k)}, "
                          f"{_num(c['items']['hi'], k)}] | [{_num(c['seeds']['lo'], k)}, {_num(c['seeds']['hi'], k)}]"
-                         f" | {c['n_seeds']} | {c['p_adj']:.3g} | {c['verdict']} |")
-        n_f = sum(c["finding"] for c in d["rows"])
-        conf = sum(c["verdict"] == "confirms" for c in d["rows"])
-        contra = sum(c["verdict"] == "contradicts" for c in d["rows"])
-        lines += ["", f"Measured: {n_f} of {len(d['rows'])} comparisons are findings ({conf} confirm, {contra} "
-                  f"contradict the published direction); the rest show no measurable difference."]
+                         f" | {c['n_seeds']} | {_f(c['p_adj'])} | {c['verdict']} |")
+        real = [c for c in d["rows"] if c["verdict"] != SAME]
+        n_f = sum(c["finding"] for c in real)
+        conf = sum(c["verdict"] == "confirms" for c in real)
+        contra = sum(c["verdict"] == "contradicts" for c in real)
+        lines += ["", f"Measured: {n_f} of {len(real)} comparisons are findings ({conf} confirm, {contra} "
+                  f"contradict the published direction); the rest show no measurable difference."
+                  + (f" {len(d['rows']) - len(real)} rows compare runs with identical training data and "
+                     "settings and are left out of the count and of the correction." if len(real) < len(d["rows"])
+                     else "")]
         if q.published:
             lines += ["", f"Published: {q.published}"]
         lines.append("")

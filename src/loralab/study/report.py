@@ -211,10 +211,13 @@ def weights_line(runs: list[dict], spec: dict) -> str:
         from ..evaluate.run import weights_of
 
         w = weights_of(str(spec.get("model", "")))
-    data = spec.get("data") or {}
-    src = ", ".join(map(str, data.get("sources") or []))
-    return (f"Weights: {w}. Data: {src} (domain {data.get('domain') or 'as ingested'}, "
-            f"{int(float(data.get('eval_docs', 0.2)) * 100)} % of documents held out per seed).")
+    datas = [(r.get("config") or {}).get("data") for r in runs if r.get("metrics")] or [spec.get("data") or {}]
+    seen: dict[str, None] = {}
+    for data in filter(None, datas):  # every source the finished runs read, in first-seen order
+        src = ", ".join(map(str, data.get("sources") or []))
+        seen[f"{src} (domain {data.get('domain') or 'as ingested'}, "
+             f"{int(float(data.get('eval_docs', 0.2)) * 100)} % of documents held out per seed)"] = None
+    return f"Weights: {w}. Data: {'; '.join(seen) or 'none'}."
 
 
 def terminal_rows(runs: list[dict]) -> tuple[list[str], list[list[str]]]:
