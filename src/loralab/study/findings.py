@@ -224,8 +224,9 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
     if scorers and len(scorers) > 1:
         from ..evaluate.run import weights_of
 
+        named = [(m, weights_of(m)) for m in scorers]
         lines += ["- Training data scored (IFD, perplexity) by: " + "; ".join(
-            f"`{m}` ({weights_of(m)})" if weights_of(m) != m else f"`{m}`" for m in scorers)]
+            f"`{m}` ({w})" if w != m else f"`{m}`" for m, w in named)]
     lines += [f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
               "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "

@@ -40,9 +40,8 @@ CORRECTION = "holm"  # multiple-comparison correction of the findings
 # an exploratory table, so false-discovery control; the spec's declared questions (FINDINGS.md)
 # are the confirmatory family, Holm-corrected with finer p-values
 SEEDED_CORRECTION = "bh"
-SEEDED_RESAMPLES = 2000
 ALPHA = 0.05
-COMPARE_RESAMPLES = 2000
+COMPARE_RESAMPLES = 2000  # the report's screens (per run, and across seeds)
 
 
 def load_runs(root: Path) -> list[dict]:
@@ -501,11 +500,11 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
     agg: list[dict] = []
     if seeded:  # replicates: variants aggregated over seeds, compared within seeds
         agg = S.aggregate(runs)
-        cmps = S.compare(runs, correction=SEEDED_CORRECTION, resamples=SEEDED_RESAMPLES)
+        cmps = S.compare(runs, correction=SEEDED_CORRECTION, resamples=COMPARE_RESAMPLES)
         finds = seeded_findings(runs, agg, cmps)
         note = (f"Variants are aggregated over their seeds (mean of per-seed estimates); comparisons are paired "
                 f"within each seed on the same items and their intervals resample seeds and items together "
-                f"(two-level bootstrap, {SEEDED_RESAMPLES:,} resamples; the items-only and seeds-only intervals "
+                f"(two-level bootstrap, {COMPARE_RESAMPLES:,} resamples; the items-only and seeds-only intervals "
                 f"are given beside). Every pair of variants that differ in one label is screened, so the "
                 f"{len(cmps)} p-values are adjusted with {CORRECTION_NAMES[SEEDED_CORRECTION]}; a spec's declared "
                 f"questions are answered with Holm's correction over their own family (`--findings`). A "
