@@ -151,3 +151,68 @@ def test_prefix_rows_layout():
     assert r.index(1, 5) == 7 and r.index(2, 2) == 2  # member 3's 6th token; member 1's prefix token
     assert ids[1].tolist()[:2] == [7, 8] and mask[1, 0, 5].tolist() == [False] * 5 + [True] + [False] * 4  # padding
     assert len(plan_rows(seqs, row_tokens=6)) == 4  # no room to share: a row each
+
+
+def _shared_batch(tiny, row_tokens=512):
+    from loralab.prefixrows import build_batch, plan_rows
+
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in SHARED]
+    seqs = {i: (c + x)[:-1] for i, (c, x) in enumerate(enc)}
+    plan = plan_rows([seqs[i] for i in range(len(enc))], row_tokens)
+    ids, pos, mask = build_batch(seqs, plan, pad_id=0)
+    return seqs, plan, ids, pos, mask
+
+
+def test_row_layout_covers_every_token_once_and_skips_masked_blocks(tiny):
+    """Each non-padding position is a query in exactly one segment, and the groups' area is
+    smaller than the dense T x T square of the rows."""
+    from loralab import rowattn
+
+    seqs, plan, ids, pos, mask = _shared_batch(tiny)
+    T = ids.shape[1]
+    lay = rowattn.build_layout(plan, T, {i: len(s) for i, s in seqs.items()}, "cpu")
+    dst = torch.cat([g.dst for g in lay.groups]).tolist()
+    real = [b * T + t for b, r in enumerate(plan) for t in range(r.length)]
+    assert sorted(dst) == real
+    area = sum(g.q_idx.numel() * g.k_idx.shape[1] for g in lay.groups)
+    assert area < len(plan) * T * T
+    for g in lay.groups:  # a group's keys of a query = the dense mask's allowed keys of that query
+        if g.allowed is None:
+            continue
+        S, lq = g.q_idx.shape
+        for s in range(S):
+            for i in range(lq):
+                slot = s * lq + i
+                if slot not in set(g.src.tolist()):
+                    continue
+                qf = int(g.q_idx[s, i])
+                b, t = divmod(qf, T)
+                keys = {int(k) - b * T for k, ok in zip(g.k_idx[s], g.allowed[s, 0, i]) if ok}
+                assert keys == set(torch.nonzero(mask[b, 0, t]).flatten().tolist())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_row_attention_equals_dense_masked_attention(tiny, dtype, monkeypatch):
+    """The block attention gives the dense masked SDPA's hidden states (fp32: 1e-5), and runs."""
+    from loralab import rowattn
+    from loralab.heads import decoder_hidden
+
+    seqs, plan, ids, pos, mask = _shared_batch(tiny)
+    lay = rowattn.build_layout(plan, ids.shape[1], {i: len(s) for i, s in seqs.items()}, "cpu")
+    calls = []
+    real = rowattn.rows_attention
+    monkeypatch.setattr(rowattn, "rows_attention", lambda *a, **k: calls.append(k.get("loralab_rows")) or real(*a, **k))
+    rowattn._registered = False
+    model = tiny.model.to(dtype)
+    try:
+        with torch.inference_mode():
+            dense = decoder_hidden(model, ids, mask, pos)
+            rows = decoder_hidden(model, ids, mask, pos, layout=lay)
+    finally:
+        tiny.model.to(torch.float32)
+        rowattn._registered = False
+    assert model.config._attn_implementation == "sdpa"
+    assert len(calls) == model.config.num_hidden_layers and all(c is lay for c in calls)
+    for b, r in enumerate(plan):  # padding positions are nobody's business
+        tol = 1e-5 if dtype == torch.float32 else 3e-2
+        torch.testing.assert_close(rows[b, : r.length].float(), dense[b, : r.length].float(), atol=tol, rtol=tol)

@@ -15,15 +15,24 @@ import torch
 
 
 def decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor | None = None,
-                   pos: torch.Tensor | None = None) -> torch.Tensor:
+                   pos: torch.Tensor | None = None, layout=None) -> torch.Tensor:
     """(B, T, H) last hidden states of the decoder alone.
 
     `mask` is None (every row one causal sequence, or packed sequences told apart by
     restarting `pos`), a (B, T) padding mask, or a (B, 1, T, T) boolean mask (True = may
     attend) with explicit position ids `pos` for prefix-shared rows. An activated LoRA
-    (aLoRA) gets PEFT's offsets, as its own forward computes them.
+    (aLoRA) gets PEFT's offsets, as its own forward computes them. `layout` (a
+    rowattn.RowLayout of those rows) computes only the attention blocks the mask allows.
     """
     from .adapters import alora_context
+
+    if layout is not None:
+        from .rowattn import use_rows
+
+        with use_rows(model), alora_context(model, ids):
+            out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                                      loralab_rows=layout)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
     if mask is not None and mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         dt = next(model.parameters()).dtype  # eager & co. add a float mask to the scores

@@ -28,10 +28,12 @@ import torch
 
 from .fastlora import fast_lora
 from .heads import decoder_hidden, logits_fn
+from . import rowattn
 from .prefixrows import Row, build_batch, plan_rows
 from .progress import tracker
 
 Pair = tuple[Sequence[int], Sequence[int]]
+ROW_ATTENTION = True  # prefix-shared rows attend block by block (rowattn.py); False: one dense masked SDPA
 
 
 @dataclass
@@ -143,7 +145,8 @@ def can_share(model) -> bool:
 def _plan(model, rows, share: bool, row_tokens: int) -> list[Row]:
     """Prefix-shared rows of the pairs' decoder inputs (one pair per row when not sharing)."""
     inputs = [r[0][:-1] for r in rows]
-    if share and can_share(model):
+    w = rowattn.window(model)  # a 4D mask bypasses sliding windows: share only within one
+    if share and can_share(model) and (w is None or max(map(len, inputs), default=0) <= w):
         return plan_rows(inputs, row_tokens)
     return [Row(prefix=len(x), members=[i], starts=[len(x)], length=len(x)) for i, x in enumerate(inputs)]
 
@@ -162,7 +165,10 @@ def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
     else:
         seqs = {i: rows[i][0][:-1] for r in plan for i in r.members}  # this batch's inputs only
         ids, pos, mask = build_batch(seqs, plan, pad_id)
-        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev))
+        layout = None
+        if ROW_ATTENTION and rowattn.supported(model):
+            layout = rowattn.build_layout(plan, ids.shape[1], {i: len(s) for i, s in seqs.items()}, dev)
+        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev), layout=layout)
     # keep only continuation positions: position j predicts token j+1
     sel_r, sel_t, targets, spans = [], [], [], []
     for b, r in enumerate(plan):
@@ -223,11 +229,12 @@ def token_logprobs(
             h, tgt, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H), (N,)
             lp_parts, ki_parts, kv_parts = [], [], []
             for s in range(0, h.shape[0], logits_chunk):
-                lsm = torch.log_softmax(logits_of(h[s: s + logits_chunk]), dim=-1)  # (chunk, V) fp32
-                lp_parts.append(lsm.gather(1, tgt[s: s + logits_chunk, None])[:, 0])
+                logits = logits_of(h[s: s + logits_chunk])  # (chunk, V) fp32
+                lse = torch.logsumexp(logits, dim=-1)  # log-softmax at the few places read, not (chunk, V)
+                lp_parts.append(logits.gather(1, tgt[s: s + logits_chunk, None])[:, 0] - lse)
                 if top_k:
-                    v, k = lsm.topk(top_k, dim=-1)
-                    kv_parts.append(v)
+                    v, k = logits.topk(top_k, dim=-1)
+                    kv_parts.append(v - lse[:, None])
                     ki_parts.append(k)
             lp = torch.cat(lp_parts).cpu().numpy()
             tg = tgt.cpu().numpy()

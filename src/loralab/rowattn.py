@@ -1,0 +1,201 @@
+"""Attention over prefix-shared rows that computes only the blocks the row's mask allows.
+
+A prefix-shared row (prefixrows.py) holds a prefix and the branches of its members; a
+branch attends to the prefix and causally to itself, never to another branch. The dense
+masked attention of such a row costs T x T per head though most of that square is masked:
+on IFD scoring of chat records (a ~27-token template shared by ~8 members per 512-token
+row) only a third of it is ever used.
+
+Here every row is cut into *segments*: the prefix (queries = keys = the prefix, causal)
+and one per branch (queries = the branch, keys = the prefix then the branch). Segments of
+similar size are gathered into padded groups and each group is one SDPA call, so a layer
+costs a few kernel calls whose area is the used area plus bounded padding. The gather
+indices and masks are built once per batch (`RowLayout`) and reused by every layer.
+
+`use_rows(model, layout)` switches the model to this attention for one forward; the
+layout rides along as the keyword `loralab_rows`, which the decoder hands to every
+attention call. Without it the function is plain SDPA, so another thread's forward on the
+same model is unaffected. Models whose attention this cannot reproduce (soft-capping,
+sliding windows shorter than the rows, non-SDPA attention) keep the dense masked path.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+NAME = "loralab_rows"
+SLACK = 1.3  # a group's padded area may exceed its segments' own area by this factor
+
+
+@dataclass
+class _Group:
+    q_idx: torch.Tensor  # (S, Lq) flat (b * T + t) positions of the queries, padding -> 0
+    k_idx: torch.Tensor  # (S, Lk) flat positions of the keys
+    src: torch.Tensor  # (N,) real query slots in the (S * Lq) output
+    dst: torch.Tensor  # (N,) their flat positions
+    allowed: torch.Tensor | None  # (S, 1, Lq, Lk) bool, None = causal with Lq == Lk
+    masks: dict = field(default_factory=dict)  # dtype -> additive mask
+
+
+@dataclass
+class RowLayout:
+    B: int
+    T: int
+    groups: list[_Group]
+
+    def mask(self, g: _Group, dtype: torch.dtype) -> torch.Tensor | None:
+        if g.allowed is None:
+            return None
+        if dtype not in g.masks:
+            m = torch.zeros(g.allowed.shape, dtype=dtype, device=g.allowed.device)
+            g.masks[dtype] = m.masked_fill_(~g.allowed, torch.finfo(dtype).min)
+        return g.masks[dtype]
+
+
+def _segments(rows, T: int, lengths: Sequence[int]):
+    """(queries, keys, prefix length or None) per segment, as flat positions."""
+    segs = []
+    for b, r in enumerate(rows):
+        base = b * T
+        pre = list(range(base, base + r.prefix))
+        if r.prefix:
+            segs.append((pre, pre, None))
+        for m, st in zip(r.members, r.starts):
+            n = lengths[m] - r.prefix
+            if n > 0:
+                br = list(range(base + st, base + st + n))
+                segs.append((br, pre + br, r.prefix))
+    return segs
+
+
+def _grouped(segs):
+    """Segments of one kind (causal prefixes, or branches) in groups of similar size."""
+    segs = sorted(segs, key=lambda s: (len(s[1]), len(s[0])))
+    groups, cur = [], []
+    for s in segs:
+        cand = cur + [s]
+        lq = max(len(x[0]) for x in cand)
+        lk = max(len(x[1]) for x in cand)
+        own = sum(len(x[0]) * len(x[1]) for x in cand)
+        if cur and len(cand) * lq * lk > SLACK * own + 4096:
+            groups.append(cur)
+            cand = [s]
+        cur = cand
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _group(segs, causal: bool, dev) -> _Group:
+    S = len(segs)
+    lq = max(len(s[0]) for s in segs)
+    lk = max(len(s[1]) for s in segs)
+    q_idx = torch.zeros((S, lq), dtype=torch.long)
+    k_idx = torch.zeros((S, lk), dtype=torch.long)
+    src, dst = [], []
+    allowed = None if causal else torch.zeros((S, 1, lq, lk), dtype=torch.bool)
+    for i, (q, k, p) in enumerate(segs):
+        q_idx[i, : len(q)] = torch.as_tensor(q)
+        k_idx[i, : len(k)] = torch.as_tensor(k)
+        src.extend(range(i * lq, i * lq + len(q)))
+        dst.extend(q)
+        if not causal:
+            n = len(q)
+            allowed[i, 0, :, :p] = True  # every query sees the whole prefix
+            allowed[i, 0, :n, p: p + n] = torch.ones((n, n), dtype=torch.bool).tril()
+    return _Group(q_idx.to(dev), k_idx.to(dev), torch.as_tensor(src, device=dev), torch.as_tensor(dst, device=dev),
+                  None if allowed is None else allowed.to(dev))
+
+
+def build_layout(rows, T: int, lengths: Sequence[int], dev) -> RowLayout:
+    """Layout of a batch of prefix-shared rows (padded to T); `lengths[m]` is member m's length."""
+    segs = _segments(rows, T, lengths)
+    groups = [_group(g, True, dev) for g in _grouped([s for s in segs if s[2] is None])]
+    groups += [_group(g, False, dev) for g in _grouped([s for s in segs if s[2] is not None])]
+    return RowLayout(len(rows), T, groups)
+
+
+def rows_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                   is_causal=None, loralab_rows: RowLayout | None = None, **kwargs):
+    """HF attention-interface function: block attention when a layout is given, else SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if loralab_rows is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    lay = loralab_rows
+    B, H, T, D = query.shape
+    Hk = key.shape[1]
+    q = query.transpose(1, 2).reshape(B * T, H, D)
+    k = key.transpose(1, 2).reshape(B * T, Hk, D)
+    v = value.transpose(1, 2).reshape(B * T, Hk, D)
+    out = query.new_zeros((B * T, H, value.shape[-1]))
+    for g in lay.groups:
+        S, lq = g.q_idx.shape
+        lk = g.k_idx.shape[1]
+        qg = q[g.q_idx.reshape(-1)].view(S, lq, H, D).transpose(1, 2)
+        kg = k[g.k_idx.reshape(-1)].view(S, lk, Hk, D).transpose(1, 2)
+        vg = v[g.k_idx.reshape(-1)].view(S, lk, Hk, -1).transpose(1, 2)
+        if Hk != H:
+            kg = kg.repeat_interleave(H // Hk, dim=1)
+            vg = vg.repeat_interleave(H // Hk, dim=1)
+        m = lay.mask(g, query.dtype)
+        o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=m, is_causal=m is None, scale=scaling)
+        out[g.dst] = o.transpose(1, 2).reshape(S * lq, H, -1)[g.src]
+    return out.view(B, T, H, -1), None
+
+
+def supported(model) -> bool:
+    """Whether this attention reproduces the model's own for rows of any length."""
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    if getattr(model.config, "_attn_implementation", "sdpa") not in ("sdpa", NAME):
+        return False
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return False
+    return True
+
+
+def window(model) -> int | None:
+    """The shortest sliding window among the model's layers (None: all layers see everything)."""
+    cfg = getattr(model.config, "text_config", None) or model.config
+    sw = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if sw and (types is None or any("sliding" in t for t in types)):
+        return int(sw)
+    return None
+
+
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+
+        AttentionInterface.register(NAME, rows_attention)
+        _registered = True
+
+
+@contextmanager
+def use_rows(model):
+    """The model's attention is `rows_attention` inside the block."""
+    _register()
+    cfg = model.config
+    old = cfg._attn_implementation
+    subs = [c for c in (getattr(cfg, "text_config", None),) if c is not None]
+    try:
+        cfg._attn_implementation = NAME
+        for c in subs:
+            c._attn_implementation = NAME
+        yield
+    finally:
+        cfg._attn_implementation = old
+        for c in subs:
+            c._attn_implementation = old
