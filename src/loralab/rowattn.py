@@ -40,6 +40,11 @@ class _Group:
     dst: torch.Tensor  # (N,) their flat positions
     allowed: torch.Tensor | None  # (S, 1, Lq, Lk) bool, None = causal with Lq == Lk
     masks: dict = field(default_factory=dict)  # dtype -> additive mask
+    T: int = 1  # the batch's padded row length: flat position = row * T + t
+
+    def __post_init__(self):
+        self.qb, self.qt = self.q_idx // self.T, self.q_idx % self.T
+        self.kb, self.kt = self.k_idx // self.T, self.k_idx % self.T
 
 
 @dataclass
@@ -91,7 +96,7 @@ def _grouped(segs):
     return groups
 
 
-def _group(segs, causal: bool, dev) -> _Group:
+def _group(segs, causal: bool, T: int, dev) -> _Group:
     S = len(segs)
     lq = max(len(s[0]) for s in segs)
     lk = max(len(s[1]) for s in segs)
@@ -109,14 +114,14 @@ def _group(segs, causal: bool, dev) -> _Group:
             allowed[i, 0, :, :p] = True  # every query sees the whole prefix
             allowed[i, 0, :n, p: p + n] = torch.ones((n, n), dtype=torch.bool).tril()
     return _Group(q_idx.to(dev), k_idx.to(dev), torch.as_tensor(src, device=dev), torch.as_tensor(dst, device=dev),
-                  None if allowed is None else allowed.to(dev))
+                  None if allowed is None else allowed.to(dev), T=T)
 
 
 def build_layout(rows, T: int, lengths: Sequence[int], dev) -> RowLayout:
     """Layout of a batch of prefix-shared rows (padded to T); `lengths[m]` is member m's length."""
     segs = _segments(rows, T, lengths)
-    groups = [_group(g, True, dev) for g in _grouped([s for s in segs if s[2] is None])]
-    groups += [_group(g, False, dev) for g in _grouped([s for s in segs if s[2] is not None])]
+    groups = [_group(g, True, T, dev) for g in _grouped([s for s in segs if s[2] is None])]
+    groups += [_group(g, False, T, dev) for g in _grouped([s for s in segs if s[2] is not None])]
     return RowLayout(len(rows), T, groups)
 
 
@@ -131,23 +136,19 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
     lay = loralab_rows
     B, H, T, D = query.shape
     Hk = key.shape[1]
-    q = query.transpose(1, 2).reshape(B * T, H, D)
-    k = key.transpose(1, 2).reshape(B * T, Hk, D)
-    v = value.transpose(1, 2).reshape(B * T, Hk, D)
-    out = query.new_zeros((B * T, H, value.shape[-1]))
+    out = query.new_zeros((B, T, H, value.shape[-1]))
     for g in lay.groups:
         S, lq = g.q_idx.shape
-        lk = g.k_idx.shape[1]
-        qg = q[g.q_idx.reshape(-1)].view(S, lq, H, D).transpose(1, 2)
-        kg = k[g.k_idx.reshape(-1)].view(S, lk, Hk, D).transpose(1, 2)
-        vg = v[g.k_idx.reshape(-1)].view(S, lk, Hk, -1).transpose(1, 2)
+        qg = query[g.qb, :, g.qt].transpose(1, 2)  # advanced indices around ':' -> (S, Lq, H, D) -> (S, H, Lq, D)
+        kg = key[g.kb, :, g.kt].transpose(1, 2)
+        vg = value[g.kb, :, g.kt].transpose(1, 2)
         if Hk != H:
             kg = kg.repeat_interleave(H // Hk, dim=1)
             vg = vg.repeat_interleave(H // Hk, dim=1)
         m = lay.mask(g, query.dtype)
         o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=m, is_causal=m is None, scale=scaling)
-        out[g.dst] = o.transpose(1, 2).reshape(S * lq, H, -1)[g.src]
-    return out.view(B, T, H, -1), None
+        out.view(B * T, H, -1)[g.dst] = o.transpose(1, 2).reshape(S * lq, H, -1)[g.src]
+    return out, None
 
 
 def supported(model) -> bool:
