@@ -175,14 +175,20 @@ def test_runs_with_identical_training_are_not_a_comparison(tmp_path):
     other settings are a comparison."""
     from loralab.study.findings import same_training
 
-    def variant(records: str, train: dict, name: str) -> dict:
+    def variant(records: str, train: dict, name: str, **data) -> dict:
         folder = tmp_path / name
         folder.mkdir()
         (folder / "records.jsonl").write_text(records, encoding="utf-8")
-        run = {"config": {"model": "m", "train": train}, "metrics": {"data": {"train": str(folder)}}}
+        config = {"id": name, "labels": {"variant": name}, "model": "m", "train": train,
+                  "data": {"sources": ["s"], "structure": None, "fmt": "chat", **data}}
+        run = {"config": config, "metrics": {"data": {"train": str(folder)}}}
         return {"label": name, "seeds": {0: run}}
 
     a = variant('{"q": 1}\n', {"steps": 10}, "a")
-    assert same_training(a, variant('{"q": 1}\n', {"steps": 10}, "twin"))
+    # a step that only builds the records (structure) may differ: the records say what it did
+    assert same_training(a, variant('{"q": 1}\n', {"steps": 10}, "twin", structure={"mode": "template"}))
+    # the same records rendered another way for training (JSON instead of chat) are another model
+    assert not same_training(a, variant('{"q": 1}\n', {"steps": 10}, "json", fmt="json"))
+    assert not same_training(a, variant('{"q": 1}\n', {"steps": 10}, "other_eval_split", eval_docs=0.3))
     assert not same_training(a, variant('{"q": 2}\n', {"steps": 10}, "other_data"))
     assert not same_training(a, variant('{"q": 1}\n', {"steps": 40}, "other_steps"))

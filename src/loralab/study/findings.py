@@ -122,14 +122,27 @@ def _train_digest(run: dict) -> str | None:
     return hashlib.sha256(f.read_bytes()).hexdigest() if f is not None and f.exists() else None
 
 
+# data steps that act on the training records alone (study/data.prepare): their effect is in the
+# records' digest, so two runs may differ in them and still train the same model
+RECORD_STEPS = frozenset({"corrupt", "clean", "structure", "distill", "select", "scorer"})
+
+
+def _setup(config: dict) -> dict:
+    """Everything in a run's config that could make two runs on the same records differ."""
+    out = {k: v for k, v in config.items() if k not in ("id", "labels")}
+    out["data"] = {k: v for k, v in (config.get("data") or {}).items() if k not in RECORD_STEPS}
+    return out
+
+
 def same_training(va: dict, vb: dict) -> bool:
-    """Both variants trained with the same settings on byte-identical records in every shared seed
-    (e.g. a source that is already Q&A gives its "raw" and "Q&A" variants the same data): their
-    models are the same, so their difference is no comparison."""
+    """Both variants ran the same configuration (but for the steps that only build the training
+    records) on byte-identical training records in every shared seed (e.g. a source that is
+    already Q&A gives its "raw" and "Q&A" variants the same data): their models are the same,
+    so their difference is no comparison. Anything else that differs (how the records are
+    rendered for training, the evaluation) makes it a comparison."""
     shared = set(va["seeds"]) & set(vb["seeds"])
     for s in shared:
-        ca, cb = va["seeds"][s]["config"], vb["seeds"][s]["config"]
-        if ca.get("train") != cb.get("train") or ca.get("model") != cb.get("model"):
+        if _setup(va["seeds"][s]["config"]) != _setup(vb["seeds"][s]["config"]):
             return False
         da = _train_digest(va["seeds"][s])
         if da is None or da != _train_digest(vb["seeds"][s]):
