@@ -42,13 +42,17 @@ def decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor | None = None,
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 
-def logits_fn(model) -> Callable[[torch.Tensor], torch.Tensor]:
-    """h (rows, H) -> fp32 logits (rows, V) through the model's own head (soft-capped if it caps)."""
+def logits_fn(model, fp32: bool = True) -> Callable[[torch.Tensor], torch.Tensor]:
+    """h (rows, H) -> logits (rows, V) through the model's own head (soft-capped if it caps):
+    fp32, or with `fp32=False` in the head's own dtype when it does not cap (the caller then
+    widens a few rows at a time, so no (rows, V) fp32 block is ever written at once)."""
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
 
     def fn(h: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float()  # (rows, V) fp32
+        logits = head(h)
+        if fp32 or cap:
+            logits = logits.float()  # (rows, V) fp32
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
