@@ -192,3 +192,25 @@ def test_runs_with_identical_training_are_not_a_comparison(tmp_path):
     assert not same_training(a, variant('{"q": 1}\n', {"steps": 10}, "other_eval_split", eval_docs=0.3))
     assert not same_training(a, variant('{"q": 2}\n', {"steps": 10}, "other_data"))
     assert not same_training(a, variant('{"q": 1}\n', {"steps": 40}, "other_steps"))
+
+
+def test_a_row_with_another_rows_numbers_is_marked_and_not_counted():
+    """Held-out text and held-out Q&A that are the same items (a source already in Q&A form)
+    give one measurement twice: the second row is marked and left out of the Holm family."""
+    from loralab.study.findings import REPEAT, SAME, counted, mark_repeats
+
+    def row(measure, per_seed, n_items=50, verdict=None):
+        c = {"measure": measure, "per_seed": per_seed, "n_items": n_items}
+        if verdict:
+            c["verdict"] = verdict
+        return c
+
+    rows = [row("gain.raw", [0.1, 0.2, 0.3]), row("gain.structured", [0.1, 0.2, 0.3]),
+            row("gain.structured", [0.1, 0.2, 0.3], n_items=40),  # other items: another measurement
+            row("forgetting", [0.0, 0.0, 0.0], verdict=SAME), row("kl.sport", [0.0, 0.0, 0.0])]
+    mark_repeats(rows)
+    assert [r.get("verdict") for r in rows] == [None, REPEAT, None, SAME, None]
+    assert [counted(r) for r in rows] == [True, False, True, False, True]
+    rows = [row("gain.raw", [0.1, 0.2, 0.3]), row("gain.structured", [0.1, 0.2, 0.3])]
+    mark_repeats(rows, prefer={"gain.structured"})  # the measure with a published direction is kept
+    assert [r.get("verdict") for r in rows] == [REPEAT, None]

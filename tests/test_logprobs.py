@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -203,13 +205,12 @@ def test_row_attention_equals_dense_masked_attention(tiny, dtype, monkeypatch):
     real = rowattn.rows_attention
     monkeypatch.setattr(rowattn, "rows_attention", lambda *a, **k: calls.append(k.get("loralab_rows")) or real(*a, **k))
     rowattn._registered = False
-    model = tiny.model.to(dtype)
+    model = copy.deepcopy(tiny.model).to(dtype)  # never cast the shared fixture (bf16 would round it)
     try:
         with torch.inference_mode():
             dense = decoder_hidden(model, ids, mask, pos)
             rows = decoder_hidden(model, ids, mask, pos, layout=lay)
     finally:
-        tiny.model.to(torch.float32)
         rowattn._registered = False
     assert model.config._attn_implementation == "sdpa"
     assert len(calls) == model.config.num_hidden_layers and all(c is lay for c in calls)

@@ -99,18 +99,46 @@ def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
         mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
         rows = [dict(c) for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
         out.append({"question": q, "rows": rows})
-    # one Holm family: exactly the comparisons the document shows, less those of identical training runs
-    S.adjust([c for d in out for c in d["rows"] if (c["a"], c["b"]) not in same])
     for d in out:
         for c in d["rows"]:
             if (c["a"], c["b"]) in same:
-                c.update(p_adj=float("nan"), finding=False, verdict=SAME)
-            else:
+                c["verdict"] = SAME
+        mark_repeats(d["rows"], prefer=set(d["question"].expect))
+    # one Holm family: exactly the comparisons the document shows, less those of identical training
+    # runs and the rows that repeat another one's numbers
+    S.adjust([c for d in out for c in d["rows"] if counted(c)])
+    for d in out:
+        for c in d["rows"]:
+            if counted(c):
                 c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))
+            else:
+                c.update(p_adj=float("nan"), finding=False)
     return out
 
 
 SAME = "not a comparison: identical training data and settings"
+REPEAT = "repeats another row's numbers: the same models on the same items"
+
+
+def counted(c: dict) -> bool:
+    """Whether a row is one of the document's comparisons (in its counts and its Holm family)."""
+    return c.get("verdict") not in (SAME, REPEAT)
+
+
+def mark_repeats(rows: list[dict], prefer: set[str] = frozenset()) -> None:
+    """A row whose per-seed differences equal an earlier row's of the same question (e.g. a source
+    that is already Q&A makes its held-out text and held-out Q&A the same items, and two variants
+    trained alike give the same dose comparison twice) is that measurement again: it is shown,
+    marked, and neither counted nor corrected for. The row kept is the first one whose measure is
+    in `prefer` (those with a published direction to check), else the first one."""
+    seen = set()
+    for c in sorted(rows, key=lambda c: c["measure"] not in prefer):  # stable: order kept within each
+        if not counted(c) or not all(np.isfinite(c["per_seed"])):
+            continue
+        key = (c["n_items"], tuple(float(x) for x in c["per_seed"]))
+        if key in seen:
+            c["verdict"] = REPEAT
+        seen.add(key)
 
 
 def _train_digest(run: dict) -> str | None:
@@ -246,7 +274,7 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
               f"the interval resamples seeds and items together (two-level bootstrap, 95 %, {RESAMPLES:,} resamples: "
               f"a p-value resolves down to {1 / RESAMPLES:g}), the items-only and "
               f"seeds-only (t) intervals are beside it; p-values are Holm-adjusted over the "
-              f"{sum(c['verdict'] != SAME for d in done for c in d['rows'])} comparisons in this file. A difference is a finding only when its "
+              f"{sum(counted(c) for d in done for c in d['rows'])} comparisons in this file. A difference is a finding only when its "
               "interval excludes zero and adjusted p < 0.05.", ""]
     top = strongest(done)
     if top:
@@ -268,15 +296,18 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
                          f"[{_num(c['lo'], k)}, {_num(c['hi'], k)}] | [{_num(c['items']['lo'], k)}, "
                          f"{_num(c['items']['hi'], k)}] | [{_num(c['seeds']['lo'], k)}, {_num(c['seeds']['hi'], k)}]"
                          f" | {c['n_seeds']} | {_f(c['p_adj'])} | {c['verdict']} |")
-        real = [c for c in d["rows"] if c["verdict"] != SAME]
+        real = [c for c in d["rows"] if counted(c)]
         n_f = sum(c["finding"] for c in real)
         conf = sum(c["verdict"] == "confirms" for c in real)
         contra = sum(c["verdict"] == "contradicts" for c in real)
+        n_same = sum(c["verdict"] == SAME for c in d["rows"])
+        n_rep = sum(c["verdict"] == REPEAT for c in d["rows"])
         lines += ["", f"Measured: {n_f} of {len(real)} comparisons are findings ({conf} confirm, {contra} "
                   f"contradict the published direction); the rest show no measurable difference."
-                  + (f" {len(d['rows']) - len(real)} rows compare runs with identical training data and "
-                     "settings and are left out of the count and of the correction." if len(real) < len(d["rows"])
-                     else "")]
+                  + (f" {n_same} rows compare runs with identical training data and settings" if n_same else "")
+                  + (" and" if n_same and n_rep else "")
+                  + (f" {n_rep} rows repeat another row's numbers" if n_rep else "")
+                  + ("; they are left out of the count and of the correction." if n_same or n_rep else "")]
         if q.published:
             lines += ["", f"Published: {q.published}"]
         lines.append("")
