@@ -217,3 +217,24 @@ def test_row_attention_equals_dense_masked_attention(tiny, dtype, monkeypatch):
     for b, r in enumerate(plan):  # padding positions are nobody's business
         tol = 1e-5 if dtype == torch.float32 else 3e-2
         torch.testing.assert_close(rows[b, : r.length].float(), dense[b, : r.length].float(), atol=tol, rtol=tol)
+
+
+def test_rows_are_shared_only_inside_a_sliding_window(tiny):
+    """A 4D mask bypasses a model's sliding window, so pairs longer than the window are not put
+    in prefix-shared rows (each keeps its own causal row, where the model applies its window)."""
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in SHARED]
+    rows, _ = L._prepare_rows(tiny.model, enc, None)
+    assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)) >= 3
+    cfg = tiny.model.config
+    saved = dict(vars(cfg))
+    try:
+        cfg.sliding_window, cfg.layer_types = 8, ["sliding_attention", "full_attention"]
+        assert all(len(r.members) == 1 for r in L._plan(tiny.model, rows, True, 512))
+        cfg.sliding_window = 4096  # every pair fits inside the window: sharing as before
+        assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)) >= 3
+    finally:
+        for k in set(vars(cfg)) - set(saved):
+            delattr(cfg, k)
+        for k, v in saved.items():
+            setattr(cfg, k, v)
+    assert not hasattr(cfg, "sliding_window") and getattr(cfg, "layer_types", None) is None
