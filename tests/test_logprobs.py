@@ -53,6 +53,11 @@ def test_batches_are_padded_minimally():
     for b in batches:
         assert len(b) * max(lengths[i] for i in b) <= 300 or len(b) == 1
     assert {frozenset(b) for b in batches} == {frozenset({1, 3, 5}), frozenset({2, 4, 0})}
+    # rows of 20-72 tokens fit one budget, but none is padded to more than PAD_LIMIT x its length
+    lengths = list(range(20, 73))
+    batches = L.plan_batches(lengths, batch_tokens=4096)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths))) and len(batches) == 4
+    assert all(max(lengths[i] for i in b) <= L.PAD_LIMIT * lengths[j] for b in batches for j in b)
 
 
 def test_encode_pair_moves_trailing_space(tiny):
