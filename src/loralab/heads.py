@@ -24,21 +24,20 @@ def decoder_hidden(model, ids: torch.Tensor, mask: torch.Tensor | None = None,
     (aLoRA) gets PEFT's offsets, as its own forward computes them. `layout` (a
     rowattn.RowLayout of those rows) computes only the attention blocks the mask allows.
     """
+    import contextlib
+
     from .adapters import alora_context
 
-    if layout is not None:
+    rows, extra = contextlib.nullcontext(), {}
+    if layout is not None:  # the block attention reads the layout; the mask stays for any other path
         from .rowattn import use_rows
 
-        with use_rows(model), alora_context(model, ids):
-            out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
-                                      loralab_rows=layout)
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-
-    if mask is not None and mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
+        rows, extra = use_rows(model), {"loralab_rows": layout}
+    elif mask is not None and mask.dim() == 4 and getattr(model.config, "_attn_implementation", "sdpa") != "sdpa":
         dt = next(model.parameters()).dtype  # eager & co. add a float mask to the scores
         mask = torch.zeros(mask.shape, dtype=dt, device=mask.device).masked_fill(~mask, torch.finfo(dt).min)
-    with alora_context(model, ids):
-        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    with rows, alora_context(model, ids):
+        out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, **extra)
     return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
 

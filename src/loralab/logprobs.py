@@ -118,6 +118,8 @@ def _unwrap(model):
 
 
 _logits_fn = logits_fn  # the one head helper (heads.py), under the name callers know
+_decoder_hidden = decoder_hidden
+
 # log-softmax rows at a time: a (32, V) fp32 block stays in the CPU's caches, where a whole
 # (512, V) chunk at once ran 1.6x slower on the 2-core Xeon of the README (head + softmax)
 SOFTMAX_ROWS = 32
@@ -127,7 +129,6 @@ def log_softmax_rows(logits: torch.Tensor):
     """(offset, fp32 log-softmax of rows offset..offset + SOFTMAX_ROWS) over a (rows, V) block."""
     for j in range(0, logits.shape[0], SOFTMAX_ROWS):
         yield j, torch.log_softmax(logits[j: j + SOFTMAX_ROWS], dim=-1, dtype=torch.float32)
-_decoder_hidden = decoder_hidden
 
 
 def _prepare_rows(model, pairs: Sequence[Pair], max_length: int | None):

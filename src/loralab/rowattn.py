@@ -12,7 +12,7 @@ similar size are gathered into padded groups and each group is one SDPA call, so
 costs a few kernel calls whose area is the used area plus bounded padding. The gather
 indices and masks are built once per batch (`RowLayout`) and reused by every layer.
 
-`use_rows(model, layout)` switches the model to this attention for one forward; the
+`use_rows(model)` switches the model to this attention for one forward; the
 layout rides along as the keyword `loralab_rows`, which the decoder hands to every
 attention call. Without it the function is plain SDPA, so another thread's forward on the
 same model is unaffected. Models whose attention this cannot reproduce (soft-capping,
@@ -46,20 +46,19 @@ class _Group:
         self.qb, self.qt = self.q_idx // self.T, self.q_idx % self.T
         self.kb, self.kt = self.k_idx // self.T, self.k_idx % self.T
 
+    def mask(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """The additive mask in `dtype`, built once and reused by every layer (None: causal)."""
+        if self.allowed is None:
+            return None
+        if dtype not in self.masks:
+            m = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
+            self.masks[dtype] = m.masked_fill_(~self.allowed, torch.finfo(dtype).min)
+        return self.masks[dtype]
+
 
 @dataclass
 class RowLayout:
-    B: int
-    T: int
     groups: list[_Group]
-
-    def mask(self, g: _Group, dtype: torch.dtype) -> torch.Tensor | None:
-        if g.allowed is None:
-            return None
-        if dtype not in g.masks:
-            m = torch.zeros(g.allowed.shape, dtype=dtype, device=g.allowed.device)
-            g.masks[dtype] = m.masked_fill_(~g.allowed, torch.finfo(dtype).min)
-        return g.masks[dtype]
 
 
 def _segments(rows, T: int, lengths: Sequence[int]):
@@ -122,7 +121,7 @@ def build_layout(rows, T: int, lengths: Sequence[int], dev) -> RowLayout:
     segs = _segments(rows, T, lengths)
     groups = [_group(g, True, T, dev) for g in _grouped([s for s in segs if s[2] is None])]
     groups += [_group(g, False, T, dev) for g in _grouped([s for s in segs if s[2] is not None])]
-    return RowLayout(len(rows), T, groups)
+    return RowLayout(groups)
 
 
 def rows_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -133,11 +132,10 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
     if loralab_rows is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
-    lay = loralab_rows
     B, H, T, D = query.shape
     Hk = key.shape[1]
     out = query.new_zeros((B, T, H, value.shape[-1]))
-    for g in lay.groups:
+    for g in loralab_rows.groups:
         S, lq = g.q_idx.shape
         qg = query[g.qb, :, g.qt].transpose(1, 2)  # advanced indices around ':' -> (S, Lq, H, D) -> (S, H, Lq, D)
         kg = key[g.kb, :, g.kt].transpose(1, 2)
@@ -145,7 +143,7 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
         if Hk != H:
             kg = kg.repeat_interleave(H // Hk, dim=1)
             vg = vg.repeat_interleave(H // Hk, dim=1)
-        m = lay.mask(g, query.dtype)
+        m = g.mask(query.dtype)
         o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=m, is_causal=m is None, scale=scaling)
         out.view(B * T, H, -1)[g.dst] = o.transpose(1, 2).reshape(S * lq, H, -1)[g.src]
     return out, None
