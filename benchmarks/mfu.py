@@ -121,7 +121,11 @@ def main() -> None:
     best = max(pk, key=pk.get)
     print(machine_line(prof))
     print("peaks: " + ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in pk.items()) + f"; fastest: {best}")
-    frozen, train_fmt, fast = prof.choose("frozen"), prof.choose("train"), device.fast_format(prof.gflops)
+    from loralab.score import ScoreConfig, load_scorer
+
+    frozen, train_fmt = prof.choose("frozen"), prof.choose("train")
+    # fast scoring's format: the fastest that passed the rank check on this model (loralab.fidelity)
+    fast = device.precision_record(load_scorer(ScoreConfig(precision="fast", cache=False)).model)["format"]
     loaded = models.load("smollm2-135m", dtype=frozen)
     cfg = loaded.model.config
     head = 2 * cfg.hidden_size * cfg.vocab_size

@@ -41,7 +41,7 @@ import torch
 from scipy.stats import spearmanr
 
 from _common import machine_line, olmo_root, peak_rss_mib
-from loralab import device, models
+from loralab import device, fidelity, models
 from loralab.data.records import Record
 from loralab.score import ScoreConfig, load_scorer, score_records
 
@@ -123,13 +123,17 @@ def main() -> None:
     sub = recs[: args.timed]
     dev = device.resolve_device(args.device)
     prof = device.profile(dev)
-    fast_fmt, float_fmt = device.fast_format(prof.gflops), prof.choose("frozen")
+    float_fmt = prof.choose("frozen")
     print(machine_line(prof))
-    print(f"records: {len(recs)} MedMCQA items (fidelity), first {len(sub)} timed x {args.rounds} rounds; "
-          f"loralab fast = {fast_fmt}, the expert's reference dtype = {float_fmt}")
     cfg = dict(cache=False, progress=False, device=args.device)
     exact_l = load_scorer(ScoreConfig(precision="exact", **cfg))
-    fast_l = load_scorer(ScoreConfig(precision="fast", **cfg))
+    fast_l = load_scorer(ScoreConfig(precision="fast", **{**cfg, "progress": True}))  # runs the rank check once
+    fast_fmt = device.precision_record(fast_l.model)["format"]
+    for v in fidelity.lookup(fast_l.fingerprint, "", dev.type, device.fast_candidates(prof.gflops)):
+        verdict = "used" if v["passed"] else f"not used (< {v['rho_min']})"
+        print(f"rank check (loralab.fidelity, {v.get('calibration')}): {v['format']} rho {v['rho']:.4f} -> {verdict}")
+    print(f"records: {len(recs)} MedMCQA items (fidelity), first {len(sub)} timed x {args.rounds} rounds; "
+          f"loralab fast = {fast_fmt}, the expert's reference dtype = {float_fmt}")
     ref_user = models.load("smollm2-135m", device=args.device, dtype="float32")
     ref_expert = models.load("smollm2-135m", device=args.device, dtype=float_fmt)
     rows = list(enumerate(sub, 1))

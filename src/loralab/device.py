@@ -11,7 +11,8 @@ torch version, threads, shapes), and chooses per path:
 
   frozen  forward passes over frozen weights (scoring, evaluation, serving): the fastest
           floating-point format (fp32 or bf16/fp16); int8 only when asked for
-          (`loralab data score --precision fast`, `fast_format`)
+          (`loralab data score --precision fast`: `fast_candidates`, fastest first, each
+          used only once loralab.fidelity measured that it ranks IFD like fp32)
   train   frozen base weights of LoRA training (adapters keep fp32 master weights and
           optimizer state): the fastest floating-point format
 
@@ -191,8 +192,16 @@ def choose(gflops: dict[str, float], path: str, *, allow_int8: bool = False) -> 
 
 def fast_format(gflops: dict[str, float]) -> str:
     """The fastest low-precision format for frozen weights (bf16/fp16 or int8 dynamic); fp32
-    when none beats it by MARGIN."""
+    when none beats it by MARGIN. Fast scoring uses the first of `fast_candidates` that also
+    passes loralab.fidelity's rank check."""
     return choose(gflops, "frozen", allow_int8=True)
+
+
+def fast_candidates(gflops: dict[str, float]) -> list[str]:
+    """Low-precision formats for frozen weights at least MARGIN x fp32, fastest first."""
+    base = gflops.get("float32", 0.0)
+    low = [f for f, g in gflops.items() if f != "float32" and g > 0 and g >= MARGIN * base]
+    return sorted(low, key=lambda f: -gflops[f])
 
 
 def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure: bool = False,
@@ -324,7 +333,10 @@ def doctor(device: str = "auto", dtype: str = "auto", *, remeasure: bool = False
         why = ("--dtype" if dtype != "auto" else "LORALAB_CPU_BF16" if forced is not None else "measured")
         choices[path] = {"measured": measured, "chosen": chosen, "by": why}
     fast = fast_format(prof.gflops)
-    choices["score --precision fast"] = {"measured": fast, "chosen": fast, "by": "measured"}
+    cands = fast_candidates(prof.gflops)
+    choices["score --precision fast"] = {
+        "measured": fast, "chosen": "first passing: " + " > ".join(cands) if cands else fast,
+        "by": "speed, then a rank check per model" if cands else "measured"}
     return {"device": dev.type, "name": prof.key["name"], "torch": prof.key["torch"], "threads": prof.key["threads"],
             "shapes": prof.key["shapes"], "gflops": prof.gflops, "margin": MARGIN, "choices": choices,
             "cache": str(prof.path), "cached": prof.cached}

@@ -7,7 +7,9 @@
 
 Precision: `exact` (default) runs fp32 frozen weights; `fast` runs the fastest
 low-precision format `loralab doctor` measured here (bf16, or int8 dynamic quantization of
-every frozen linear layer, the vocabulary projection included); `--dtype` overrides both.
+every frozen linear layer, the vocabulary projection included) that also passed a rank
+check on this model: its IFD on 96 calibration records ranks like fp32's (Spearman rho >=
+0.99; loralab.fidelity, once per model and machine, cached); `--dtype` overrides both.
 The precision that produced a score ('cpu/float32', 'cpu/bfloat16', 'cpu/int8-dynamic')
 is stored with it (meta.score.precision, the card's `precision`) and is part of its cache key.
 
@@ -50,6 +52,7 @@ import hashlib
 import json
 import math
 import sqlite3
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,12 +81,13 @@ class ScoreConfig(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Model spec: smollm2-135m, tiny-random, an HF folder or hub id.")
     adapter: str | None = Field(None, description="PEFT adapter folder applied on the model (None: base model).")
     device: str = Field("auto", description="auto | cpu | cuda[:N] (see loralab.device).")
-    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 for the frozen weights (overrides precision).")
+    dtype: str = Field("auto", description="auto | float32 | bfloat16 | float16 | int8-dynamic for the frozen weights (overrides precision; no rank check).")
     precision: Literal["exact", "fast"] = Field("exact", description=(
         "exact: fp32 frozen weights; fast: the fastest low-precision format measured on this machine "
         "(bf16/fp16, or int8 dynamic quantization of every frozen linear layer incl. the vocabulary "
-        "projection; see `loralab doctor`). Ranks, not values, are what selection needs; "
-        "benchmarks/score.py measures how far fast ranks from exact."))
+        "projection; see `loralab doctor`) among those measured, once per model, to rank IFD like fp32 "
+        "(loralab.fidelity: Spearman rho >= 0.99 on 96 MedMCQA records). benchmarks/score.py measures "
+        "how far fast ranks from exact on 1,000."))
     batch_tokens: int | None = Field(None, ge=16, description="Padded tokens per forward pass (rows x length); default 2048 on CPU, 16384 on CUDA.")
     logits_chunk: int = Field(512, ge=1, description="Rows of fp32 vocabulary logits materialised at once.")
     max_length: int | None = Field(None, description="Context window in tokens (default: the model's).")
@@ -133,17 +137,32 @@ def with_adapter(loaded: Loaded, path: str | None) -> Loaded:
     return apply_adapters(loaded, [path]) if path else loaded
 
 
-def scorer_format(cfg: ScoreConfig) -> str:
-    """The frozen-weight format `cfg` asks for: its --dtype when given, else by precision
-    (exact: float32; fast: the device policy's measured fastest low-precision format)."""
-    from . import device as devpolicy
-
+def scorer_format(cfg: ScoreConfig) -> str | None:
+    """The frozen-weight format `cfg` fixes: its --dtype when given, float32 for exact; None
+    for fast, whose format depends on the model (`fast_scorer`)."""
     if cfg.dtype != "auto":
         return cfg.dtype
-    if cfg.precision == "exact":
-        return "float32"
-    dev = devpolicy.resolve_device(cfg.device)
-    return devpolicy.fast_format(devpolicy.profile(dev).gflops)
+    return "float32" if cfg.precision == "exact" else None
+
+
+def calibration_ifd(loaded: Loaded, recs: Sequence[Record]) -> list[float | None]:
+    """IFD of `recs` under `loaded` as it is (adapter already applied), nothing cached."""
+    cfg = ScoreConfig(model=loaded.spec, precision="exact", cache=False, progress=False)
+    res = score_records(list(enumerate(recs, 1)), cfg, loaded)
+    by = {r.id: r.meta["score"].get("ifd") for r in res.records}
+    return [by.get(r.id) for r in recs]
+
+
+def fast_scorer(cfg: ScoreConfig, base: Loaded) -> Loaded:
+    """`base` (fp32, adapter applied) in the fastest low-precision format measured here that
+    ranks IFD like fp32 (loralab.fidelity); `base` itself, in fp32, when none does."""
+    from . import device as devpolicy
+    from . import fidelity
+
+    cands = devpolicy.fast_candidates(devpolicy.profile(base.device).gflops)
+    fmt, _ = fidelity.choose(base, adapter_digest(cfg.adapter), cands, calibration_ifd,
+                             say=(lambda m: print(m, file=sys.stderr)) if cfg.progress else None)
+    return base if fmt == "float32" else fidelity.convert(base, fmt, inplace=True)
 
 
 def load_scorer(cfg: ScoreConfig) -> Loaded:
@@ -151,10 +170,12 @@ def load_scorer(cfg: ScoreConfig) -> Loaded:
     from . import models
 
     fmt = scorer_format(cfg)
-    if fmt == devpolicy.INT8:  # int8 weights: load fp32, adapter on top, then quantize the frozen linears
-        loaded = with_adapter(models.load(cfg.model, device=cfg.device, dtype="float32"), cfg.adapter)
-        devpolicy.quantize_int8(loaded.model)
-        return loaded
+    if fmt is None or fmt == devpolicy.INT8:  # load fp32 and put the adapter on it first
+        base = with_adapter(models.load(cfg.model, device=cfg.device, dtype="float32"), cfg.adapter)
+        if fmt == devpolicy.INT8:  # asked for by --dtype: no rank check
+            devpolicy.quantize_int8(base.model)
+            return base
+        return fast_scorer(cfg, base)
     return with_adapter(models.load(cfg.model, device=cfg.device, dtype=fmt), cfg.adapter)
 
 
@@ -328,6 +349,11 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     from . import device as devpolicy
 
     prec = devpolicy.precision_record(model)
+    if cfg.precision == "fast" and cfg.dtype == "auto":  # the rank checks that chose the format
+        from . import fidelity
+
+        cands = devpolicy.fast_candidates(devpolicy.profile(loaded.device).gflops)
+        prec["fidelity"] = fidelity.lookup(loaded.fingerprint, adapter_digest(cfg.adapter), loaded.device.type, cands)
     placement = prec["precision"]  # device/format ('cpu/float32', 'cpu/int8-dynamic'): part of the cache key
     adapter = adapter_digest(cfg.adapter)
     render = render_mode(cfg.render, tok)
@@ -338,7 +364,8 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     t1 = time.perf_counter()
     work: dict[str, int] = {}
     if cfg.engine == "ray" and todo:
-        fresh = ray_compute(todo, cfg, loaded.fingerprint, window)
+        # the actors use the format chosen here (their one-thread speed profile may order formats otherwise)
+        fresh = ray_compute(todo, cfg.model_copy(update={"dtype": prec["format"]}), loaded.fingerprint, window)
     else:
         fresh = compute(model, todo, batch_tokens=cfg.batch_tokens, logits_chunk=cfg.logits_chunk,
                         window=window, pad_id=tok.pad_token_id or 0,

@@ -16,9 +16,11 @@ def doctor_cmd(
 ) -> None:
     """Measure (once, then cached) fp32 / bf16 / int8 matmul speed here and show the chosen formats."""
     from .. import device as devpolicy
+    from .. import fidelity
 
     try:
         rep = devpolicy.doctor(device, dtype, remeasure=remeasure)
+        rep["fidelity"] = fidelity.on_this_machine(rep["device"])
     except (ValueError, RuntimeError) as e:
         fail(str(e))
     out.print(f"{rep['device']}: {rep['name']}  (torch {rep['torch']}, {rep['threads']} threads)")
@@ -36,4 +38,16 @@ def doctor_cmd(
     for path, ch in rep["choices"].items():
         c.add_row(path, ch["measured"], ch["chosen"], ch["by"])
     out.print(c)
+    if rep["fidelity"]:
+        f = Table(title=f"fast scoring's rank check: Spearman rho of IFD vs fp32 (needs >= {rep['fidelity'][0].get('rho_min')})")
+        for col in ("model", "adapter", "format", "rho", "records", "passes"):
+            f.add_column(col)
+        for v in rep["fidelity"]:
+            f.add_row(str(v.get("model"))[:16], (v.get("adapter") or "-")[:16], str(v.get("format")),
+                      "-" if v.get("rho") is None else f"{v['rho']:.4f}", str(v.get("n", "-")),
+                      "yes" if v.get("passed") else "no")
+        out.print(f)
+    else:
+        out.print("fast scoring's rank check (IFD vs fp32, per model): not run yet; the first "
+                  "`loralab data score --precision fast` runs it")
     out.print(f"{'read from' if rep['cached'] else 'measured now, saved to'} {rep['cache']}")
