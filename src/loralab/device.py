@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from .io import write_json
+
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -190,18 +192,18 @@ def choose(gflops: dict[str, float], path: str, *, allow_int8: bool = False) -> 
     return best if best is not None and low[best] >= MARGIN * base else "float32"
 
 
-def fast_format(gflops: dict[str, float]) -> str:
-    """The fastest low-precision format for frozen weights (bf16/fp16 or int8 dynamic); fp32
-    when none beats it by MARGIN. Fast scoring uses the first of `fast_candidates` that also
-    passes loralab.fidelity's rank check."""
-    return choose(gflops, "frozen", allow_int8=True)
-
-
 def fast_candidates(gflops: dict[str, float]) -> list[str]:
-    """Low-precision formats for frozen weights at least MARGIN x fp32, fastest first."""
+    """Low-precision formats for frozen weights (bf16/fp16, int8 dynamic) at least MARGIN x
+    fp32, fastest first."""
     base = gflops.get("float32", 0.0)
     low = [f for f, g in gflops.items() if f != "float32" and g > 0 and g >= MARGIN * base]
     return sorted(low, key=lambda f: -gflops[f])
+
+
+def fast_format(gflops: dict[str, float]) -> str:
+    """The fastest of `fast_candidates` (fp32 when there is none). Fast scoring uses the first
+    candidate that also passes loralab.fidelity's rank check."""
+    return next(iter(fast_candidates(gflops)), "float32")
 
 
 def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure: bool = False,
@@ -218,11 +220,8 @@ def profile(dev: torch.device | str = "cpu", shapes=DEFAULT_SHAPES, *, remeasure
         except (OSError, ValueError, KeyError):
             pass  # unreadable: measure again
     gflops = measure(dev, shapes, **measure_kw)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "gflops": gflops, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                      time.gmtime())}, indent=1))
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    # atomic: a concurrent reader sees the old file or the new one
+    write_json(path, {"key": key, "gflops": gflops, "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     return Profile(key, gflops, path, cached=False)
 
 

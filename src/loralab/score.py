@@ -349,13 +349,13 @@ def score_records(rows: Sequence[tuple[int, Record]], cfg: ScoreConfig, loaded: 
     from . import device as devpolicy
 
     prec = devpolicy.precision_record(model)
+    adapter = adapter_digest(cfg.adapter)
     if cfg.precision == "fast" and cfg.dtype == "auto":  # the rank checks that chose the format
         from . import fidelity
 
         cands = devpolicy.fast_candidates(devpolicy.profile(loaded.device).gflops)
-        prec["fidelity"] = fidelity.lookup(loaded.fingerprint, adapter_digest(cfg.adapter), loaded.device.type, cands)
+        prec["fidelity"] = fidelity.lookup(loaded.fingerprint, adapter, loaded.device.type, cands)
     placement = prec["precision"]  # device/format ('cpu/float32', 'cpu/int8-dynamic'): part of the cache key
-    adapter = adapter_digest(cfg.adapter)
     render = render_mode(cfg.render, tok)
     jobs, quarantine = make_jobs(rows, tok, window, f"{loaded.fingerprint}/{placement}", adapter, source, render)
     cache = ScoreCache(cfg.cache_dir) if cfg.cache else None
