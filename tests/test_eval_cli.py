@@ -109,3 +109,33 @@ def test_eval_base_only_and_config_errors(tmp_path):
     assert missing.exit_code == 2 and "holds no records.jsonl" in missing.output
     plan = EvalConfig(out="x", suite="full").plan()
     assert plan["mc"]["hellaswag"] == 1000 and plan["mc"]["arc_easy"] is None
+
+
+def test_a_memo_reuses_the_base_passes_with_the_same_numbers(tiny, tmp_path, monkeypatch):
+    """A study's second evaluation (the trigger adapter's own) reuses the first one's base passes:
+    the base runs once, and every number equals that of an evaluation without the memo."""
+    from loralab.evaluate import drift
+    from loralab.evaluate import run as R
+
+    heavy = train_adapter(tiny, tmp_path / "heavy", steps=4, lr=3e-2)
+    trig = train_adapter(tiny, tmp_path / "trig", steps=2, lr=1e-3, trigger="<|med|>")
+    (tmp_path / "data").mkdir()
+    write_records(tmp_path / "data", [Record(kind="raw", text=t) for t in MEDICAL])
+    kw = dict(model="tiny-random", dtype="float32", device="cpu", eval_data=str(tmp_path / "data"), eval_split="all",
+              tasks=["arc_easy"], limit=3, prompts=2, answer_tokens=6, cot_tokens=8, domains=["medical", "sport"],
+              progress=False, weights=False)
+    fresh_run = evaluate(EvalConfig(adapters=[str(trig)], out=str(tmp_path / "fresh"), **kw))
+    calls = {"pass": 0, "sets": 0}
+    for name, fn, key in (("_pass", R._pass, "pass"), ("base_prompt_sets", drift.base_prompt_sets, "sets")):
+        def counted(*a, _fn=fn, _key=key, **k):
+            calls[_key] += 1
+            return _fn(*a, **k)
+        monkeypatch.setattr(R if name == "_pass" else drift, name, counted)
+    memo: dict = {}
+    evaluate(EvalConfig(adapters=[str(heavy)], out=str(tmp_path / "g1"), **kw), memo)
+    assert calls == {"pass": 2, "sets": 1}  # base + the adapter; the base's prompt sets
+    again = evaluate(EvalConfig(adapters=[str(trig)], out=str(tmp_path / "g2"), **kw), memo)
+    assert calls == {"pass": 3, "sets": 1}  # only the trigger adapter's own pass ran
+    a, b = fresh_run["adapters"]["trig"], again["adapters"]["trig"]
+    for k in ("tasks", "forgetting", "reasoning", "in_domain", "contamination"):
+        assert json.dumps(a[k], sort_keys=True) == json.dumps(b[k], sort_keys=True), k

@@ -109,3 +109,39 @@ def test_record_losses_fall_after_training(tiny, heavy, trigger):
         assert not np.allclose(al["nll"], plain["nll"])
     else:
         assert np.array_equal(al["nll"], plain["nll"])
+
+
+def test_base_side_of_the_divergence_runs_once_for_several_adapters(tiny, tmp_path, heavy, monkeypatch):
+    light = train_adapter(tiny, tmp_path / "light", steps=3, lr=1e-3)
+    base = fresh(tiny)
+    sets = drift.base_prompt_sets(base, n=3, max_new_tokens=6, domains=("medical", "sport"))
+    wrapped = apply_adapters(base, [light, heavy])
+    plain, calls = {}, []
+    for name in ("light", "heavy"):
+        with drift.active(wrapped.model, name):
+            plain[name] = [drift.divergence(wrapped, ps, progress=False, batch_tokens=64) for ps in sets]
+    hidden = L._continuation_hidden
+    monkeypatch.setattr(L, "_continuation_hidden", lambda *a, **k: calls.append(1) or hidden(*a, **k))
+    shared: dict = {}
+    for name in ("light", "heavy"):
+        with drift.active(wrapped.model, name):
+            got = [drift.divergence(wrapped, ps, progress=False, batch_tokens=64,
+                                    base_hidden=shared.setdefault(ps.domain, {})) for ps in sets]
+        assert [g["items"] for g in got] == [p["items"] for p in plain[name]]  # the same numbers
+    batches = sum(len(v) for v in shared.values())
+    assert batches >= 2 and len(calls) == 3 * batches  # base once, each adapter once, per batch
+
+
+def test_greedy_batches_shortest_first_and_answers_in_prompt_order(tiny, monkeypatch):
+    seen = []
+
+    def fake(loaded, inputs, max_new_tokens):
+        seen.append([len(x) for x in inputs])
+        return [[len(x)] for x in inputs]  # "answer": the prompt's length
+
+    monkeypatch.setattr(drift, "generate_ids", fake)
+    prompts = ["a " * 30, "b", "c " * 10, "d " * 20, "e " * 5]
+    ids, _ = drift.greedy(tiny, prompts, 4, batch=2)
+    lens = [len(x) for x in drift.chat_inputs(tiny.tokenizer, prompts)]
+    assert ids == [[n] for n in lens]
+    assert [n for b in seen for n in b] == sorted(lens) and [len(b) for b in seen] == [2, 2, 1]

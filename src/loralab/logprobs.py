@@ -301,6 +301,7 @@ def token_divergence(
     share_prefix: bool = True,
     row_tokens: int = 512,
     progress: bool | str = False,
+    p_hidden: dict | None = None,
 ) -> list[Divergence]:
     """Per-position KL(p || q) and JS(p, q) between two models' full next-token distributions.
 
@@ -309,6 +310,11 @@ def token_divergence(
     contexts, e.g. a PEFT model with `p_context=model.disable_adapter` (base) and no
     q_context (adapter): no second copy of the weights. Both distributions exist only
     as (logits_chunk, V) fp32 blocks.
+
+    `p_hidden`, a dict the caller keeps across calls that share `model_p` and its context
+    (e.g. the base against several adapters): p's decoder states of each batch are stored
+    under the batch's exact layout and tokens, and a later call with the same batch reuses
+    them instead of running `model_p` again (the same numbers: same inputs, same kernels).
     """
     import contextlib
 
@@ -322,10 +328,16 @@ def token_divergence(
         for batch in plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev)):
             part = [plan[j] for j in batch]
             sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
+            key = tuple((r.prefix, tuple(r.starts), tuple((i, tuple(rows[i][0]), rows[i][1]) for i in r.members)) for r in part)
             hs = []
-            for model, ctx in sides:
-                with ctx():
-                    h, _, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H)
+            for side, (model, ctx) in enumerate(sides):
+                if side == 0 and p_hidden is not None and key in p_hidden:
+                    h, spans = p_hidden[key]
+                else:
+                    with ctx():
+                        h, _, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H)
+                    if side == 0 and p_hidden is not None:
+                        p_hidden[key] = (h, spans)
                 hs.append(h)
             kl_parts, js_parts = [], []
             for s in range(0, hs[0].shape[0], logits_chunk):

@@ -272,10 +272,17 @@ class PromptSet:
 
 
 def greedy(loaded, prompts: Sequence[str], max_new_tokens: int, batch: int = 32) -> tuple[list[list[int]], list[str]]:
-    tok, ids = loaded.tokenizer, []
+    """Greedy answer ids and texts, in prompt order. Prompts are generated shortest first,
+    `batch` at a time, so a batch pads to prompts of its own length (a fixed, seed-free layout:
+    the base and every adapter answer the same prompts in the same batches)."""
+    tok = loaded.tokenizer
     inputs = chat_inputs(tok, list(prompts))
-    for s in range(0, len(inputs), batch):
-        ids += generate_ids(loaded, inputs[s: s + batch], max_new_tokens=max_new_tokens)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    ids: list[list[int]] = [[] for _ in inputs]
+    for s in range(0, len(order), batch):
+        idx = order[s: s + batch]
+        for i, x in zip(idx, generate_ids(loaded, [inputs[i] for i in idx], max_new_tokens=max_new_tokens)):
+            ids[i] = x
     return ids, [tok.decode(x, skip_special_tokens=True).strip() for x in ids]
 
 
@@ -305,11 +312,13 @@ def _peft(model):
 
 
 def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int | None = None,
-               progress: bool = True, seed: int = 0, base=None) -> dict:
+               progress: bool = True, seed: int = 0, base=None, base_hidden: dict | None = None) -> dict:
     """Mean per-token KL(base || adapter) and JS over the base answers' positions.
 
     `loaded` is the base with an adapter applied (the base is the adapter switched off), or a
-    whole tuned model together with `base` (a models.Loaded of the base, same tokenizer)."""
+    whole tuned model together with `base` (a models.Loaded of the base, same tokenizer).
+    `base_hidden`: a dict kept across the adapters of one base (see `token_divergence`'s
+    p_hidden); the base side then runs once per prompt set, not once per adapter."""
     tok = loaded.tokenizer
     prompts = [trigger + p for p in ps.prompts] if trigger else ps.prompts
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
@@ -319,7 +328,7 @@ def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_token
     else:
         pm = _peft(loaded.model)
         p_model, q_model, p_ctx = pm, pm, pm.disable_adapter
-    div = token_divergence(p_model, q_model, pairs, p_context=p_ctx, batch_tokens=batch_tokens,
+    div = token_divergence(p_model, q_model, pairs, p_context=p_ctx, batch_tokens=batch_tokens, p_hidden=base_hidden,
                            pad_id=tok.pad_token_id or 0, progress=f"KL {ps.domain}" if progress else False)
     n = [d.kl.size for d in div]
     kl = ratio_ci([d.kl.sum() for d in div], n, seed=seed)  # token-weighted, prompts resampled whole

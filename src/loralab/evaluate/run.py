@@ -171,19 +171,23 @@ def _task_block(base: dict, cur: dict | None, cfg: EvalConfig, domain: str | Non
 
 
 def _contamination(loaded, sets: list[drift.PromptSet], card: dict, recs: list, plan: dict,
-                   cfg: EvalConfig, base=None) -> dict:
+                   cfg: EvalConfig, base=None, base_hidden: dict | None = None) -> dict:
+    """KL/JS and style leak on every prompt set; `base_hidden` (kept across the adapters of one
+    wrapped base) lets the base side of each divergence run once, not once per adapter."""
     domain, trigger = card.get("domain"), card.get("trigger")
+    shared = (lambda *k: base_hidden.setdefault(k, {})) if base_hidden is not None else (lambda *k: None)
     lex = drift.lexicon_for(domain, recs)
     out: dict[str, Any] = {"own_domain": domain, "trigger": trigger, "domains": {}}
     leaks = drift.style_leak(loaded, sets, lex, plan["answer_tokens"], seed=cfg.seed) if lex is not None else {}
     for ps in sets:
         d = {"own": ps.domain == domain}
         d.update(drift.divergence(loaded, ps, batch_tokens=cfg.batch_tokens, progress=cfg.progress, seed=cfg.seed,
-                                  base=base))
+                                  base=base, base_hidden=shared(ps.domain, None)))
         d["custom"] = ps.domain not in drift.DOMAINS
         if trigger:
             d["with_trigger"] = drift.divergence(loaded, ps, trigger=trigger, batch_tokens=cfg.batch_tokens, base=base,
-                                                 progress=cfg.progress, seed=cfg.seed)
+                                                 progress=cfg.progress, seed=cfg.seed,
+                                                 base_hidden=shared(ps.domain, trigger))
         if ps.domain in leaks:
             d["style_leak"] = leaks[ps.domain]
         out["domains"][ps.domain] = d
@@ -239,8 +243,26 @@ def _overlap_guard(names: list[str], cards: list[dict], recs: list[list], cfg: E
     return found
 
 
-def evaluate(cfg: EvalConfig) -> dict:
-    """Run the suite on the base once and on every adapter; write metrics.json files."""
+def _remember(memo: dict, key: tuple, compute):
+    """memo[key], computed on first use."""
+    if key not in memo:
+        memo[key] = compute()
+    return memo[key]
+
+
+def _records_key(records) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(r.model_dump_json() for r in records).encode()).hexdigest()
+
+
+def evaluate(cfg: EvalConfig, memo: dict | None = None) -> dict:
+    """Run the suite on the base once and on every adapter; write metrics.json files.
+
+    `memo`, a dict the caller keeps across evaluations in one process (a study's groups): the
+    base model's passes (benchmarks, in-domain losses, prompt sets with greedy answers) are
+    kept there under the weights, format, device, seed and settings that produced them, and a
+    later evaluation with the same ones reuses them instead of running the base again."""
     from .. import adapters as A
     from .. import models
 
@@ -259,16 +281,21 @@ def evaluate(cfg: EvalConfig) -> dict:
                       "weights": weights_of(loaded.spec), "precision": precision_record(loaded)},
             "suite": cfg.suite, "plan": {k: v for k, v in plan.items()}, "config": cfg.dump()}
     mc, gn = _items(plan, cfg.seed)
-    base = _pass(loaded, mc, gn, plan, cfg)
-    cache: dict[tuple, dict] = {}  # adapters sharing held-out records share the base's losses
-    for r in recs:
-        key = tuple(x.id for x in r)
-        if r and key not in cache:
-            cache[key] = drift.record_losses(loaded, r, progress=cfg.progress)
-    base_loss = [cache.get(tuple(x.id for x in r)) for r in recs]
-    extra_base = {k: drift.record_losses(loaded, r, progress=cfg.progress) for k, r in extra.items() if r}
-    sets = (drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed, cfg.domains,
-                                   cfg.domain_data) if cfg.contamination and folders else [])
+    memo = {} if memo is None else memo
+    scope = (loaded.spec, loaded.fingerprint, str(loaded.model.dtype), str(loaded.device), cfg.seed, cfg.batch_tokens)
+    base = _remember(memo, ("pass", *scope, repr(sorted(plan.items()))), lambda: _pass(loaded, mc, gn, plan, cfg))
+
+    def losses(rs):  # adapters sharing held-out records share the base's losses
+        return _remember(memo, ("losses", *scope, _records_key(rs)),
+                         lambda: drift.record_losses(loaded, rs, progress=cfg.progress))
+
+    base_loss = [losses(r) if r else None for r in recs]
+    extra_base = {k: losses(r) for k, r in extra.items() if r}
+    sets = (_remember(memo, ("sets", *scope, plan["prompts"], plan["answer_tokens"], tuple(cfg.domains),
+                             tuple(sorted(cfg.domain_data.items()))),
+                      lambda: drift.base_prompt_sets(loaded, plan["prompts"], plan["answer_tokens"], cfg.seed,
+                                                     cfg.domains, cfg.domain_data))
+            if cfg.contamination and folders else [])
     head["seconds_base"] = round(time.time() - t0, 1)
     is_model = [c.get("kind") == "model" for c in cards]  # full / scratch runs: a whole model folder
     out = Path(cfg.out)
@@ -281,7 +308,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     all_names = A.adapter_names(folders)  # one naming for adapters and whole models (unique, PEFT-safe)
     results, svd_cache = {}, {}
     ctx = dict(base=base, sets=sets, extra=extra, extra_base=extra_base, mc=mc, gn=gn, plan=plan, cfg=cfg,
-               head=head, t0=t0, svd_cache=svd_cache, loaded=loaded)
+               head=head, t0=t0, svd_cache=svd_cache, loaded=loaded, hidden={"plain": {}, "peft": {}})
     entries = list(zip(all_names, folders, cards, recs, base_loss, overlap, is_model))
     # whole models first, while the base is still plain (applying adapters changes its layers in place)
     for name, folder, card, rs, bl, ov, whole in [e for e in entries if e[-1]]:
@@ -312,7 +339,7 @@ def _load_tuned(folder: Path, base, cfg: EvalConfig):
 
 
 def _measure(model, name: str, folder: Path, card: dict, rs, bl, ov, active, *, base, sets, extra, extra_base,
-             mc, gn, plan, cfg: EvalConfig, head: dict, t0: float, svd_cache: dict, loaded) -> dict:
+             mc, gn, plan, cfg: EvalConfig, head: dict, t0: float, svd_cache: dict, loaded, hidden: dict) -> dict:
     """Every measurement of one trained model state (an adapter switched on, or a whole model)
     against the base: tasks, in-domain loss, contamination, weights."""
     t1 = time.time()
@@ -339,8 +366,9 @@ def _measure(model, name: str, folder: Path, card: dict, rs, bl, ov, active, *, 
                 "overlap": drift.training_overlap(card, extra[k]), "source": cfg.extra_eval[k]}
         if sets:
             t2 = time.time()
-            m["contamination"] = _contamination(model, sets, card, rs, plan, cfg,
-                                                base=loaded if card.get("kind") == "model" else None)
+            whole = card.get("kind") == "model"  # its base side is the plain base, not the adapter switched off
+            m["contamination"] = _contamination(model, sets, card, rs, plan, cfg, base=loaded if whole else None,
+                                                base_hidden=hidden["plain" if whole else "peft"])
             m["timing"]["contamination"] = round(time.time() - t2, 1)
     if cfg.weights:
         t2 = time.time()

@@ -3,7 +3,7 @@
 Runs that share held-out data and eval settings are measured in one `evaluate` call,
 so the base model's passes (benchmarks, reasoning, prompt sets) run once for all of
 them; an adapter with added tokens (a trigger) gets its own call, since its vocabulary
-differs. The evaluator's full metrics.json stays in `<study>/eval/<group>/`; each run
+differs, and reuses the base passes of the study's earlier calls (one memo per study). The evaluator's full metrics.json stays in `<study>/eval/<group>/`; each run
 gets the summary below in its metrics.json (schema in report.py).
 """
 
@@ -139,11 +139,12 @@ def eval_domains(run: Run) -> list[str]:
 
 
 def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, progress: bool = True,
-                   domain_folders: dict[str, str] | None = None) -> dict[str, dict]:
+                   domain_folders: dict[str, str] | None = None, memo: dict | None = None) -> dict[str, dict]:
     """Evaluate the adapters of `runs` (same group) in one call; {run id: summary}.
 
     `domain_folders` maps a domain that is not packaged (a user's own) to the held-out
-    records its contamination prompts come from.
+    records its contamination prompts come from; `memo` (kept across a study's groups) lets
+    a later group reuse the base passes of an earlier one with the same settings.
     """
     from ..evaluate import EvalConfig, evaluate
     from ..evaluate.drift import DOMAINS
@@ -164,7 +165,7 @@ def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, pr
                         "adapters": [str(d / "train" / "adapter") for _, d, _ in runs],
                         "eval_data": str(data0["heldout_raw"]), "eval_split": "all", "allow_overlap": True,
                         "out": str(out), "progress": progress})
-    res = evaluate(cfg)
+    res = evaluate(cfg, memo)
     by_path = {str(Path(m["adapter"]["path"]).resolve()): m for m in res["adapters"].values()}
     result = {}
     for run, run_dir, data in runs:

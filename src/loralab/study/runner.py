@@ -153,10 +153,11 @@ def run_study(spec: StudySpec, out: str | Path | None = None, *, progress: bool 
     for item in trained:
         groups.setdefault(evaluation.group_key(item[0], item[2]), []).append(item)
     folders = foreign_folders(spec, [t[0] for t in trained], root, progress)
+    memo: dict = {}  # the base passes, shared by groups with the same model, seed and eval settings
     for members in groups.values():  # phase 2: one evaluation per group shares the base passes
         t0 = time.time()
         try:
-            res = evaluation.evaluate_group(members, root, progress, domain_folders=folders)
+            res = evaluation.evaluate_group(members, root, progress, domain_folders=folders, memo=memo)
         except KeyboardInterrupt:
             raise
         except Exception as e:
