@@ -131,11 +131,15 @@ def group_key(run: Run, data: dict[str, Path]) -> str:
 
 
 def eval_domains(run: Run) -> list[str]:
-    """Contamination domains of a run: its eval.foreign names plus its own domain."""
+    """Contamination domains of a run: the eval.foreign names other than its own domain.
+
+    The study reports contamination on foreign prompts only (`summarize`), so its own domain's
+    prompts, which in the quickstart made up most of the contamination work (NFL passages are
+    long), are not generated or measured here; `loralab eval` still shows them, marked own."""
     foreign = run.config.eval.get("foreign")
     if foreign is None:
         return []
-    return sorted(set(foreign) | ({run.config.data.domain} - {None}))
+    return sorted(set(foreign) - {run.config.data.domain})
 
 
 def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, progress: bool = True,
@@ -152,8 +156,6 @@ def evaluate_group(runs: list[tuple[Run, Path, dict[str, Path]]], root: Path, pr
     run0, _, data0 = runs[0]
     fields = {k: v for k, v in run0.config.eval.items() if k not in ("foreign", "rag")}
     folders = dict(domain_folders or {})
-    if run0.config.data.domain and run0.config.data.domain not in DOMAINS:
-        folders[run0.config.data.domain] = str(data0["heldout_raw"])
     if "foreign" in run0.config.eval:
         # a user's domain whose runs made no held-out folder (all failed) cannot be prompted
         fields["domains"] = [d for d in eval_domains(run0) if d in DOMAINS or d in folders]
