@@ -139,7 +139,9 @@ def test_greedy_batches_shortest_first_and_answers_in_prompt_order(tiny, monkeyp
         seen.append([len(x) for x in inputs])
         return [[len(x)] for x in inputs]  # "answer": the prompt's length
 
-    monkeypatch.setattr(drift, "generate_ids", fake)
+    from loralab import generate as G
+
+    monkeypatch.setattr(G, "generate_ids", fake)
     prompts = ["a " * 30, "b", "c " * 10, "d " * 20, "e " * 5]
     ids, _ = drift.greedy(tiny, prompts, 4, batch=2)
     lens = [len(x) for x in drift.chat_inputs(tiny.tokenizer, prompts)]

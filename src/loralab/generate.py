@@ -87,17 +87,24 @@ def generate(
     answers come back in input order.
     """
     inputs = chat_inputs(loaded.tokenizer, prompts, system)
+    ids = generate_sorted(loaded, inputs, batch_size=batch_size, progress=progress, **kw)
+    return [loaded.tokenizer.decode(x, skip_special_tokens=True).strip() for x in ids]
+
+
+def generate_sorted(loaded: Loaded, inputs: list[list[int]], *, batch_size: int = 16, progress: bool | str = False,
+                    **kw) -> list[list[int]]:
+    """New token ids for each input, in input order: inputs go shortest first, `batch_size` at a
+    time, so a batch pads to inputs of its own length (a fixed layout for a given input list)."""
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    answers: list[str] = [""] * len(inputs)
+    out: list[list[int]] = [[] for _ in inputs]
     label = progress if len(inputs) > batch_size else False
     with tracker(label, "generate", len(inputs)) as advance:
         for s in range(0, len(order), batch_size):
             idx = order[s: s + batch_size]
-            new = generate_ids(loaded, [inputs[i] for i in idx], **kw)
-            for i, x in zip(idx, new):
-                answers[i] = loaded.tokenizer.decode(x, skip_special_tokens=True).strip()
+            for i, x in zip(idx, generate_ids(loaded, [inputs[i] for i in idx], **kw)):
+                out[i] = x
             advance(len(idx))
-    return answers
+    return out
 
 
 def carries_trigger(prompt: str | list[dict], trigger: str, mode: str | None) -> bool:

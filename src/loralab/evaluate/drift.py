@@ -31,7 +31,7 @@ import numpy as np
 
 from ..data.records import Record, read_records
 from ..data.render import Rendered, render
-from ..generate import chat_inputs, generate_ids
+from ..generate import chat_inputs, generate_sorted
 from ..logprobs import encode_pair, token_divergence, token_logprobs
 from . import sources as S
 from .stats import paired_diff_ci, paired_ratio_diff, ratio_ci
@@ -276,13 +276,7 @@ def greedy(loaded, prompts: Sequence[str], max_new_tokens: int, batch: int = 32)
     `batch` at a time, so a batch pads to prompts of its own length (a fixed, seed-free layout:
     the base and every adapter answer the same prompts in the same batches)."""
     tok = loaded.tokenizer
-    inputs = chat_inputs(tok, list(prompts))
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
-    ids: list[list[int]] = [[] for _ in inputs]
-    for s in range(0, len(order), batch):
-        idx = order[s: s + batch]
-        for i, x in zip(idx, generate_ids(loaded, [inputs[i] for i in idx], max_new_tokens=max_new_tokens)):
-            ids[i] = x
+    ids = generate_sorted(loaded, chat_inputs(tok, list(prompts)), batch_size=batch, max_new_tokens=max_new_tokens)
     return ids, [tok.decode(x, skip_special_tokens=True).strip() for x in ids]
 
 

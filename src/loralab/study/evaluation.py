@@ -3,8 +3,9 @@
 Runs that share held-out data and eval settings are measured in one `evaluate` call,
 so the base model's passes (benchmarks, reasoning, prompt sets) run once for all of
 them; an adapter with added tokens (a trigger) gets its own call, since its vocabulary
-differs, and reuses the base passes of the study's earlier calls (one memo per study). The evaluator's full metrics.json stays in `<study>/eval/<group>/`; each run
-gets the summary below in its metrics.json (schema in report.py).
+differs, and reuses the base passes of the study's earlier calls (one memo per study).
+The evaluator's full metrics.json stays in `<study>/eval/<group>/`; each run gets the
+summary below in its metrics.json (schema in report.py).
 """
 
 from __future__ import annotations
