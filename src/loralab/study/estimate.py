@@ -22,7 +22,9 @@ import json
 import time
 from pathlib import Path
 
+from ..evaluate.drift import DOMAINS
 from ..io import read_json, write_json
+from .evaluation import eval_domains
 from .spec import Run
 
 TASK_TOKENS = 4 * 48  # a multiple-choice item: ~4 choices of ~48 tokens (prefix-shared, so an upper bound)
@@ -90,8 +92,8 @@ def run_tokens(run: Run) -> dict:
     n_items = (d.limit or 100) * len(d.sources)
     score = 2 * n_items * 128 if d.select else 0
     tasks = len(e.get("tasks") or ["arc_easy", "piqa"]) * int(e.get("limit") or 40)
-    foreign = len(e.get("foreign") or []) + 1
-    prompts = int(e.get("prompts") or 30) * foreign * (2 if t.get("trigger") else 1)
+    domains = len(eval_domains(run)) if "foreign" in e else len(DOMAINS)  # as evaluation.evaluate_group asks
+    prompts = int(e.get("prompts") or 30) * domains * (2 if t.get("trigger") else 1)
     fwd = tasks * TASK_TOKENS + prompts * PROMPT_TOKENS + HELDOUT_RECORDS * int(t.get("max_seq_len", 512))
     gen = (n_items * int((d.distill or {}).get("max_new_tokens", 96)) if d.distill else 0) + prompts * 16
     return {"train": train, "forward": fwd + score, "generate": gen}
