@@ -328,8 +328,8 @@ def token_divergence(
         for batch in plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev)):
             part = [plan[j] for j in batch]
             sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
-            key = tuple((r.prefix, tuple(r.starts), tuple((i, tuple(rows[i][0]), rows[i][1]) for i in r.members))
-                        for r in part)  # this batch's exact layout and tokens
+            key = None if p_hidden is None else tuple(  # this batch's exact layout and tokens
+                (r.prefix, tuple(r.starts), tuple((i, tuple(rows[i][0]), rows[i][1]) for i in r.members)) for r in part)
             hs = []
             for side, (model, ctx) in enumerate(sides):
                 if side == 0 and p_hidden is not None and key in p_hidden:
