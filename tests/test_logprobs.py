@@ -141,6 +141,57 @@ def test_prefix_shared_rows_match_naive_forward(tiny, row_tokens, attn):
         np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
 
 
+CHATS = [  # every pair starts with the same system turn: a stem the whole call shares
+    ("<|im_start|>system\nYou are a careful assistant who answers briefly.<|im_end|>\n<|im_start|>user\n"
+     + q + "<|im_end|>\n<|im_start|>assistant\n", a)
+    for q, a in [("Name a prime.", "7"), ("Name a colour of the sky at dusk.", "Orange, then deep blue."),
+                 ("", "7"), ("What do plants take in?", "Carbon dioxide, and water through the roots."),
+                 ("Say hi.", "Hi!")]
+]
+
+
+@pytest.mark.parametrize("row_tokens", [8, 40, 512])
+def test_a_prefix_every_pair_shares_runs_once_and_changes_nothing(tiny, row_tokens, monkeypatch):
+    """The stem (the system turn all pairs share) runs once per call; log-probs, top-k and the
+    divergence equal the naive per-pair forward (fp32, 1e-4), and the work counted drops by
+    the stem's length once per row after the first."""
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in CHATS]
+    rows, _ = L._prepare_rows(tiny.model, enc, None)
+    plan, stem = L._plan(tiny.model, rows, True, row_tokens)
+    common = 0
+    while all(c[common] == enc[0][0][common] for c, _ in enc):
+        common += 1
+    assert stem == common >= L.STEM_MIN  # the contexts differ after the system turn and 'user'
+    stats, calls = {}, []
+    real = L._capture_stem
+    monkeypatch.setattr(L, "_capture_stem", lambda *a: calls.append(a[2]) or real(*a))
+    got = L.token_logprobs(tiny.model, enc, top_k=3, row_tokens=row_tokens, batch_tokens=64, stats=stats)
+    assert calls == [stem] and stats["stem_tokens"] == stem
+    assert stats["computed_tokens"] == stem + sum(r.length for r in plan)
+    monkeypatch.setattr(L, "STEM", False)
+    off = {}
+    L.token_logprobs(tiny.model, enc, row_tokens=row_tokens, batch_tokens=64, stats=off)
+    assert off["computed_tokens"] - stats["computed_tokens"] == stem * (len(L._plan(tiny.model, rows, True, row_tokens)[0]) - 1)
+    monkeypatch.setattr(L, "STEM", True)
+    div = L.token_divergence(tiny.model, tiny.model, enc, row_tokens=row_tokens)
+    for (ctx, cont), r, d in zip(enc, got, div):
+        ref, lsm = naive(tiny.model, ctx, cont)
+        assert r.tokens.tolist() == list(cont)
+        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+        np.testing.assert_allclose(r.topk_logprobs, lsm.topk(3, dim=-1).values.numpy(), atol=1e-4)
+        np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
+
+
+def test_no_stem_without_a_prefix_all_pairs_share(tiny):
+    """One pair that starts otherwise (or a prefix under STEM_MIN) means no stem."""
+    enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in CHATS + [("Unrelated", " text.")]]
+    rows, _ = L._prepare_rows(tiny.model, enc, None)
+    assert L._plan(tiny.model, rows, True, 512)[1] == 0
+    assert L._stem_length([([1, 2, 3, 4], 3, 1), ([1, 2, 3, 5], 3, 1)]) == 0  # 2 < STEM_MIN
+    long = list(range(1, 20))
+    assert L._stem_length([(long + [50, 51], 20, 2), (long + [60], 19, 1)]) == 18  # capped: position 18 predicts 60
+
+
 def test_prefix_rows_layout():
     from loralab.prefixrows import build_batch, plan_rows
 
@@ -229,14 +280,14 @@ def test_rows_are_shared_only_inside_a_sliding_window(tiny):
     in prefix-shared rows (each keeps its own causal row, where the model applies its window)."""
     enc = [L.encode_pair(tiny.tokenizer, c, x, bos=True) for c, x in SHARED]
     rows, _ = L._prepare_rows(tiny.model, enc, None)
-    assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)) >= 3
+    assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)[0]) >= 3
     cfg = tiny.model.config
     saved = dict(vars(cfg))
     try:
         cfg.sliding_window, cfg.layer_types = 8, ["sliding_attention", "full_attention"]
-        assert all(len(r.members) == 1 for r in L._plan(tiny.model, rows, True, 512))
+        assert all(len(r.members) == 1 for r in L._plan(tiny.model, rows, True, 512)[0])
         cfg.sliding_window = 4096  # every pair fits inside the window: sharing as before
-        assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)) >= 3
+        assert max(len(r.members) for r in L._plan(tiny.model, rows, True, 512)[0]) >= 3
     finally:
         for k in set(vars(cfg)) - set(saved):
             delattr(cfg, k)

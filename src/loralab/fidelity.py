@@ -36,7 +36,7 @@ from .io import write_json
 
 RHO = 0.99  # Spearman rho of a format's IFD against fp32's on the calibration records
 N = 96  # calibration records (MedMCQA questions)
-VERSION = "1"
+VERSION = "2"  # 2: the engine runs a prefix all pairs share once per call (rowattn.Stem): verdicts re-measured
 CALIBRATION = f"olmo:medmcqa[:{N}]"
 
 IfdOf = Callable[[object, Sequence[Record]], list]  # (Loaded, records) -> IFD per record (None allowed)
@@ -91,14 +91,22 @@ def save(k: dict, verdict: dict, root: str | Path | None = None) -> Path:
     return path
 
 
-def spearman(a: Sequence, b: Sequence) -> tuple[float, int]:
-    """(Spearman rho, pairs) over the records both sides could score."""
+def spearman_test(a: Sequence, b: Sequence) -> dict:
+    """{"rho", "p", "n"}: Spearman's rho and its two-sided p-value over the pairs where both
+    values exist (None elsewhere); rho and p are None below 3 pairs."""
     from scipy.stats import spearmanr
 
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
     if len(pairs) < 3:
-        return float("nan"), len(pairs)
-    return float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic), len(pairs)
+        return {"rho": None, "p": None, "n": len(pairs)}
+    r = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
+    return {"rho": float(r.statistic), "p": float(r.pvalue), "n": len(pairs)}
+
+
+def spearman(a: Sequence, b: Sequence) -> tuple[float, int]:
+    """(Spearman rho, pairs) over the records both sides could score (nan below 3)."""
+    t = spearman_test(a, b)
+    return (float("nan") if t["rho"] is None else t["rho"]), t["n"]
 
 
 def convert(loaded, fmt: str, *, inplace: bool = False):

@@ -9,6 +9,8 @@ How it stays fast and small:
     (`batch_tokens` = rows x padded length), so padding is minimal;
   * the decoder runs once per batch and only the hidden states of continuation
     positions are kept, (N, H);
+  * a prefix shared by several pairs runs once per row (prefixrows.py), and a prefix all
+    pairs of the call share (a chat template's system turn) once per call (rowattn.Stem);
   * the vocabulary projection + fp32 log-softmax runs over those rows in chunks of
     `logits_chunk`, so at most (logits_chunk, V) fp32 logits exist at a time,
     never (B, T, V).
@@ -34,6 +36,7 @@ from .progress import tracker
 
 Pair = tuple[Sequence[int], Sequence[int]]
 ROW_ATTENTION = True  # prefix-shared rows attend block by block (rowattn.py); False: one dense masked SDPA
+STEM = True  # a prefix common to every pair of a call runs once per call (rowattn.Stem); False: once per row
 
 
 @dataclass
@@ -158,18 +161,58 @@ def can_share(model) -> bool:
     return "flash" not in str(getattr(model.config, "_attn_implementation", "")) and not is_alora(model)
 
 
-def _plan(model, rows, share: bool, row_tokens: int) -> list[Row]:
-    """Prefix-shared rows of the pairs' decoder inputs (one pair per row when not sharing)."""
+STEM_MIN = 8  # shortest prefix common to a whole call that runs once for the call (rowattn.Stem)
+
+
+def _stem_length(rows) -> int:
+    """Tokens every pair's decoder input starts with, short of each pair's first predicting
+    position (a stem's hidden states are never kept) and of its last input token; 0 when
+    under STEM_MIN or fewer than two pairs."""
+    if len(rows) < 2:
+        return 0
+    first = rows[0][0]
+    n = min(min(c - 1, len(full) - 2) for full, c, _ in rows)
+    for full, _, _ in rows[1:]:
+        i = 0
+        while i < n and full[i] == first[i]:
+            i += 1
+        n = i
+        if n < STEM_MIN:
+            return 0
+    return n
+
+
+def _stem_ok(model) -> bool:
+    return STEM and rowattn.supported(model) and rowattn.stem_supported(model)
+
+
+def _plan(model, rows, share: bool, row_tokens: int, stem_ok: bool | None = None) -> tuple[list[Row], int]:
+    """Prefix-shared rows of the pairs' decoder inputs (one pair per row when not sharing), and
+    the length of the stem they follow (0: none; the rows then hold the whole inputs).
+    `stem_ok` (default: whether `model` can run one) allows a stem."""
     inputs = [r[0][:-1] for r in rows]
     w = rowattn.window(model)  # a 4D mask bypasses sliding windows: share only within one
     if share and can_share(model) and (w is None or max(map(len, inputs), default=0) <= w):
-        return plan_rows(inputs, row_tokens)
-    return [Row(prefix=len(x), members=[i], starts=[len(x)], length=len(x)) for i, x in enumerate(inputs)]
+        stem = _stem_length(rows) if (_stem_ok(model) if stem_ok is None else stem_ok) else 0
+        return plan_rows([x[stem:] for x in inputs], row_tokens), stem
+    return [Row(prefix=len(x), members=[i], starts=[len(x)], length=len(x)) for i, x in enumerate(inputs)], 0
 
 
-def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
-    """Decoder hidden states of one batch's continuation positions: (N, H), targets (N,), spans."""
-    if all(len(r.members) == 1 for r in plan):  # plain padded rows: causal kernels, 2D mask
+def _capture_stem(model, rows, stem: int, dev) -> rowattn.Stem | None:
+    """Run the call's stem once and keep its keys and values per layer (None without a stem)."""
+    if not stem:
+        return None
+    st = rowattn.Stem(stem)
+    ids = torch.tensor([rows[0][0][:stem]], device=dev)
+    decoder_hidden(model, ids, None, torch.arange(stem, device=dev)[None], layout=rowattn.stem_layout(st, dev))
+    return st
+
+
+def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev, stem: rowattn.Stem | None = None):
+    """Decoder hidden states of one batch's continuation positions: (N, H), targets (N,), spans.
+    With a `stem` (captured), the rows hold what follows it."""
+    P = stem.length if stem else 0
+    if not P and all(len(r.members) == 1 for r in plan):  # plain padded rows: causal kernels, 2D mask
         T = max(r.length for r in plan)
         ids = torch.full((len(plan), T), pad_id, dtype=torch.long)
         mask = torch.zeros((len(plan), T), dtype=torch.long)
@@ -179,19 +222,19 @@ def _continuation_hidden(model, rows, plan: Sequence[Row], pad_id: int, dev):
             mask[b, : len(seq)] = 1
         hidden = decoder_hidden(model, ids.to(dev), mask.to(dev))  # (B, T, H)
     else:
-        seqs = {i: rows[i][0][:-1] for r in plan for i in r.members}  # this batch's inputs only
+        seqs = {i: rows[i][0][P:-1] for r in plan for i in r.members}  # this batch's inputs only
         ids, pos, mask = build_batch(seqs, plan, pad_id)
         layout = None
-        if ROW_ATTENTION and rowattn.supported(model):
-            layout = rowattn.build_layout(plan, ids.shape[1], {i: len(s) for i, s in seqs.items()}, dev)
-        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev), pos.to(dev), layout=layout)
+        if P or (ROW_ATTENTION and rowattn.supported(model)):  # a stem needs the block attention
+            layout = rowattn.build_layout(plan, ids.shape[1], {i: len(s) for i, s in seqs.items()}, dev, stem)
+        hidden = decoder_hidden(model, ids.to(dev), mask.to(dev), (pos + P).to(dev), layout=layout)
     # keep only continuation positions: position j predicts token j+1
     sel_r, sel_t, targets, spans = [], [], [], []
     for b, r in enumerate(plan):
         for k, i in enumerate(r.members):
             full, c, n = rows[i]
             sel_r.append(torch.full((n,), b))
-            sel_t.append(torch.tensor([r.index(k, p) for p in range(c - 1, c - 1 + n)], dtype=torch.long))
+            sel_t.append(torch.tensor([r.index(k, p - P) for p in range(c - 1, c - 1 + n)], dtype=torch.long))
             targets.append(torch.tensor(full[c: c + n]))
             spans.append((i, n))
     h = hidden[torch.cat(sel_r).to(dev), torch.cat(sel_t).to(dev)]  # (N, H)
@@ -222,27 +265,31 @@ def token_logprobs(
     logits_chunk rows of fp32 logits materialised at once: (logits_chunk, V)
     max_length   window; longer pairs lose context tokens on the left (default: model's)
     share_prefix compute a prefix shared by several pairs (a multiple-choice context, a
-                 chat template) once per row of <= `row_tokens` (prefixrows.py); results
-                 equal those of separate rows
+                 chat template) once per row of <= `row_tokens` (prefixrows.py), and a prefix
+                 that all pairs share (a chat template's system turn) once per call
+                 (rowattn.Stem); results equal those of separate rows
     stats        if given, receives the work done: `pair_tokens` (decoder positions that
                  separate passes would run), `computed_tokens` (positions actually run,
-                 padding excluded), `padded_tokens`, `rows`, `batches`
+                 padding excluded), `stem_tokens` (of those, the prefix all pairs share,
+                 run once), `padded_tokens`, `rows`, `batches`
     """
     model = _unwrap(model)
     dev = next(model.parameters()).device
     rows, trunc = _prepare_rows(model, pairs, max_length)
-    plan = _plan(model, rows, share_prefix, row_tokens)
+    plan, stem_len = _plan(model, rows, share_prefix, row_tokens)
     batches = plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev))
     if stats is not None:
-        stats.update(pair_tokens=sum(len(r[0]) - 1 for r in rows), computed_tokens=sum(r.length for r in plan),
-                     padded_tokens=sum(len(b) * max(plan[j].length for j in b) for b in batches),
+        stats.update(pair_tokens=sum(len(r[0]) - 1 for r in rows),
+                     computed_tokens=stem_len + sum(r.length for r in plan), stem_tokens=stem_len,
+                     padded_tokens=stem_len + sum(len(b) * max(plan[j].length for j in b) for b in batches),
                      rows=len(plan), batches=len(batches))
     results: list[TokenScores | None] = [None] * len(rows)
     logits_of = logits_fn(model, fp32=False)
     with tracker(progress, "log-probs", sum(r.length for r in plan), "tokens") as advance, fast_lora(model):
+        stem = _capture_stem(model, rows, stem_len, dev)
         for batch in batches:
             part = [plan[j] for j in batch]
-            h, tgt, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H), (N,)
+            h, tgt, spans = _continuation_hidden(model, rows, part, pad_id, dev, stem)  # (N, H), (N,)
             lp_parts, ki_parts, kv_parts = [], [], []
             for s in range(0, h.shape[0], logits_chunk):
                 logits = logits_of(h[s: s + logits_chunk])  # (chunk, V) in the head's dtype
@@ -321,14 +368,16 @@ def token_divergence(
     model_p, model_q = _unwrap(model_p), _unwrap(model_q)
     dev = next(model_p.parameters()).device
     rows, _ = _prepare_rows(model_p, pairs, max_length)
-    plan = _plan(model_p, rows, share_prefix and can_share(model_q), row_tokens)
+    plan, stem_len = _plan(model_p, rows, share_prefix and can_share(model_q), row_tokens,
+                           stem_ok=_stem_ok(model_p) and _stem_ok(model_q))
     out: list[Divergence | None] = [None] * len(rows)
+    sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
+    stems: dict[int, rowattn.Stem | None] = {}  # each side's stem, captured in its own context on first use
     with tracker(progress, "divergence", sum(r.length for r in plan), "tokens") as advance, \
             fast_lora(model_p), fast_lora(model_q):
         for batch in plan_batches([r.length for r in plan], batch_tokens or default_batch_tokens(dev)):
             part = [plan[j] for j in batch]
-            sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
-            key = None if p_hidden is None else tuple(  # this batch's exact layout and tokens
+            key = None if p_hidden is None else (stem_len,) + tuple(  # this batch's exact layout and tokens
                 (r.prefix, tuple(r.starts), tuple((i, tuple(rows[i][0]), rows[i][1]) for i in r.members)) for r in part)
             hs = []
             for side, (model, ctx) in enumerate(sides):
@@ -336,7 +385,9 @@ def token_divergence(
                     h, spans = p_hidden[key]
                 else:
                     with ctx():
-                        h, _, spans = _continuation_hidden(model, rows, part, pad_id, dev)  # (N, H)
+                        if side not in stems:
+                            stems[side] = _capture_stem(model, rows, stem_len, dev)
+                        h, _, spans = _continuation_hidden(model, rows, part, pad_id, dev, stems[side])  # (N, H)
                     if side == 0 and p_hidden is not None:
                         p_hidden[key] = (h, spans)
                 hs.append(h)

@@ -12,6 +12,12 @@ similar size are gathered into padded groups and each group is one SDPA call, so
 costs a few kernel calls whose area is the used area plus bounded padding. The gather
 indices and masks are built once per batch (`RowLayout`) and reused by every layer.
 
+A *stem* is a prefix that every sequence of a call shares (a chat template's system turn,
+in front of every record): it runs once per call (`capture_stem`), its keys and values
+per layer are kept, and every segment of every row attends to them first, as if each row
+began with it; the rows hold only what follows the stem and their positions continue
+after it.
+
 `use_rows(model)` switches the model to this attention for one forward; the
 layout rides along as the keyword `loralab_rows`, which the decoder hands to every
 attention call. Without it the function is plain SDPA, so another thread's forward on the
@@ -57,23 +63,37 @@ class _Group:
 
 
 @dataclass
+class Stem:
+    """A prefix shared by every sequence of a call: its length and, once captured, its keys and
+    values per layer, {layer_idx: (k, v)}, each (Hk, length, D) after the rotary embedding."""
+    length: int
+    kv: dict = field(default_factory=dict)
+
+
+@dataclass
 class RowLayout:
     groups: list[_Group]
+    stem: Stem | None = None  # keys and values every segment attends to first
+    capture: Stem | None = None  # this forward IS the stem: keep its keys and values
 
 
-def _segments(rows, T: int, lengths: Sequence[int]):
-    """(queries, keys, prefix length or None) per segment, as flat positions."""
+def _segments(rows, T: int, lengths: Sequence[int], stem: int = 0):
+    """(queries, keys, fully visible keys or None = causal) per segment, as flat positions.
+
+    With a stem of `stem` tokens, flat positions len(rows) * T + j (j < stem) are its keys,
+    which every segment sees in full before its own."""
     segs = []
+    ext = list(range(len(rows) * T, len(rows) * T + stem))
     for b, r in enumerate(rows):
         base = b * T
         pre = list(range(base, base + r.prefix))
         if r.prefix:
-            segs.append((pre, pre, None))
+            segs.append((pre, ext + pre, stem) if stem else (pre, pre, None))
         for m, st in zip(r.members, r.starts):
             n = lengths[m] - r.prefix
             if n > 0:
                 br = list(range(base + st, base + st + n))
-                segs.append((br, pre + br, r.prefix))
+                segs.append((br, ext + pre + br, stem + r.prefix))
     return segs
 
 
@@ -116,12 +136,29 @@ def _group(segs, causal: bool, T: int, dev) -> _Group:
                   None if allowed is None else allowed.to(dev), T=T)
 
 
-def build_layout(rows, T: int, lengths: Sequence[int], dev) -> RowLayout:
-    """Layout of a batch of prefix-shared rows (padded to T); `lengths[m]` is member m's length."""
-    segs = _segments(rows, T, lengths)
+def build_layout(rows, T: int, lengths: Sequence[int], dev, stem: Stem | None = None) -> RowLayout:
+    """Layout of a batch of prefix-shared rows (padded to T); `lengths[m]` is member m's length
+    (after the stem, when the rows follow one)."""
+    segs = _segments(rows, T, lengths, stem.length if stem else 0)
     groups = [_group(g, True, T, dev) for g in _grouped([s for s in segs if s[2] is None])]
     groups += [_group(g, False, T, dev) for g in _grouped([s for s in segs if s[2] is not None])]
-    return RowLayout(groups)
+    return RowLayout(groups, stem=stem)
+
+
+def stem_layout(stem: Stem, dev) -> RowLayout:
+    """The layout of the stem's own forward (one causal row) that captures its keys and values."""
+    from .prefixrows import Row
+
+    row = Row(prefix=stem.length, members=[0], starts=[stem.length], length=stem.length)
+    lay = build_layout([row], stem.length, [stem.length], dev)
+    lay.capture = stem
+    return lay
+
+
+def _with_stem(x: torch.Tensor, ext: torch.Tensor) -> torch.Tensor:
+    """(B, Hk, T, D) keys or values and the stem's (Hk, P, D) as one flat (B * T + P, Hk, D)."""
+    B, Hk, T, D = x.shape
+    return torch.cat([x.transpose(1, 2).reshape(B * T, Hk, D), ext.transpose(0, 1)])
 
 
 def rows_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -134,12 +171,21 @@ def rows_attention(module, query, key, value, attention_mask, dropout: float = 0
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     B, H, T, D = query.shape
     Hk = key.shape[1]
+    if loralab_rows.capture is not None:  # the stem's own forward: keep its keys and values
+        loralab_rows.capture.kv[module.layer_idx] = (key[0], value[0])
+    kf = vf = None
+    if loralab_rows.stem is not None:  # keys and values: the rows' then the stem's, flat
+        ext_k, ext_v = loralab_rows.stem.kv[module.layer_idx]
+        kf, vf = _with_stem(key, ext_k), _with_stem(value, ext_v)
     out = query.new_zeros((B, T, H, value.shape[-1]))
     for g in loralab_rows.groups:
         S, lq = g.q_idx.shape
         qg = query[g.qb, :, g.qt].transpose(1, 2)  # advanced indices around ':' -> (S, Lq, H, D) -> (S, H, Lq, D)
-        kg = key[g.kb, :, g.kt].transpose(1, 2)
-        vg = value[g.kb, :, g.kt].transpose(1, 2)
+        if kf is None:
+            kg = key[g.kb, :, g.kt].transpose(1, 2)
+            vg = value[g.kb, :, g.kt].transpose(1, 2)
+        else:
+            kg, vg = kf[g.k_idx].transpose(1, 2), vf[g.k_idx].transpose(1, 2)  # (S, Lk, Hk, D) -> (S, Hk, Lk, D)
         if Hk != H:
             kg = kg.repeat_interleave(H // Hk, dim=1)
             vg = vg.repeat_interleave(H // Hk, dim=1)
@@ -158,6 +204,12 @@ def supported(model) -> bool:
     if getattr(cfg, "attn_logit_softcapping", None):
         return False
     return True
+
+
+def stem_supported(model) -> bool:
+    """Whether a stem can be captured: every attention layer says which layer it is."""
+    layers = [m for n, m in model.named_modules() if n.endswith("self_attn")]
+    return bool(layers) and all(isinstance(getattr(m, "layer_idx", None), int) for m in layers)
 
 
 def window(model) -> int | None:
