@@ -28,7 +28,9 @@ loralab.fidelity's rank check on its 96 calibration records (printed first; the 
 questions answered by the option alone, without explanations); on an AMD EPYC that check turns
 int8 dynamic down (rho 0.52) and fast runs bf16. Timing: the sides run in alternating order for
 `--rounds` rounds on the first `--timed` records, after every side has scored `--warmup`
-records once untimed; medians of each side's seconds are compared.
+records once untimed; printed are the ratios of each side's median seconds and, paired, the
+ratio within each round (its median and range), which a drift of the machine's speed between
+rounds does not bias.
 """
 
 from __future__ import annotations
@@ -107,6 +109,11 @@ def timed(fn):
     return r, time.perf_counter() - t
 
 
+def paired_ratios(theirs: list[float], mine: list[float]) -> list[float]:
+    """Speed-up of `mine` over `theirs` in each round (seconds of the same round)."""
+    return [t / m for t, m in zip(theirs, mine)]
+
+
 def top_overlap(a, b, frac: float = 0.10) -> float:
     k = max(1, round(frac * len(a)))
     ta, tb = set(np.argsort(-np.asarray(a))[:k]), set(np.argsort(-np.asarray(b))[:k])
@@ -172,8 +179,14 @@ def main() -> None:
           f"{ours.stats['computed_tokens']} run after prefix sharing)")
     for mine in (names[1], names[3]):
         print(f"{mine:24s} vs Cherry fp32: {med[names[0]] / med[mine]:5.2f}x   vs Cherry {float_fmt}: "
-              f"{med[names[2]] / med[mine]:5.2f}x")
+              f"{med[names[2]] / med[mine]:5.2f}x   (ratios of the medians)")
     print(f"loralab fast vs loralab exact: {med[names[1]] / med[names[3]]:.2f}x")
+    print("paired, round by round (the sides of one round ran back to back, so a slow spell of the "
+          "machine weighs on both):")
+    for theirs, mine in ((names[0], names[3]), (names[2], names[3]), (names[1], names[3]), (names[0], names[1])):
+        r = paired_ratios(secs[theirs], secs[mine])
+        print(f"  {mine} over {theirs}: median {statistics.median(r):.2f}x, rounds "
+              f"{', '.join(f'{x:.2f}' for x in r)} (range {min(r):.2f}-{max(r):.2f})")
 
     # definitions: Cherry's (Alpaca template) vs loralab's (chat template), both fp32, on the timed records
     cherry = np.array(results[names[0]][0])

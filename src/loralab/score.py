@@ -501,14 +501,7 @@ def agreement(a: Sequence[dict], b: Sequence[dict], fracs: Sequence[float] = (0.
     and for each fraction f the overlap |top_a ∩ top_b| / k of the k = max(1, round(f N))
     highest-IFD records, beside the overlap two random k-subsets have on average: k / N.
     """
-    from scipy.stats import spearmanr
-
-    def rho(xs, ys):
-        pairs = [(x, y) for x, y in zip(xs, ys) if x is not None and y is not None]
-        if len(pairs) < 3:
-            return {"rho": None, "p": None, "n": len(pairs)}
-        r = spearmanr([p[0] for p in pairs], [p[1] for p in pairs])
-        return {"rho": float(r.statistic), "p": float(r.pvalue), "n": len(pairs)}
+    from .fidelity import spearman_test as rho
 
     ppl = lambda s: s.get("ppl_cond", s.get("ppl"))  # noqa: E731
     ifd_a, ifd_b = [s.get("ifd") for s in a], [s.get("ifd") for s in b]
