@@ -194,7 +194,9 @@ def _plan(model, rows, share: bool, row_tokens: int, stem_ok: bool | None = None
     w = rowattn.window(model)  # a 4D mask bypasses sliding windows: share only within one
     if share and can_share(model) and (w is None or max(map(len, inputs), default=0) <= w):
         stem = _stem_length(rows) if (_stem_ok(model) if stem_ok is None else stem_ok) else 0
-        return plan_rows([x[stem:] for x in inputs], row_tokens), stem
+        # after a stem, sequences share a row even with no prefix of their own: each attends to the
+        # stem and itself, and rows of several sequences carry less padding than one row each
+        return plan_rows([x[stem:] for x in inputs], row_tokens, min_prefix=0 if stem else 4), stem
     return [Row(prefix=len(x), members=[i], starts=[len(x)], length=len(x)) for i, x in enumerate(inputs)], 0
 
 
