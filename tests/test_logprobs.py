@@ -101,6 +101,16 @@ def test_engine_matches_naive_on_smollm2():
     assert paris.sum > rome.sum + 2
 
 
+def assert_naive(model, enc, got, div):
+    """Log-probs and top-3 equal the naive per-pair forward (fp32, 1e-4); a model's KL to itself is 0."""
+    for (ctx, cont), r, d in zip(enc, got, div):
+        ref, lsm = naive(model, ctx, cont)
+        assert r.tokens.tolist() == list(cont)
+        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
+        np.testing.assert_allclose(r.topk_logprobs, lsm.topk(3, dim=-1).values.numpy(), atol=1e-4)
+        np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
+
+
 SHARED = [  # multiple choice (one context, several answers) and chat records (one template)
     ("Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
     ("Question: Which gas do plants take in?\nAnswer:", " oxygen"),
@@ -133,12 +143,7 @@ def test_prefix_shared_rows_match_naive_forward(tiny, row_tokens, attn):
         div = L.token_divergence(tiny.model, tiny.model, enc, row_tokens=row_tokens)
     finally:
         tiny.model.config._attn_implementation = old
-    for (ctx, cont), r, d in zip(enc, got, div):
-        ref, lsm = naive(tiny.model, ctx, cont)
-        assert r.tokens.tolist() == list(cont)
-        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
-        np.testing.assert_allclose(r.topk_logprobs, lsm.topk(3, dim=-1).values.numpy(), atol=1e-4)
-        np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
+    assert_naive(tiny.model, enc, got, div)
 
 
 CHATS = [  # every pair starts with the same system turn: a stem the whole call shares
@@ -176,12 +181,7 @@ def test_a_prefix_every_pair_shares_runs_once_and_changes_nothing(tiny, row_toke
         assert stats["computed_tokens"] < off["computed_tokens"]
     monkeypatch.setattr(L, "STEM", True)
     div = L.token_divergence(tiny.model, tiny.model, enc, row_tokens=row_tokens)
-    for (ctx, cont), r, d in zip(enc, got, div):
-        ref, lsm = naive(tiny.model, ctx, cont)
-        assert r.tokens.tolist() == list(cont)
-        np.testing.assert_allclose(r.logprobs, ref, atol=1e-4)
-        np.testing.assert_allclose(r.topk_logprobs, lsm.topk(3, dim=-1).values.numpy(), atol=1e-4)
-        np.testing.assert_allclose(d.kl, 0.0, atol=1e-6)
+    assert_naive(tiny.model, enc, got, div)
 
 
 def test_no_stem_without_a_prefix_all_pairs_share(tiny):
