@@ -186,14 +186,16 @@ def _stem_ok(model) -> bool:
     return STEM and rowattn.supported(model) and rowattn.stem_supported(model)
 
 
-def _plan(model, rows, share: bool, row_tokens: int, stem_ok: bool | None = None) -> tuple[list[Row], int]:
+def _plan(model, rows, share: bool, row_tokens: int, stem_models: Sequence = ()) -> tuple[list[Row], int]:
     """Prefix-shared rows of the pairs' decoder inputs (one pair per row when not sharing), and
-    the length of the stem they follow (0: none; the rows then hold the whole inputs).
-    `stem_ok` (default: whether `model` can run one) allows a stem."""
+    the length of the stem they follow (0: none; the rows then hold the whole inputs). A stem
+    needs every model that runs the rows to support one (`stem_models`, default: `model`)."""
     inputs = [r[0][:-1] for r in rows]
     w = rowattn.window(model)  # a 4D mask bypasses sliding windows: share only within one
     if share and can_share(model) and (w is None or max(map(len, inputs), default=0) <= w):
-        stem = _stem_length(rows) if (_stem_ok(model) if stem_ok is None else stem_ok) else 0
+        stem = _stem_length(rows)  # models are checked only when the pairs have a stem
+        if stem and not all(_stem_ok(m) for m in (stem_models or (model,))):
+            stem = 0
         # after a stem, sequences share a row even with no prefix of their own: each attends to the
         # stem and itself, and rows of several sequences carry less padding than one row each
         return plan_rows([x[stem:] for x in inputs], row_tokens, min_prefix=0 if stem else 4), stem
@@ -371,7 +373,7 @@ def token_divergence(
     dev = next(model_p.parameters()).device
     rows, _ = _prepare_rows(model_p, pairs, max_length)
     plan, stem_len = _plan(model_p, rows, share_prefix and can_share(model_q), row_tokens,
-                           stem_ok=_stem_ok(model_p) and _stem_ok(model_q))
+                           stem_models=(model_p, model_q))
     out: list[Divergence | None] = [None] * len(rows)
     sides = [(model_p, p_context or contextlib.nullcontext), (model_q, q_context or contextlib.nullcontext)]
     stems: dict[int, rowattn.Stem | None] = {}  # each side's stem, captured in its own context on first use

@@ -13,7 +13,7 @@ costs a few kernel calls whose area is the used area plus bounded padding. The g
 indices and masks are built once per batch (`RowLayout`) and reused by every layer.
 
 A *stem* is a prefix that every sequence of a call shares (a chat template's system turn,
-in front of every record): it runs once per call (`capture_stem`), its keys and values
+in front of every record): it runs once per call (`stem_layout` captures), its keys and values
 per layer are kept, and every segment of every row attends to them first, as if each row
 began with it; the rows hold only what follows the stem and their positions continue
 after it.
