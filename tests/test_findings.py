@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import re
 
+import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -29,7 +30,7 @@ SPEC = {
                  "full": {"data": {"structure": {"mode": "template"}}, "train": {"method": "full", "lr": 1e-4}}},
     "axes": {"variant": ["raw", "qa", "full", "ifd", "ifd_weak"], "dose": ["small"]},
     "also": [{"variant": ["qa"], "dose": ["large"]}],
-    "findings": {"title": "Tiny findings", "questions": [
+    "findings": {"title": "Tiny findings", "margins": {"gain": 0.05, "forgetting": 2}, "questions": [
         {"id": "content", "question": "Q&A or raw?", "a": {"variant": "qa"}, "b": {"variant": "raw"},
          "measures": ["gain.raw", "gain.structured", "forgetting", "kl.medical"], "published": "X et al.",
          "expect": {"gain.structured": 1}},
@@ -54,10 +55,14 @@ def test_also_crossing_and_findings_block_are_validated():
 
 
 def _md_rows(md: str):
+    """(the question heading above it, cells) of every comparison row."""
+    heading = ""
     for line in md.splitlines():
+        if line.startswith("## "):
+            heading = line[3:]
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 10 and cells[0] not in ("a", "---"):
-            yield cells
+        if len(cells) == 12 and cells[0] not in ("a", "---"):
+            yield heading, cells
 
 
 def _csv(path):
@@ -78,11 +83,33 @@ def _labels(cell: str) -> dict:
     return dict(x.split("=", 1) for x in cell.split(", ")) if "=" in cell else {"variant": cell}
 
 
-def rederive(md: str, rows: list[dict]) -> int:
-    """Check every FINDINGS.md table row's a − b against the per-run values in results.csv:
-    the mean over the seeds both variants ran of (a's value − b's value); returns rows checked."""
-    seen = 0
-    for a, b, measure, mean, *rest in _md_rows(md):
+def _close(shown: str, value: float) -> bool:
+    """A number shown with d decimals equals `value` to within half its last digit."""
+    d = len(shown.split(".")[1]) if "." in shown else 0
+    return abs(float(shown) - value) <= 0.5 * 10 ** -d + 1e-9
+
+
+def _holm(ps: list[float]) -> list[float]:
+    """Holm's step-down adjustment, written out independently of loralab's."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        out[i] = running
+    return out
+
+
+def rederive(md: str, rows: list[dict], margins: dict, expect: dict[str, dict], alpha: float = 0.05) -> int:
+    """Every FINDINGS.md table row re-derived from the per-run values in results.csv with scipy:
+    the mean over seeds of a's − b's value, its t interval, its t p-value, the TOST p against the
+    declared margin, Holm over the declared family (its size read from the header, the tests not
+    measured counting as p = 1) and the verdict; returns the rows checked."""
+    from scipy import stats as sps
+
+    n_tests = int(re.search(r"(\d+) tests in all", md).group(1))
+    found = []
+    for heading, cells in _md_rows(md):
+        a, b, measure, mean, ci, _items, n_seeds, p_t, p_holm, eq, _mde, verdict = cells
         if mean == "n/a":
             continue
         what = _measure(measure)
@@ -94,11 +121,41 @@ def rederive(md: str, rows: list[dict]) -> int:
 
         ra, rb = runs(la), runs(lb)
         seeds = sorted(set(ra) & set(rb))
-        assert len(seeds) == int(rest[3]), (a, b, measure)  # the seeds column
-        diffs = [_per_run(ra[s], what) - _per_run(rb[s], what) for s in seeds]
-        assert float(mean) == pytest.approx(sum(diffs) / len(diffs), abs=1.5e-3), (a, b, measure)
-        seen += 1
-    return seen
+        assert len(seeds) == int(n_seeds), (a, b, measure)
+        d = np.array([_per_run(ra[s], what) - _per_run(rb[s], what) for s in seeds])
+        assert _close(mean, d.mean()), (a, b, measure, mean, d.mean())
+        t = sps.ttest_1samp(d, 0.0)
+        lo, hi = t.confidence_interval(0.95)
+        shown_lo, shown_hi = ci.strip("[]").split(", ")
+        assert _close(shown_lo, lo) and _close(shown_hi, hi), (a, b, measure, ci, lo, hi)
+        p = 1.0 if np.all(d == d[0]) and d[0] == 0 else float(t.pvalue)
+        assert p_t == f"{p:.2g}", (a, b, measure, p_t, p)
+        margin = margins.get(what, margins.get(what.partition(".")[0]))
+        p_eq = None
+        if margin:
+            se = d.std(ddof=1) / np.sqrt(d.size)
+            p_eq = max(sps.t.sf((d.mean() + margin) / se, d.size - 1), sps.t.cdf((d.mean() - margin) / se, d.size - 1))
+        found.append((cells, what, d.mean(), p, p_eq, (expect.get(heading) or {}).get(what)))
+    tests = [f[3] for f in found] + [f[4] for f in found if f[4] is not None]
+    adj = _holm(tests + [1.0] * (n_tests - len(tests)))
+    k = len(found)
+    for i, (cells, what, m, p, p_eq, sign) in enumerate(found):
+        assert cells[8] == f"{adj[i]:.2g}", (cells, adj[i])
+        eq_adj = None
+        if p_eq is not None:
+            eq_adj = adj[k]
+            k += 1
+            assert cells[9].startswith(f"{eq_adj:.2g} ("), (cells, eq_adj)
+        verdict = cells[11]
+        if verdict.startswith(("not a comparison", "repeats")):
+            continue
+        if adj[i] <= alpha:
+            assert verdict == ("finding" if not sign else "confirms" if np.sign(m) == sign else "contradicts")
+        elif eq_adj is not None and eq_adj <= alpha:
+            assert verdict == "equivalent"
+        else:
+            assert verdict in ("no measurable difference", "not significant after Holm (unadjusted interval excludes 0)")
+    return len(found)
 
 
 def _per_run(row: dict, measure: str) -> float:
@@ -117,6 +174,7 @@ def test_findings_md_is_rederived_from_results_csv(tmp_path):
     dry = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"), "--dry-run"])
     assert dry.exit_code == 0, dry.output
     assert re.search(r"estimated run time of the 12 pending runs on this machine: \d+ min", dry.output)
+    assert "findings: 7 declared comparisons and 6 equivalence tests" in dry.output
     res = CliRunner().invoke(app, ["study", str(spec), "--out", str(tmp_path / "out"),
                                    "--findings", str(tmp_path / "FINDINGS.md")])
     assert res.exit_code == 0, res.output
@@ -129,8 +187,11 @@ def test_findings_md_is_rederived_from_results_csv(tmp_path):
         return next(r for r in rows if r["label.variant"] == variant and r["label.dose"] == dose
                     and r["label.seed"] == str(seed))
 
-    seen = rederive(md, rows)
+    expect = {q["question"]: q.get("expect", {}) for q in SPEC["findings"]["questions"]}
+    seen = rederive(md, rows, SPEC["findings"]["margins"], expect)
     assert seen == 4 + 2 + 1  # content (qa vs raw at the small dose), method, dose
+    # the declared family: 7 comparisons (the spec's, whatever ran) and 6 equivalence tests (kl has no margin)
+    assert "declares 7 comparisons" in md and "13 tests in all" in md
     # the whole-model run was evaluated like the adapters and has dense ΔW numbers
     full = run_of("full", "small", 0)
     assert full["state"] == "done" and float(full["weights.delta_fro"]) > 0
@@ -164,9 +225,13 @@ def test_committed_findings_agree_with_their_results_csv():
     root = Path(__file__).resolve().parents[1]
     if not (root / "FINDINGS.md").exists():
         pytest.skip("no FINDINGS.md committed")
+    import json
+
     md = (root / "FINDINGS.md").read_text()
     rows = _csv(root / "findings" / "results.csv")
-    assert rederive(md, rows) > 0
+    computed = json.loads((root / "findings" / "findings-computed.json").read_text())
+    expect = {q["question"]["question"]: q["question"].get("expect", {}) for q in computed["questions"]}
+    assert rederive(md, rows, computed["margins"], expect, computed["alpha"]) > 0
 
 
 def test_runs_with_identical_training_are_not_a_comparison(tmp_path):
@@ -214,3 +279,34 @@ def test_a_row_with_another_rows_numbers_is_marked_and_not_counted():
     rows = [row("gain.raw", [0.1, 0.2, 0.3]), row("gain.structured", [0.1, 0.2, 0.3])]
     mark_repeats(rows, prefer={"gain.structured"})  # the measure with a published direction is kept
     assert [r.get("verdict") for r in rows] == [REPEAT, None]
+
+
+def test_the_family_is_declared_by_the_spec_not_by_the_results():
+    """The Holm family comes from the spec's matrix, questions, `where` and measures before any run:
+    a measure a pair cannot carry (KL on a run's own domain, Q&A gain without held-out Q&A) is not
+    in it; a comparison not measured yet counts as p = 1; margins are checked."""
+    from loralab.study.findings import FindingsSpec, compute, family
+
+    spec = {**SPEC, "groups": {**SPEC["groups"], "domain": {"sport": {}, "medical": {
+        "data": {"sources": ["olmo:medmcqa"], "domain": "medical"}}}},
+            "axes": {**SPEC["axes"], "domain": ["sport", "medical"]},
+            "eval": {**SPEC["eval"], "foreign": ["sport", "medical"]}}
+    fs = FindingsSpec.model_validate({**spec["findings"], "questions": [
+        {"id": "content", "question": "Q&A or raw?", "a": {"variant": "qa"}, "b": {"variant": "raw"},
+         "where": {"domain": "sport"}, "measures": ["gain.structured", "forgetting", "kl.medical", "kl.sport"]},
+        {"id": "method", "question": "Full or LoRA?", "a": {"variant": "full"}, "b": {"variant": "qa"},
+         "measures": ["kl.medical", "kl.sport"]}]})
+    fam = family(spec, fs)
+    got = sorted((f["qid"], f["a"].split("variant=")[1].split(",")[0], f["measure"], f["margin"]) for f in fam)
+    # content: sport only, and no KL on sport prompts for a sport run; method: each domain's foreign KL
+    assert got == [("content", "qa", "forgetting", 0.02), ("content", "qa", "gain.structured", 0.05),
+                   ("content", "qa", "kl.medical", None), ("method", "full", "kl.medical", None),
+                   ("method", "full", "kl.sport", None)]
+    done, fam2 = compute([], fs, spec)  # nothing ran: the family is the same, no rows
+    assert fam2 == fam and all(not d["rows"] for d in done)
+    bad = {**SPEC, "findings": {**SPEC["findings"], "margins": {"gian": 1}}}
+    with pytest.raises(Exception, match="gian"):
+        parse_spec(bad)
+    bad = {**SPEC, "findings": {"questions": [{**SPEC["findings"]["questions"][0], "where": {"dose": "huge"}}]}}
+    with pytest.raises(Exception, match="huge"):
+        parse_spec(bad)

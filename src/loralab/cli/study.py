@@ -75,6 +75,15 @@ def study_cmd(
                       + (f" ({', '.join(f'{k}={v}' for k, v in m.group.items())})" if m.group else ""))
     if dry_run:
         out.print(f"spec valid: {len(runs)} runs")
+        if s.findings:  # the family FINDINGS.md is corrected over, declared here before any run
+            from ..study.findings import FindingsSpec, family
+
+            fs = FindingsSpec.model_validate(s.findings)
+            fam = family(s.model_dump(mode="json"), fs)
+            n_eq = sum(bool(f["margin"]) for f in fam)
+            out.print(f"findings: {len(fam)} declared comparisons and {n_eq} equivalence tests (margins "
+                      f"{', '.join(f'{k} ±{v:g}' for k, v in fs.margins.items()) or 'none'}): Holm over "
+                      f"{len(fam) + n_eq} tests at family-wise {fs.alpha:g}, judged over {len(s.seeds)} seeds")
         from ..study.estimate import estimate
 
         pending = {r.id for r in runs if runner.status_of(root / "runs" / r.id)["state"] != "done"}

@@ -305,6 +305,13 @@ def _peft(model):
     return pm
 
 
+def prompt_ids(prompts: Sequence[str]) -> list[str]:
+    """A prompt's id where prompts are items (KL pairing across runs): a digest of its text."""
+    import hashlib
+
+    return [hashlib.sha1(p.encode("utf-8")).hexdigest()[:16] for p in prompts]
+
+
 def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_tokens: int | None = None,
                progress: bool = True, seed: int = 0, base=None, base_hidden: dict | None = None) -> dict:
     """Mean per-token KL(base || adapter) and JS over the base answers' positions.
@@ -328,7 +335,7 @@ def divergence(loaded, ps: PromptSet, *, trigger: str | None = None, batch_token
     kl = ratio_ci([d.kl.sum() for d in div], n, seed=seed)  # token-weighted, prompts resampled whole
     js = ratio_ci([d.js.sum() for d in div], n, seed=seed)
     return {"kl": kl["mean"], "js": js["mean"], "tokens": int(sum(n)), "prompts": len(div),
-            "kl_ci": kl, "js_ci": js, "items": {"kl": [float(d.kl.sum()) for d in div], "tokens": n}}
+            "kl_ci": kl, "js_ci": js, "items": {"ids": prompt_ids(ps.prompts), "kl": [float(d.kl.sum()) for d in div], "tokens": n}}
 
 
 def style_leak(loaded, sets: Sequence[PromptSet], lexicon: frozenset[str], max_new_tokens: int,

@@ -150,7 +150,10 @@ def _task_block(base: dict, cur: dict | None, cfg: EvalConfig, domain: str | Non
             e["adapter"] = a.summary(**kw)
             e["delta"] = paired_diff_ci(a.main, b.main, seed=cfg.seed, resamples=cfg.bootstrap)
             e["own_domain"] = n in own
-            e["items"] = {"base": [float(x) for x in b.main], "adapter": [float(x) for x in a.main]}
+            e["items"] = {"ids": list(b.ids), "base": [float(x) for x in b.main],
+                          "adapter": [float(x) for x in a.main]}
+            if list(a.ids) != list(b.ids):  # one item list serves both passes (_items)
+                raise RuntimeError(f"{n}: base and adapter were scored on different items")
         tasks[n] = e
     for n, b in base["gen"].items():
         e = {"base": b.summary(**kw)}

@@ -1,26 +1,27 @@
-"""Statistics across seeds: training-run variance beside test-item variance.
+"""Statistics across seeds: the training run is the unit of inference.
 
-    from loralab.evaluate.seedstats import ratio_part, mean_part, across_seeds
+    from loralab.evaluate.seedstats import ratio_part, mean_part, across_seeds, tost, mde
     parts = [ratio_part(b_nll, b_tok, a_nll, a_tok) for each seed]     # one statistic per seed
     r = across_seeds(parts)
-    r["mean"], r["lo"], r["hi"], r["p"]          # seeds and items resampled together (the finding's interval)
-    r["items"]   # {"lo", "hi"}: items resampled within every seed, seeds held fixed
-    r["seeds"]   # {"lo", "hi"}: Student t over the per-seed estimates (df = seeds − 1)
-    r["per_seed"]
+    r["mean"], r["lo"], r["hi"], r["p"]   # Student t over the per-seed estimates (df = seeds − 1):
+                                          # the interval and test a finding is judged on
+    r["items"]    # {"lo", "hi", "p"}: items resampled within every seed, the trained models held
+                  # fixed: conditional on these models, NOT an interval for a new training run
+    r["per_seed"], r["sd"], r["se"], r["df"]
+    tost(r, margin)          # equivalence p-value (two one-sided t tests against ±margin)
+    mde(r["sd"], r["n_seeds"], alpha)    # smallest difference detectable with 80 % power
 
 Each seed contributes one estimate of the same statistic on its own items (a ratio of sums
-such as a token-weighted loss difference, or a macro mean over tasks of per-item values);
-the point estimate is their mean. Three intervals answer three questions:
-  items   how much the number would move with other test items, for these trained models;
-  seeds   how much it moves from one training run to the next (needs 2+ seeds);
-  both    a two-level bootstrap: draw seeds with replacement, then items within each drawn
-          seed (an independent draw for every slot): both sources at once. Its two-sided
-          p-value (for "the statistic is 0") is what a finding is corrected and judged on.
-With few seeds the seed level is coarse (3 seeds: 10 distinct draws) and the t interval is
-wide: that is the honest width of a 3-seed experiment, and it is reported as such.
-RESAMPLES sets how small a bootstrap p-value can be (1 / RESAMPLES): a study asking m
-questions needs m / RESAMPLES well under its alpha for Holm's correction to be able to call
-anything a finding (10,000 resamples: up to a few hundred comparisons).
+such as a token-weighted loss difference, or a macro mean over tasks of per-item values); the
+point estimate is their mean, and a seed's estimate already carries that seed's item noise.
+So the t interval over the per-seed estimates covers both sources of variation (training run
+and test items) with exact coverage when the per-seed estimates are normal, whatever the ratio
+of the two; a two-level bootstrap with 3 seeds does not (it has 10 distinct seed draws and
+covered 75-83 % in simulation). With 3 seeds the t interval is wide (t(0.975, 2) = 4.30): that
+is the honest width of a 3-seed experiment.
+
+All intervals are unadjusted for multiplicity; p-values are adjusted by the caller over a
+declared family (study.findings). Bootstrap p-values carry the +1 correction (stats).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
+from scipy import optimize
 from scipy import stats as sps
 
 from .stats import LEVEL, NAN, _interval, _p_two_sided
 
 RESAMPLES = 10_000
+POWER = 0.8  # the power at which the minimal detectable effect is stated
 
 
 @dataclass
@@ -83,27 +86,74 @@ def mean_part(groups: Sequence[Sequence[float]]) -> SeedPart:
     return SeedPart(point, int(sum(g.size for g in gs)), draw)
 
 
+def seed_t(points: Sequence[float], level: float = LEVEL) -> dict:
+    """One-sample Student t over per-seed estimates: mean, its `level` interval and the two-sided
+    p-value for "the mean is 0" (NaN below two seeds: one run says nothing of the next)."""
+    x = np.asarray(points, np.float64)
+    s = x.size
+    out = {"mean": float(x.mean()) if s else NAN, "n_seeds": int(s), "df": s - 1,
+           "sd": NAN, "se": NAN, "lo": NAN, "hi": NAN, "p": NAN}
+    if s < 2:
+        return out
+    sd = 0.0 if np.all(x == x[0]) else float(x.std(ddof=1))  # identical runs: exactly no spread
+    se = sd / np.sqrt(s)
+    half = float(sps.t.ppf(0.5 + level / 2, s - 1)) * se
+    if se > 0:
+        p = float(2 * sps.t.sf(abs(out["mean"]) / se, s - 1))
+    else:  # every seed gave the same number: no spread to test against
+        p = 0.0 if out["mean"] != 0 else 1.0
+    out.update(sd=sd, se=se, lo=out["mean"] - half, hi=out["mean"] + half, p=p)
+    return out
+
+
+def tost(r: dict, margin: float) -> float:
+    """Equivalence p-value for |mean| < margin from a `seed_t` result: the larger of the two
+    one-sided t tests (H0: mean <= −margin, H0: mean >= +margin). Rejecting at alpha is the
+    same as the 1 − 2·alpha t interval lying inside (−margin, +margin)."""
+    if not (margin and margin > 0) or not np.isfinite(r.get("se", NAN)) or r["n_seeds"] < 2:
+        return NAN
+    m, se, df = r["mean"], r["se"], r["df"]
+    if se == 0:
+        return 0.0 if abs(m) < margin else 1.0
+    p_low = sps.t.sf((m + margin) / se, df)   # H0: mean <= −margin
+    p_high = sps.t.cdf((m - margin) / se, df)  # H0: mean >= +margin
+    return float(max(p_low, p_high))
+
+
+def mde(sd: float, n_seeds: int, alpha: float, power: float = POWER) -> float:
+    """The smallest true mean difference the two-sided one-sample t test over `n_seeds` per-seed
+    differences of spread `sd` rejects at `alpha` with probability `power` (noncentral t, exact)."""
+    if n_seeds < 2 or not np.isfinite(sd) or not 0 < alpha < 1:
+        return NAN
+    if sd == 0:
+        return 0.0
+    df = n_seeds - 1
+    crit = sps.t.ppf(1 - alpha / 2, df)
+
+    def short(delta):  # power at a true difference delta, minus the power asked for
+        nc = delta * np.sqrt(n_seeds) / sd
+        got = sps.nct.sf(crit, df, nc) + sps.nct.cdf(-crit, df, nc)
+        return (1.0 if not np.isfinite(got) else got) - power  # nct's tail is NaN far out: power 1 there
+
+    hi = sd * crit / np.sqrt(n_seeds)  # below this the test cannot reach 50 % power
+    while short(hi) < 0:
+        hi *= 1.5
+    return float(optimize.brentq(short, 0.0, hi, xtol=sd * 1e-9))
+
+
 def across_seeds(parts: Sequence[SeedPart], *, resamples: int = RESAMPLES, level: float = LEVEL,
                  seed: int = 0) -> dict:
-    """Mean over seeds with the items, seeds and two-level intervals (see the module docstring)."""
+    """Mean over seeds, its t interval and p-value over seeds, and the items-only interval
+    conditional on the trained models (see the module docstring)."""
     parts = [p for p in parts if p.n and np.isfinite(p.point)]
-    s = len(parts)
-    if s == 0:
-        return {"mean": NAN, "lo": NAN, "hi": NAN, "p": NAN, "n_seeds": 0, "n_items": 0, "per_seed": [],
-                "items": {"lo": NAN, "hi": NAN}, "seeds": {"lo": NAN, "hi": NAN}}
-    rng = np.random.default_rng(seed)
     points = np.array([p.point for p in parts])
-    items = np.mean([p.draw(rng, resamples) for p in parts], axis=0)  # seeds fixed, items resampled
-    slot = np.stack([np.stack([p.draw(rng, resamples) for _ in range(s)]) for p in parts])  # (seed, slot, r)
-    chosen = rng.integers(0, s, size=(resamples, s))  # seeds drawn with replacement per resample
-    both = slot[chosen, np.arange(s)[None, :], np.arange(resamples)[:, None]].mean(axis=1)
-    if s >= 2:
-        half = sps.t.ppf(0.5 + level / 2, s - 1) * points.std(ddof=1) / np.sqrt(s)
-        seeds_ci = {"lo": float(points.mean() - half), "hi": float(points.mean() + half)}
-    else:
-        seeds_ci = {"lo": NAN, "hi": NAN}
-    lo, hi = _interval(both, level)
+    out = {**seed_t(points, level), "n_items": int(sum(p.n for p in parts)), "per_seed": points.tolist(),
+           "level": level}
+    if not parts:
+        out["items"] = {"lo": NAN, "hi": NAN, "p": NAN}
+        return out
+    rng = np.random.default_rng(seed)
+    items = np.mean([p.draw(rng, resamples) for p in parts], axis=0)  # (resamples,) seeds fixed
     ilo, ihi = _interval(items, level)
-    return {"mean": float(points.mean()), "lo": lo, "hi": hi, "p": _p_two_sided(both), "n_seeds": s,
-            "n_items": int(sum(p.n for p in parts)), "per_seed": points.tolist(),
-            "items": {"lo": ilo, "hi": ihi}, "seeds": seeds_ci}
+    out["items"] = {"lo": ilo, "hi": ihi, "p": _p_two_sided(items)}
+    return out

@@ -15,8 +15,9 @@ One statistic gives both the point estimate and its interval:
 - `pooled_mean_ci`    macro mean over groups (tasks), each group resampled on its own items.
 
 Every result is a dict {"mean", "lo", "hi", "n"} (+ "p": a two-sided bootstrap p-value for
-"the statistic is 0": twice the smaller share of resamples on either side of zero, at least
-1 / resamples). `holm` and `bh` adjust a family of p-values (Holm–Bonferroni, family-wise
+"the statistic is 0", with the +1 correction: 2 (1 + k) / (B + 1) where k of the B resamples lie
+on the far side of zero, so it never reads 0 and is valid at every level; its floor is
+2 / (B + 1)). Intervals are percentile intervals at `level`, unadjusted for multiplicity. `holm` and `bh` adjust a family of p-values (Holm–Bonferroni, family-wise
 error; Benjamini–Hochberg, false discovery rate).
 """
 
@@ -43,11 +44,12 @@ def _interval(stats: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def _p_two_sided(stats: np.ndarray) -> float:
-    """Bootstrap p-value for H0: statistic = 0 (resamples on the far side of 0, doubled)."""
+    """Bootstrap p-value for H0: statistic = 0: 2 (1 + k) / (B + 1), k the resamples on the far
+    side of 0 (the smaller tail), B the resamples (Davison & Hinkley 1997, eq. 4.11's +1 rule)."""
     if stats.size == 0:
         return NAN
-    tail = min((stats <= 0).mean(), (stats >= 0).mean())
-    return float(min(1.0, max(2.0 * tail, 1.0 / stats.size)))
+    k = min(int((stats <= 0).sum()), int((stats >= 0).sum()))
+    return float(min(1.0, 2.0 * (1 + k) / (stats.size + 1)))
 
 
 def _empty(p: bool = False) -> dict:

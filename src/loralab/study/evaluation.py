@@ -52,6 +52,10 @@ def data_summary(data: dict[str, Path]) -> dict[str, Any]:
             **{k: str(v) for k, v in data.items()}}
 
 
+def _task_items(it: dict | None, side: str) -> dict | None:
+    return {"ids": list(it["ids"]), "values": list(it[side])} if it and it.get(side) is not None else None
+
+
 def _pair(c: dict | None, sign: float = 1.0) -> list[float]:
     g = _ci(c, sign)
     return [g[1], g[2]] if g else [float("nan")] * 2
@@ -87,8 +91,9 @@ def summarize(m: dict) -> dict[str, Any]:
                              "tasks": ",".join(f.get("tasks") or []),
                              "excluded_own_domain": ",".join(f.get("excluded_own_domain") or []),
                              "per_task": {k: _task(v) for k, v in (m.get("tasks") or {}).items()}}
-        items["forgetting"] = {k: (m["tasks"][k].get("items") or {}).get("adapter") for k in f.get("tasks") or []}
-        items["forgetting_base"] = {k: (m["tasks"][k].get("items") or {}).get("base") for k in f.get("tasks") or []}
+        # per task {"ids", "values"}: per-item scores with the benchmark's item ids (pairing by id)
+        for key, side in (("forgetting", "adapter"), ("forgetting_base", "base")):
+            items[key] = {k: _task_items(m["tasks"][k].get("items"), side) for k in f.get("tasks") or []}
     reasoning = {}
     for k, v in (m.get("reasoning") or {}).items():
         reasoning[k] = {"delta_cot": (v.get("delta_cot") or {}).get("mean"),

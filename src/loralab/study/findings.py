@@ -1,23 +1,29 @@
 """FINDINGS.md from a study's run folders: each question's measured answer beside the
 published result it confirms or contradicts (`loralab study SPEC --findings FINDINGS.md`).
 
-The spec's `findings` block names the questions:
+The spec's `findings` block declares, before anything runs, the questions, their measures and
+the equivalence margins:
 
     findings:
       title: What data makes a small adapter learn without damage
+      margins: {gain: 0.05, forgetting: 2, kl: 0.005}   # |a − b| below this is "no difference that matters"
       questions:
         - id: content
           question: Does Q&A made from the passages teach more than the raw passages?
           a: {variant: qa}           # compared a − b, within every other label (each domain)
           b: {variant: raw}
+          where: {domain: sport}     # only where the question is meaningful
           measures: [gain.structured, forgetting, kl.medical]
           published: Instruction-formatted data teaches answers better than raw text (...)
           expect: {gain.structured: +1}   # the published direction of a − b, per measure
 
-Every number is computed here from the run folders (`seeds.compare`: paired within seeds,
-two-level intervals, Holm over every comparison of the document). A comparison is a finding
-only when its interval excludes zero after correction; then it *confirms* or *contradicts*
-the published direction, else it reads "no measurable difference". Nothing is written by hand.
+The family of comparisons is computed from the spec (`family`: its matrix, questions and
+measures), not from what has finished. Each comparison is judged at the level of seeds
+(`seeds.compare`: paired within seeds by item id, Student t over the per-seed differences),
+with one Holm correction over every declared difference test and equivalence test (TOST).
+A row is a finding only when its adjusted seed-level p <= alpha (then it confirms or
+contradicts the published direction), equivalent when its adjusted TOST p <= alpha, and
+otherwise shows the smallest difference the design could have detected. Nothing is written by hand.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..evaluate.seedstats import RESAMPLES
+from ..evaluate.seedstats import RESAMPLES, mde, tost
+from ..evaluate.stats import NAN, holm
 from ..io import atomic_open, read_json, write_json
 from . import seeds as S
 
@@ -41,6 +48,8 @@ class Question(BaseModel):
     question: str
     a: dict[str, Any] = Field(..., description="Labels of the variants on the left of a − b.")
     b: dict[str, Any] = Field(..., description="Labels of the variants on the right.")
+    where: dict[str, Any] = Field(default_factory=dict, description="Labels both sides must carry (e.g. "
+                                  "{domain: sport}: only where the question is meaningful).")
     measures: list[str] = Field(..., min_length=1, description="gain.raw | gain.structured | forgetting | kl.DOMAIN")
     published: str = Field("", description="The published result this question tests, with its source.")
     expect: dict[str, int] = Field(default_factory=dict, description="Published sign of a − b per measure (+1/−1).")
@@ -60,9 +69,19 @@ class FindingsSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     title: str = "Findings"
     intro: str = ""
+    alpha: float = Field(S.ALPHA, gt=0, lt=1, description="Family-wise error rate of the whole document (Holm).")
+    margins: dict[str, float] = Field(
+        default_factory=dict, description="Equivalence margin per measure kind (gain, forgetting, kl) or measure "
+        "(kl.medical), in the unit the document shows (nats/token, points): |a − b| below it counts as "
+        "'no difference that matters'; declared before running. A measure without one gets no equivalence test.")
     questions: list[Question] = Field(default_factory=list)
     scorers: list[ScorerPair] = Field(default_factory=list, description="Weak-to-strong scoring: rank agreement "
                                       "of IFD and perplexity between two scorers on the same records.")
+
+    def margin(self, measure: str) -> float | None:
+        """The margin of a measure in its stored unit (fractions for accuracy), None without one."""
+        m = self.margins.get(measure, self.margins.get(measure.partition(".")[0]))
+        return None if m is None else m / S.describe(measure)[2]
 
 
 def _matches(labels: dict, want: dict) -> bool:
@@ -70,10 +89,10 @@ def _matches(labels: dict, want: dict) -> bool:
 
 
 def pairs_for(q: Question, vs: list[dict]) -> list[tuple[dict, dict]]:
-    """(variant a, variant b) pairs: a matches q.a, b matches q.b, every other label equal."""
+    """(variant a, variant b) pairs: a matches q.a, b matches q.b, both q.where, every other label equal."""
     out = []
     for va in vs:
-        if not _matches(va["labels"], q.a):
+        if not (_matches(va["labels"], q.a) and _matches(va["labels"], q.where)):
             continue
         rest = {k: v for k, v in va["labels"].items() if k not in q.a}
         for vb in vs:
@@ -83,37 +102,84 @@ def pairs_for(q: Question, vs: list[dict]) -> list[tuple[dict, dict]]:
     return out
 
 
-def compute(runs: list[dict], fs: FindingsSpec, seed: int = 0) -> list[dict]:
-    """Every question's comparisons, one Holm family over the whole document."""
-    vs = S.variants(runs)
-    todo, owners = [], []
+def planned_measures(config: dict) -> set[str]:
+    """The measures a run of this resolved config will carry (decided from the spec, not results)."""
+    from .evaluation import eval_domains
+    from .spec import Run, RunConfig
+
+    rc = RunConfig.model_validate(config)
+    out = {"gain.raw"}
+    if rc.data.heldout_qa is not None:
+        out.add("gain.structured")
+    if rc.eval.get("tasks", None) != []:
+        out.add("forgetting")
+    out |= {f"kl.{d}" for d in eval_domains(Run("planned", {}, rc))}
+    return out
+
+
+def family(spec: dict, fs: FindingsSpec) -> list[dict]:
+    """The document's declared comparisons, from the spec alone (its matrix, questions, measures and
+    margins), before any run: [{qid, a, b, measure, margin}], one per question, pair and measure
+    both sides will carry. Holm's correction runs over these and their equivalence tests, whatever
+    has finished; a comparison not measured yet counts as p = 1."""
+    from .spec import expand, parse_spec
+
+    vs: dict[str, dict] = {}
+    for run in expand(parse_spec(spec)):
+        labels = {k: v for k, v in run.labels.items() if k != "seed"}
+        v = vs.setdefault(S._label(labels), {"label": S._label(labels), "labels": labels, "measures": None})
+        have = planned_measures(run.config.model_dump(mode="json"))
+        v["measures"] = have if v["measures"] is None else v["measures"] & have
+    out, seen = [], set()
     for q in fs.questions:
-        for va, vb in pairs_for(q, vs):
-            todo.append((va["label"], vb["label"]))
-            owners.append(q)
-    cmps = S.compare(runs, pairs=list(dict.fromkeys(todo)), seed=seed, correction=None)
+        for va, vb in pairs_for(q, list(vs.values())):
+            for m in q.measures:
+                key = (q.id, va["label"], vb["label"], m)
+                if m in va["measures"] and m in vb["measures"] and key not in seen:
+                    seen.add(key)
+                    out.append({"qid": q.id, "a": va["label"], "b": vb["label"], "measure": m,
+                                "margin": fs.margin(m)})
+    return out
+
+
+def compute(runs: list[dict], fs: FindingsSpec, spec: dict, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Every declared comparison measured so far, judged at the level of seeds with one Holm family
+    over the declared difference and equivalence tests; returns (per question {question, rows},
+    the declared family)."""
+    fam = family(spec, fs)
+    vs = S.variants(runs)
     by = {v["label"]: v for v in vs}
-    same = {(a, b) for a, b in set(todo) if same_training(by[a], by[b])}
+    todo = list(dict.fromkeys((f["a"], f["b"]) for f in fam if f["a"] in by and f["b"] in by))
+    got = {(c["a"], c["b"], c["measure"]): c for c in S.compare(runs, pairs=todo, seed=seed, correction=None)}
+    same = {(a, b) for a, b in todo if same_training(by[a], by[b])}
+    rows, tests = [], []  # tests: (row or None, kind, p) over the whole declared family
+    for f in fam:
+        c = got.get((f["a"], f["b"], f["measure"]))
+        c = dict(c, qid=f["qid"], margin=f["margin"]) if c else None
+        if c:
+            c["p_eq"] = tost(c, f["margin"]) if f["margin"] else NAN
+            rows.append(c)
+        tests.append((c, "p", c["p"] if c else NAN))
+        if f["margin"]:
+            tests.append((c, "p_eq", c["p_eq"] if c else NAN))
+    adj = holm([p if np.isfinite(p) else 1.0 for _, _, p in tests])
+    for (c, kind, _), p in zip(tests, adj):
+        if c is not None:
+            c[f"{kind}_adj"] = p
+    m_tests = len(tests)
     out = []
     for q in fs.questions:
-        mine = {(a, b) for (a, b), o in zip(todo, owners) if o is q}
-        rows = [dict(c) for c in cmps if (c["a"], c["b"]) in mine and c["measure"] in q.measures]
-        out.append({"question": q, "rows": rows})
-    for d in out:
-        for c in d["rows"]:
-            if (c["a"], c["b"]) in same:
-                c["verdict"] = SAME
-        mark_repeats(d["rows"], prefer=set(d["question"].expect))
-    # one Holm family: exactly the comparisons the document shows, less those of identical training
-    # runs and the rows that repeat another one's numbers
-    S.adjust([c for d in out for c in d["rows"] if counted(c)])
-    for d in out:
-        for c in d["rows"]:
-            if counted(c):
-                c["verdict"] = verdict(c, d["question"].expect.get(c["measure"]))
-            else:
-                c.update(p_adj=float("nan"), finding=False)
-    return out
+        mine = [c for c in rows if c["qid"] == q.id]
+        for c in mine:
+            c.setdefault("p_eq_adj", NAN)
+            c["correction"], c["family"] = "holm", m_tests
+            c["finding"] = bool(c["p_adj"] <= fs.alpha)
+            c["equivalent"] = bool(np.isfinite(c["p_eq_adj"]) and c["p_eq_adj"] <= fs.alpha)
+            c["mde"] = mde(c["sd"], c["n_seeds"], fs.alpha / m_tests) if m_tests else NAN
+            c["verdict"] = SAME if (c["a"], c["b"]) in same else verdict(c, q.expect.get(c["measure"]))
+        mark_repeats(mine, prefer=set(q.expect))
+        out.append({"question": q, "rows": mine})
+    return out, fam
 
 
 SAME = "not a comparison: identical training data and settings"
@@ -221,15 +287,26 @@ def _scorer(run: dict) -> str:
 
 
 def verdict(c: dict, expect: int | None) -> str:
-    if not c["finding"]:
-        return "no measurable difference"
-    if not expect:
-        return "finding"
-    return "confirms" if np.sign(c["mean"]) == np.sign(expect) else "contradicts"
+    """A row's verdict from its Holm-adjusted seed-level tests: a difference (confirming or
+    contradicting the published direction), equivalence within the declared margin, or neither."""
+    if c["finding"]:
+        if not expect:
+            return "finding"
+        return "confirms" if np.sign(c["mean"]) == np.sign(expect) else "contradicts"
+    if c.get("equivalent"):
+        return "equivalent"
+    if np.isfinite(c["lo"]) and (c["lo"] > 0 or c["hi"] < 0):
+        return INCONCLUSIVE_SIDED
+    return NO_DIFFERENCE
 
 
-def _num(x: float, k: float) -> str:
-    return "n/a" if x is None or not np.isfinite(x) else f"{x * k:+.3f}"
+NO_DIFFERENCE = "no measurable difference"
+INCONCLUSIVE_SIDED = "not significant after Holm (unadjusted interval excludes 0)"
+
+
+def _p(x) -> str:
+    """A p-value to two significant digits ("n/a" when there is none)."""
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.2g}"
 
 
 def _f(x) -> str:
@@ -250,8 +327,28 @@ def strongest(done: list[dict], n: int = 3) -> list[tuple[dict, dict]]:
     return out[:n]
 
 
+def row_cells(c: dict) -> list[str]:
+    """One comparison's table cells; every number to two significant digits of its interval's
+    half-width (no finer than the seeds resolve)."""
+    name, unit, k = S.describe(c["measure"])
+    half = (c["hi"] - c["lo"]) / 2 if np.isfinite(c["lo"]) else (c["items"]["hi"] - c["items"]["lo"]) / 2
+    d = S.decimals(half, k)
+    margin = c.get("margin")
+    eq = (f"{_p(c.get('p_eq_adj'))} (±{margin * k:g})" if margin else "no margin declared")
+    return [c["a"], c["b"], f"{name} ({unit})", S.fmt(c["mean"], k, d),
+            f"[{S.fmt(c['lo'], k, d)}, {S.fmt(c['hi'], k, d)}]",
+            f"[{S.fmt(c['items']['lo'], k, d)}, {S.fmt(c['items']['hi'], k, d)}]",
+            str(c["n_seeds"]), _p(c["p"]), _p(c["p_adj"]), eq,
+            S.fmt(c.get("mde", NAN), k, d, sign=False), c["verdict"]]
+
+
+HEAD = ["a", "b", "measure", "a − b", "95 % CI over seeds (t, unadjusted)",
+        "items only (given these trained models)", "seeds", "p (t)", "Holm p", "equivalence: Holm p (margin)",
+        "smallest detectable", "verdict"]
+
+
 def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_runs: int, n_done: int,
-           seeds: list[int], machine: str, agreement: list[dict] | None = None,
+           seeds: list[int], machine: str, fam: list[dict], agreement: list[dict] | None = None,
            scorers: list[str] | None = None) -> str:
     lines = [f"# {fs.title}", "", "_Written by `loralab study … --findings` from the run folders in "
              f"`findings/` (study `{study}`); every number below is recomputed from them._", ""]
@@ -259,8 +356,9 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
         lines += [fs.intro.strip(), ""]
     if n_done < n_runs:
         lines += [f"**A partial run of the study: {n_done} of its {n_runs} runs have finished.** Questions whose "
-                  "variants have not run say so; every number below comes from the finished runs only, and the "
-                  "study resumes where it stopped (`loralab study SPEC --findings FILE` again).", ""]
+                  "variants have not run say so; every number below comes from the finished runs only, "
+                  "the comparisons not measured yet count in the correction as p = 1, and the study resumes where "
+                  "it stopped (`loralab study SPEC --findings FILE` again).", ""]
     lines += [f"- Weights and data: {weights}"]
     if scorers and len(scorers) > 1:
         from ..evaluate.run import weights_of
@@ -268,14 +366,26 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
         named = [(m, weights_of(m)) for m in scorers]
         lines += ["- Training data scored (IFD, perplexity) by: " + "; ".join(
             f"`{m}` ({w})" if w != m else f"`{m}`" for m, w in named)]
+    n_tests = sum(1 + bool(f["margin"]) for f in fam)
+    measured = sum(len(d["rows"]) for d in done)
+    margins = ", ".join(f"{k} ±{v:g}" for k, v in fs.margins.items()) or "none"
     lines += [f"- Runs: {n_done} done of {n_runs}; seeds {', '.join(map(str, seeds))}",
               f"- Machine: {machine}", f"- Written: {datetime.date.today().isoformat()}",
-              "- Statistics: a − b is paired within each seed on the same held-out items, averaged over seeds; "
-              f"the interval resamples seeds and items together (two-level bootstrap, 95 %, {RESAMPLES:,} resamples: "
-              f"a p-value resolves down to {1 / RESAMPLES:g}), the items-only and "
-              f"seeds-only (t) intervals are beside it; p-values are Holm-adjusted over the "
-              f"{sum(counted(c) for d in done for c in d['rows'])} comparisons in this file. A difference is a finding only when its "
-              "interval excludes zero and adjusted p < 0.05.", ""]
+              "- Statistics: the unit of inference is the training run (seed). a − b is paired within each seed "
+              "on the same held-out items (matched by item id) and averaged over seeds; its 95 % interval and "
+              "p-value are Student t over the per-seed differences (df = seeds − 1), unadjusted. The spec "
+              f"declares {len(fam)} comparisons (questions × variant pairs × measures, {measured} measured so far) "
+              f"and equivalence margins ({margins}); Holm's correction runs over those {len(fam)} difference "
+              f"tests and their {n_tests - len(fam)} equivalence tests (TOST: two one-sided t tests against "
+              f"±margin), {n_tests} tests in all, family-wise error {fs.alpha:g}. A row is a *finding* only when its "
+              "Holm-adjusted seed-level p ≤ "
+              f"{fs.alpha:g}; *equivalent* when its adjusted TOST p ≤ {fs.alpha:g}; otherwise neither was shown, "
+              "and 'smallest detectable' is the true difference this design would detect with 80 % power at the "
+              f"strictest level of the family ({fs.alpha:g}/{n_tests}, noncentral t with the observed seed spread). "
+              "The items-only interval resamples the held-out items with the trained models held fixed "
+              f"({RESAMPLES:,} resamples): it says how much other test items would move the number for these "
+              "models, not what another training run would give; it is not used for any verdict. Numbers are shown "
+              "to two significant digits of their interval's half-width.", ""]
     top = strongest(done)
     if top:
         lines += ["## Strongest results", ""]
@@ -285,29 +395,26 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
     for d in done:
         q = d["question"]
         lines += [f"## {q.question}", ""]
+        declared = [f for f in fam if f["qid"] == q.id]
         if not d["rows"]:
-            lines += ["No finished runs for this comparison.", ""]
+            lines += [f"No finished runs for this comparison yet ({len(declared)} declared).", ""]
             continue
-        lines += ["| a | b | measure | a − b | 95 % CI (seeds × items) | items only | seeds only | seeds | "
-                  "Holm p | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for c in d["rows"]:
-            name, unit, k = S.describe(c["measure"])
-            lines.append(f"| {c['a']} | {c['b']} | {name} ({unit}) | {_num(c['mean'], k)} | "
-                         f"[{_num(c['lo'], k)}, {_num(c['hi'], k)}] | [{_num(c['items']['lo'], k)}, "
-                         f"{_num(c['items']['hi'], k)}] | [{_num(c['seeds']['lo'], k)}, {_num(c['seeds']['hi'], k)}]"
-                         f" | {c['n_seeds']} | {_f(c['p_adj'])} | {c['verdict']} |")
+        lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
+        lines += ["| " + " | ".join(row_cells(c)) + " |" for c in d["rows"]]
         real = [c for c in d["rows"] if counted(c)]
         n_f = sum(c["finding"] for c in real)
         conf = sum(c["verdict"] == "confirms" for c in real)
         contra = sum(c["verdict"] == "contradicts" for c in real)
+        n_eq = sum(c["verdict"] == "equivalent" for c in real)
         n_same = sum(c["verdict"] == SAME for c in d["rows"])
         n_rep = sum(c["verdict"] == REPEAT for c in d["rows"])
-        lines += ["", f"Measured: {n_f} of {len(real)} comparisons are findings ({conf} confirm, {contra} "
-                  f"contradict the published direction); the rest show no measurable difference."
+        lines += ["", f"Measured: {len(d['rows'])} of the {len(declared)} declared comparisons. {n_f} of {len(real)} "
+                  f"are findings ({conf} confirm, {contra} contradict the published direction), {n_eq} equivalent "
+                  f"within the margin; the rest show neither."
                   + (f" {n_same} rows compare runs with identical training data and settings" if n_same else "")
                   + (" and" if n_same and n_rep else "")
                   + (f" {n_rep} rows repeat another row's numbers" if n_rep else "")
-                  + ("; they are left out of the count and of the correction." if n_same or n_rep else "")]
+                  + ("; they stay in the declared family but not in these counts." if n_same or n_rep else "")]
         if q.published:
             lines += ["", f"Published: {q.published}"]
         lines.append("")
@@ -333,14 +440,14 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     fs = FindingsSpec.model_validate(spec.get("findings") or {})
     build(root, spec)  # results.csv, findings.json and report.html from the same run folders
     runs = load_runs(root)
-    done = compute(runs, fs)
+    done, fam = compute(runs, fs, spec)
     prof = profile("cpu")
     machine = f"{prof.key['name']} ({prof.key['threads']} threads); measured matmul GFLOP/s " + ", ".join(
         f"{k} {v:.0f}" for k, v in sorted(prof.gflops.items(), key=lambda kv: -kv[1]))
     agreement = scorer_agreement(runs, fs)
     planned = len(read_json(root / "study.json").get("runs") or []) if (root / "study.json").exists() else len(runs)
     md = render(done, fs, weights=weights_line(runs, spec).removeprefix("Weights: "), study=spec.get("name", root.name),
-                n_runs=max(planned, len(runs)),
+                n_runs=max(planned, len(runs)), fam=fam,
                 n_done=sum(bool(r["metrics"]) for r in runs), seeds=spec.get("seeds") or [0], machine=machine,
                 agreement=agreement, scorers=sorted({_scorer(r) for r in runs if r["metrics"]}))
     md_path = Path(md_path)
@@ -351,7 +458,8 @@ def write(root: str | Path, spec: dict, md_path: str | Path, files_dir: str | Pa
     for name in ("results.csv", "report.html", "findings.json", "study.json"):
         if (root / name).exists():
             shutil.copyfile(root / name, files / name)
-    write_json(files / "findings-computed.json", {"questions": [{"question": d["question"].model_dump(),
+    write_json(files / "findings-computed.json", {"family": fam, "alpha": fs.alpha, "margins": fs.margins,
+                                                  "questions": [{"question": d["question"].model_dump(),
                                                                  "rows": d["rows"]} for d in done],
                                                   "scorers": agreement})
     return md_path
@@ -365,10 +473,12 @@ def check_block(block: dict, groups: dict, axes: dict) -> list[str]:
         fs = FindingsSpec.model_validate(block)
     except ValidationError as e:
         return [f"findings.{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()]
-    out = []
+    out = [f"findings.margins: {k!r} is not a measure kind or measure (gain, forgetting, kl, kl.DOMAIN)"
+           for k in fs.margins if k.partition(".")[0] not in S.MEASURES]
+    out += [f"findings.margins: {k} = {v} must be > 0" for k, v in fs.margins.items() if not v > 0]
     for q in list(fs.questions) + [Question(id=f"scorers[{i}]", question="", a=p.a, b=p.b, measures=["gain.raw"])
                                    for i, p in enumerate(fs.scorers)]:
-        for side in ("a", "b"):
+        for side in ("a", "b", "where"):
             for k, v in getattr(q, side).items():
                 vals = [str(x) for x in axes.get(k, [])]
                 if k not in axes:

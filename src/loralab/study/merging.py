@@ -76,14 +76,23 @@ def _diffs(merged: dict, parent: dict, general: list[str], seed: int) -> dict[st
             a, b = v["items"]["adapter"], w["items"]["adapter"]
             if a["ids"] == b["ids"]:
                 out[f"in-domain loss: {k}"] = paired_ratio_diff(a["nll"], a["tokens"], b["nll"], b["tokens"], seed=seed)
-    if general and all("items" in merged["tasks"][n] and "items" in parent["tasks"][n] for n in general):
-        groups = [np.subtract(merged["tasks"][n]["items"]["adapter"], parent["tasks"][n]["items"]["adapter"])
-                  for n in general]
-        out["general accuracy (mean)"] = pooled_mean_ci(groups, seed=seed)
-        for n in general:
-            out[f"{n} {merged['tasks'][n].get('metric', 'acc')}"] = paired_diff_ci(
-                merged["tasks"][n]["items"]["adapter"], parent["tasks"][n]["items"]["adapter"], seed=seed)
+    pairs = {n: _task_pair(merged["tasks"][n].get("items"), parent["tasks"][n].get("items")) for n in general}
+    if general and all(p is not None for p in pairs.values()):
+        out["general accuracy (mean)"] = pooled_mean_ci([a - b for a, b in pairs.values()], seed=seed)
+        for n, (a, b) in pairs.items():
+            out[f"{n} {merged['tasks'][n].get('metric', 'acc')}"] = paired_diff_ci(a, b, seed=seed)
     return out
+
+
+def _task_pair(x: dict | None, y: dict | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two models' per-item scores on one benchmark, y's put in x's item order by item id
+    (None when they were not scored on the same items)."""
+    from .seeds import align
+
+    order = align((x or {}).get("ids"), (y or {}).get("ids"))
+    if order is None:
+        return None
+    return np.asarray(x["adapter"], np.float64), np.asarray(y["adapter"], np.float64)[order]
 
 
 def metric_values(m: dict[str, Any], general: list[str] | None = None) -> dict[str, tuple[float, bool]]:

@@ -30,6 +30,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..evaluate.stats import CORRECTION_NAMES, CORRECTIONS, paired_ratio_diff, pooled_mean_ci
 from ..io import atomic_open, iter_jsonl, read_json, write_json
 from . import seeds as S
@@ -457,8 +459,10 @@ def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list
         if rows:
             b = better(rows, key=lambda a: a["mean"])
             name, unit, k = S.describe(what)
-            out.append(f"Largest {name}: {b['variant']} ({b['mean'] * k:.3f} {unit}, 95% CI seeds × items "
-                       f"[{b['lo'] * k:.3f}, {b['hi'] * k:.3f}], {b['n_seeds']} seeds).")
+            d = S.decimals((b["hi"] - b["lo"]) / 2, k)
+            out.append(f"Largest {name}: {b['variant']} ({S.fmt(b['mean'], k, d, False)} {unit}, 95% CI over "
+                       f"seeds (t) [{S.fmt(b['lo'], k, d, False)}, {S.fmt(b['hi'], k, d, False)}], "
+                       f"{b['n_seeds']} seeds).")
     out += [S.sentence(c) for c in sorted(cmps, key=lambda c: (not c["finding"], c["p_adj"]))]
     failed = [r for r in runs if r["status"].get("state") == "failed"]
     if failed:
@@ -468,19 +472,20 @@ def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list
 
 
 def _seeds_table(agg: list[dict]) -> str:
-    head = ("<tr><th>variant</th><th>measure</th><th>seeds</th><th>mean</th><th>95% CI seeds × items</th>"
-            "<th>items only</th><th>seeds only</th><th>per seed</th></tr>")
+    head = ("<tr><th>variant</th><th>measure</th><th>seeds</th><th>mean</th><th>95% CI over seeds (t)</th>"
+            "<th>items only (given these models)</th><th>per seed</th></tr>")
     body = []
     for a in agg:
         name, unit, k = S.describe(a["measure"])
+        d = S.decimals((a["hi"] - a["lo"]) / 2 if np.isfinite(a["lo"]) else (a["items"]["hi"] - a["items"]["lo"]) / 2, k)
         body.append(f"<tr><td>{html.escape(a['variant'])}</td><td>{html.escape(name)} ({unit})</td>"
-                    f"<td>{a['n_seeds']}</td><td>{_fmt(a['mean'] * k)}</td>"
-                    f"<td>[{_fmt(a['lo'] * k)}, {_fmt(a['hi'] * k)}]</td>"
-                    f"<td>[{_fmt(a['items']['lo'] * k)}, {_fmt(a['items']['hi'] * k)}]</td>"
-                    f"<td>[{_fmt(a['seeds']['lo'] * k)}, {_fmt(a['seeds']['hi'] * k)}]</td>"
-                    f"<td>{', '.join(_fmt(x * k) for x in a['per_seed'])}</td></tr>")
+                    f"<td>{a['n_seeds']}</td><td>{S.fmt(a['mean'], k, d, False)}</td>"
+                    f"<td>[{S.fmt(a['lo'], k, d, False)}, {S.fmt(a['hi'], k, d, False)}]</td>"
+                    f"<td>[{S.fmt(a['items']['lo'], k, d, False)}, {S.fmt(a['items']['hi'], k, d, False)}]</td>"
+                    f"<td>{', '.join(S.fmt(x, 1.0 * k, d, False) for x in a['per_seed'])}</td></tr>")
     return (f"<section id='seeds'><h2>Across seeds</h2><p class='muted'>Each variant's mean over its seeds; "
-            f"the interval a finding uses resamples seeds and items together.</p>"
+            f"the interval is Student t over the per-seed estimates (the training run is the unit), unadjusted; "
+            f"the items-only interval holds the trained models fixed.</p>"
             f"<table>{head}{''.join(body)}</table></section>")
 
 
@@ -503,12 +508,13 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
         cmps = S.compare(runs, correction=SEEDED_CORRECTION, resamples=COMPARE_RESAMPLES)
         finds = seeded_findings(runs, agg, cmps)
         note = (f"Variants are aggregated over their seeds (mean of per-seed estimates); comparisons are paired "
-                f"within each seed on the same items and their intervals resample seeds and items together "
-                f"(two-level bootstrap, {COMPARE_RESAMPLES:,} resamples; the items-only and seeds-only intervals "
-                f"are given beside). Every pair of variants that differ in one label is screened, so the "
-                f"{len(cmps)} p-values are adjusted with {CORRECTION_NAMES[SEEDED_CORRECTION]}; a spec's declared "
-                f"questions are answered with Holm's correction over their own family (`--findings`). A "
-                f"difference is a finding only when its interval excludes zero and its adjusted p < {ALPHA:g}.")
+                f"within each seed on the same items (matched by id) and judged at the level of seeds: Student t "
+                f"over the per-seed differences, interval unadjusted (the items-only interval, "
+                f"{COMPARE_RESAMPLES:,} resamples, holds the trained models fixed). Every pair of variants that "
+                f"differ in one label is screened, so the {len(cmps)} p-values are adjusted with "
+                f"{CORRECTION_NAMES[SEEDED_CORRECTION]}; a spec's declared questions are answered with Holm's "
+                f"correction over their declared family (`--findings`). A difference is a finding only when its "
+                f"adjusted seed-level p < {ALPHA:g}.")
     else:
         cmps = comparisons(runs)
         finds = findings(runs, cmps)
@@ -534,7 +540,7 @@ def build(root: str | Path, spec: dict | None = None) -> Path:
 <p>base model {html.escape(str(spec.get('model', '')))} · {len(runs)} runs, {n_done} done, {n_failed} failed</p>
 <p>{html.escape(source)}</p></header><main>
 <section id="findings"><h2>Findings</h2><ul>{items}</ul>
-<p class="muted">{html.escape(note)} Intervals are 95 % bootstrap intervals of the statistic they follow.</p></section>
+<p class="muted">{html.escape(note)} Every interval is a 95 % interval of the statistic it follows, unadjusted for multiplicity.</p></section>
 {_seeds_table(agg) if seeded else ""}
 <section id="runs"><h2>Runs</h2>{_table(runs)}</section>
 <section id="plots" class="grid">{figs_html}</section>

@@ -5,13 +5,13 @@
     cmps = compare(runs)            # pairs of variants that differ in one label, every shared seed
 
 Runs that differ only in their seed are one variant. For each measure a seed gives one
-estimate on its own held-out items (the seed also draws the split), and
-`evaluate.seedstats.across_seeds` gives the mean over seeds with three intervals: over
-items (seeds fixed), over seeds (t), and both (two-level bootstrap: the one a finding is
-judged on, with its p-value). Comparisons are paired within each seed (the two variants
-were measured on the same items there) and then aggregated the same way; their p-values
-are adjusted together (Holm). A difference is a finding only when its adjusted p < 0.05
-and its two-level interval excludes zero; otherwise it is "no measurable difference".
+estimate on its own held-out items (the seed also draws the split and the benchmark items),
+and `evaluate.seedstats.across_seeds` gives the mean over seeds, its Student t interval and
+p-value over the per-seed estimates (the seed is the unit of inference), and an items-only
+interval conditional on the trained models. Comparisons are paired within each seed (the two
+variants were measured on the same items there, matched by item id) and then aggregated the
+same way; their p-values are adjusted together. A difference is a finding only when the
+seed-level test rejects after the correction (which puts its unadjusted interval off zero).
 
 Measures (per run, against the base; and a − b for comparisons):
   gain.raw, gain.structured   in-domain gain, nats/token (base loss − adapter loss on the
@@ -69,20 +69,61 @@ def measures_of(run: dict) -> list[str]:
     return out
 
 
+def align(ids_a, ids_b) -> np.ndarray | None:
+    """Indices that put b's items in a's order, matched by item id (the k-th repeat of an id with
+    the k-th); None when the two were not measured on the same items."""
+    if ids_a is None or ids_b is None or len(ids_a) != len(ids_b):
+        return None
+    where: dict = {}
+    for j, i in enumerate(ids_b):
+        where.setdefault(str(i), []).append(j)
+    out = []
+    for i in ids_a:
+        slot = where.get(str(i))
+        if not slot:
+            return None
+        out.append(slot.pop(0))
+    return np.asarray(out, dtype=np.int64)
+
+
+def _by_id(x: dict | None, y: dict | None, *keys: str) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """x's and y's arrays under `keys`, y's reordered to x's item ids (None: other items)."""
+    if not (x and y):
+        return None
+    order = align(x.get("ids"), y.get("ids"))
+    if order is None:
+        return None
+    return ([np.asarray(x[k], np.float64) for k in keys], [np.asarray(y[k], np.float64)[order] for k in keys])
+
+
+def _task_diffs(fa: dict, fb: dict) -> list[np.ndarray] | None:
+    """Per task (sorted), a's − b's per-item score, items matched by id; None unless both measured
+    the same tasks on the same items."""
+    if not fa or set(fa) != set(fb):
+        return None
+    out = []
+    for t in sorted(fa):
+        got = _by_id(fa[t], fb[t], "values")
+        if got is None:
+            return None
+        out.append(got[0][0] - got[1][0])
+    return out
+
+
 def single_part(run: dict, what: str):
     """One run's statistic against the base (None when it lacks the items)."""
     it = _items(run)
     kind, _, arg = what.partition(".")
     if kind == "gain":
         x = it.get(f"in_domain.{arg}") or {}
-        if not (x.get("base") and x.get("adapter")):
+        got = _by_id(x.get("base"), x.get("adapter"), "nll", "tokens")
+        if got is None:
             return None
-        return ratio_part(x["base"]["nll"], x["base"]["tokens"], x["adapter"]["nll"], x["adapter"]["tokens"])
+        (bn, bt), (an, at) = got
+        return ratio_part(bn, bt, an, at)
     if kind == "forgetting":
-        a, b = it.get("forgetting") or {}, it.get("forgetting_base") or {}
-        if not a or set(a) != set(b) or any(a[t] is None or b[t] is None for t in a):
-            return None
-        return mean_part([np.asarray(a[t], float) - np.asarray(b[t], float) for t in sorted(a)])
+        diffs = _task_diffs(it.get("forgetting") or {}, it.get("forgetting_base") or {})
+        return mean_part(diffs) if diffs else None
     if kind == "kl":
         x = it.get(f"contamination.{arg}")
         return ratio_part(x["kl"], x["tokens"]) if x else None
@@ -90,26 +131,22 @@ def single_part(run: dict, what: str):
 
 
 def paired_arrays(ia: dict, ib: dict, what: str):
-    """The per-item arrays that pair run a with run b on one measure, from their `items`:
-    ("ratio", (num_a, den_a, num_b, den_b)) for a − b of two ratios of sums, ("mean", groups)
-    for a macro mean over tasks of per-item differences, or None when the two runs were not
-    measured on the same items. Gain a − gain b = adapter loss b − adapter loss a (the base cancels)."""
+    """The per-item arrays that pair run a with run b on one measure, from their `items`, every
+    item matched by its id: ("ratio", (num_a, den_a, num_b, den_b)) for a − b of two ratios of
+    sums, ("mean", groups) for a macro mean over tasks of per-item differences, or None when the
+    two runs were not measured on the same items. Gain a − gain b = adapter loss b − adapter
+    loss a (the base cancels)."""
     kind, _, arg = what.partition(".")
     if kind == "gain":
-        x, y = (ia.get(f"in_domain.{arg}") or {}).get("adapter"), (ib.get(f"in_domain.{arg}") or {}).get("adapter")
-        if not (x and y) or x["ids"] != y["ids"]:
-            return None
-        return "ratio", (y["nll"], y["tokens"], x["nll"], x["tokens"])
+        got = _by_id((ia.get(f"in_domain.{arg}") or {}).get("adapter"),
+                     (ib.get(f"in_domain.{arg}") or {}).get("adapter"), "nll", "tokens")
+        return None if got is None else ("ratio", (*got[1], *got[0]))
     if kind == "forgetting":
-        fa, fb = ia.get("forgetting") or {}, ib.get("forgetting") or {}
-        if not fa or set(fa) != set(fb) or any(not fa[t] or len(fa[t]) != len(fb[t] or []) for t in fa):
-            return None
-        return "mean", [np.asarray(fa[t], float) - np.asarray(fb[t], float) for t in sorted(fa)]
+        diffs = _task_diffs(ia.get("forgetting") or {}, ib.get("forgetting") or {})
+        return None if diffs is None else ("mean", diffs)
     if kind == "kl":
-        x, y = ia.get(f"contamination.{arg}"), ib.get(f"contamination.{arg}")
-        if not (x and y) or x["tokens"] != y["tokens"]:
-            return None
-        return "ratio", (x["kl"], x["tokens"], y["kl"], y["tokens"])
+        got = _by_id(ia.get(f"contamination.{arg}"), ib.get(f"contamination.{arg}"), "kl", "tokens")
+        return None if got is None else ("ratio", (*got[0], *got[1]))
     return None
 
 
@@ -151,10 +188,11 @@ P_LABEL = {"holm": "Holm p", "bh": "BH q"}
 
 
 def adjust(cmps: list[dict], correction: str = "holm") -> list[dict]:
-    """The p-values of `cmps` adjusted as one family, and each comparison's finding flag."""
+    """The seed-level p-values of `cmps` adjusted as one family, and each comparison's finding
+    flag (a comparison without a seed-level p, e.g. one seed, is never a finding)."""
     for c, p in zip(cmps, CORRECTIONS[correction]([c["p"] for c in cmps])):
         c["p_adj"], c["correction"] = p, correction
-        c["finding"] = bool(p <= ALPHA and (c["lo"] > 0 or c["hi"] < 0))
+        c["finding"] = bool(np.isfinite(p) and p <= ALPHA)
     return cmps
 
 
@@ -174,12 +212,12 @@ def compare(runs: list[dict], *, correction: str | None = "holm", seed: int = 0,
             continue
         whats = [w for w in measures_of(a["seeds"][shared[0]]) if w in measures_of(b["seeds"][shared[0]])]
         for what in whats:
-            parts = [paired_part(a["seeds"][s], b["seeds"][s], what) for s in shared]
-            parts = [p for p in parts if p is not None]
+            parts = {s: paired_part(a["seeds"][s], b["seeds"][s], what) for s in shared}
+            parts = {s: p for s, p in parts.items() if p is not None}
             if not parts:
                 continue
-            out.append({"a": a["label"], "b": b["label"], "axis": axis, "measure": what, "seeds": shared,
-                        **across_seeds(parts, seed=seed, resamples=resamples)})
+            out.append({"a": a["label"], "b": b["label"], "axis": axis, "measure": what, "seeds": list(parts),
+                        **across_seeds(list(parts.values()), seed=seed, resamples=resamples)})
     return adjust(out, correction) if correction else out
 
 
@@ -199,15 +237,35 @@ def describe(what: str) -> tuple[str, str, float]:
     return name, unit, k
 
 
+def decimals(half: float, k: float = 1.0) -> int:
+    """Decimals that show a number to two significant digits of its interval's half-width
+    (no finer than the statistics resolve), at least 1 and at most 4."""
+    h = abs(half * k)
+    if not np.isfinite(h) or h == 0:
+        return 3
+    return int(min(4, max(1, 1 - np.floor(np.log10(h)))))
+
+
+def fmt(x: float, k: float, d: int, sign: bool = True) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{x * k:{'+' if sign else ''}.{d}f}"
+
+
 def sentence(c: dict[str, Any]) -> str:
-    """One comparison in words, with the interval a finding is judged on and the other two."""
+    """One comparison in words: the seed-level interval a finding is judged on, its adjusted p,
+    and the items-only interval labelled as conditional on the trained models."""
     name, unit, k = describe(c["measure"])
-    ci = f"[{c['lo'] * k:+.3f}, {c['hi'] * k:+.3f}]"
-    head = f"{c['a']} − {c['b']}: {name} {c['mean'] * k:+.3f} {unit} {ci}"
-    tail = (f" (mean of {c['n_seeds']} seeds; seeds × items interval; over items only "
-            f"[{c['items']['lo'] * k:+.3f}, {c['items']['hi'] * k:+.3f}]"
-            + (f", over seeds only [{c['seeds']['lo'] * k:+.3f}, {c['seeds']['hi'] * k:+.3f}]"
-               if np.isfinite(c["seeds"]["lo"]) else "")
-            + f"; {P_LABEL[c.get('correction', 'holm')]} = {c['p_adj']:.3g})")
-    verdict = "" if c["finding"] else " — no measurable difference"
-    return head + verdict + tail
+    d = decimals((c["hi"] - c["lo"]) / 2 if np.isfinite(c["lo"]) else c["items"]["hi"] - c["items"]["lo"], k)
+    level = f"{round(100 * c.get('level', 0.95))} %"
+    if np.isfinite(c["lo"]):
+        ci = f"[{fmt(c['lo'], k, d)}, {fmt(c['hi'], k, d)}] ({level} t over {c['n_seeds']} seeds, unadjusted)"
+    else:
+        ci = f"(one seed: no interval over training runs, so no finding)"
+    head = f"{c['a']} − {c['b']}: {name} {fmt(c['mean'], k, d)} {unit} {ci}"
+    verdict = c.get("verdict") or ("finding" if c["finding"] else "no measurable difference")
+    mde = c.get("mde")
+    if verdict.startswith("no measurable") and mde is not None and np.isfinite(mde):
+        verdict += f" (smallest detectable: ±{mde * k:.{d}f} {unit})"
+    tail = (f"; {P_LABEL[c.get('correction', 'holm')]} = {c['p_adj']:.2g}"
+            f"; items only, conditional on these trained models: [{fmt(c['items']['lo'], k, d)}, "
+            f"{fmt(c['items']['hi'], k, d)}]")
+    return f"{head} — {verdict}{tail}"
