@@ -286,3 +286,47 @@ def test_ngram_features_separate_what_the_embedding_cannot_and_save_load(tmp_pat
     again = Classifier.load(tmp_path / "clf.npz")
     assert again.classes == both.classes and again.threshold == both.threshold
     np.testing.assert_allclose(again.probs(probe, PX), p, rtol=1e-5, atol=1e-6)
+
+
+def test_a_declared_trigger_wins_over_a_name_derived_one(tmp_path):
+    """`<|use_lora_sport|>` is sport-qa's by its domain, but sport-qa_trigger declares exactly it."""
+    root = tmp_path / "registry"
+    _adapter(root, "sport-qa", "sport")
+    _adapter(root, "sport-qa_trigger", "sport", trigger="<|use_lora_sport|>", mode="prefix")
+    r = _router(root, tmp_path)
+    d = r.route("<|use_lora_sport|> who scored the touchdown?")
+    assert d.adapters == [("sport-qa_trigger", 1.0)] and d.rule == "trigger"
+    assert r.route("<|use_lora_sport-qa|> who scored?").adapters == [("sport-qa", 1.0)]  # its own name still works
+
+
+def test_card_data_paths_resolve_wherever_the_registry_is_read(tmp_path, monkeypatch):
+    """A card's data.path relative to the adapter folder, or relative to where training ran (with
+    the absolute path training recorded), resolves from any current directory; a missing one is a
+    note, not a silent base-only router."""
+    from loralab.adapters import load_card
+
+    root = tmp_path / "registry"
+    rel = _adapter(root, "rel", "sport")
+    card = json.loads((rel / "loralab.json").read_text())
+    data = card["data"]["path"]
+    card["data"] = {"path": "../../data-rel"}  # relative to the adapter folder
+    (rel / "loralab.json").write_text(json.dumps(card))
+    cwd = _adapter(root, "cwd", "cooking")
+    card = json.loads((cwd / "loralab.json").read_text())
+    card["data"] = {"path": "data-cwd", "abspath": card["data"]["path"]}  # as written by a run in tmp_path
+    (cwd / "loralab.json").write_text(json.dumps(card))
+    gone = _adapter(root, "gone", "law")
+    card = json.loads((gone / "loralab.json").read_text())
+    card["data"] = {"path": "nowhere/records"}
+    (gone / "loralab.json").write_text(json.dumps(card))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    entries, notes = read_registry(root)
+    by = {e.name: e for e in entries}
+    assert by["rel"].data.resolve() == (tmp_path / "data-rel").resolve() == __import__("pathlib").Path(data).resolve()
+    assert by["cwd"].data.resolve() == (tmp_path / "data-cwd").resolve()
+    assert by["gone"].data is None and any(n.startswith("gone: its training data nowhere/records") for n in notes)
+    assert load_card(cwd)["data"]["path"] == str(tmp_path / "data-cwd")
+    r = _router(root, tmp_path)
+    assert set(r.classifiers) and r.route(_sentence(np.random.default_rng(3), VOCAB["sport"])).adapters[0][0] == "rel"

@@ -60,7 +60,10 @@ def test_models_and_auth(client, server):
     bad = openai.OpenAI(base_url=server[1] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
-    assert httpx.get(server[1] + "/health").json()["adapters"] == 3
+    health = httpx.get(server[1] + "/health").json()
+    assert health["adapters"] == 3 and health["precision"]["dtype"] == "float32"  # the server says its precision
+    base = httpx.get(server[1] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).json()["data"][0]
+    assert base["meta"]["precision"] == health["precision"] and health["precision"]["batch_invariant"] is False
 
 
 def test_chat_completion_streaming_logprobs(client, local, tiny):
@@ -129,6 +132,13 @@ def test_load_unload_and_errors(client, server, registry):
     # outside the registry: refused with a reason
     r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "evil", "lora_path": "/etc"}, headers=h)
     assert r.status_code == 400 and "inside the registry" in r.json()["error"]["message"]
+    (registry / "link").symlink_to(registry.parent)  # a link out of the registry, loaded by name alone
+    try:
+        r = httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "link"}, headers=h)
+        msg = r.json()["error"]["message"]
+        assert r.status_code == 400 and msg.startswith("link: ") and "resolves outside the registry" in msg and "None" not in msg
+    finally:
+        (registry / "link").unlink()
     shutil.rmtree(registry / "tax")
     cases = [
         (dict(content=b"{not json", headers={**h, "content-type": "application/json"}), 400, "JSON"),
@@ -138,10 +148,14 @@ def test_load_unload_and_errors(client, server, registry):
         (dict(json={"model": "sport", "prompt": "x", "max_tokens": 1000}), 400, "max_tokens"),
         (dict(json={"model": "sport", "prompt": "word " * 400}), 400, "prompt"),
         (dict(json={"model": "sport", "prompt": "x" * 30000}), 413, "body"),
+        (dict(json={"model": "sport", "prompt": "x", "seed": 2**70}), 400, "seed"),  # not torch's overflow
+        (dict(json={"model": "sport", "prompt": "x", "stream": "yes"}), 400, "stream"),  # no truthy strings
+        (dict(json={"model": "sport", "messages": [{"role": "user", "content": "x"}], "logprobs": "yes"},
+              url="/v1/chat/completions"), 400, "logprobs"),
     ]
     for kw, status, word in cases:
         kw.setdefault("headers", h)
-        r = httpx.post(url + "/v1/completions", **kw)
+        r = httpx.post(url + kw.pop("url", "/v1/completions"), **kw)
         assert r.status_code == status, (kw, r.text)
         err = r.json()["error"]
         assert word in err["message"] or word == err.get("param"), err

@@ -192,15 +192,49 @@ def test_load_unload_and_unknown(engine, tiny, reg, tmp_path):
     assert _run(engine, p, [("a2", 1.0)], max_tokens=6)[0] == _run(engine, p, [("a", 1.0)], max_tokens=6)[0]
     h = engine.submit(p, [("a2", 1.0)], Sampling(temperature=0.0, max_tokens=6))
     engine._step_once()
+    index = engine.bank.slots["a2"].index
     engine.unload_adapter("a2")  # in use: new requests are refused, the running one finishes
-    assert "a2" not in engine.adapters() and "a2" in engine.bank.slots
+    assert "a2" not in engine.adapters() and [s.index for s in engine._retired] == [index]
     with pytest.raises(UnknownAdapter):
         engine.submit(p, [("a2", 1.0)])
     while not engine._step_once():
         pass
     assert list(h.events())[-1].finish_reason == "length"
-    assert "a2" not in engine.bank.slots  # slot freed once unused
+    assert engine._retired == [] and index in engine.bank._free  # slot freed once unused
     shutil.rmtree(reg / "a2")
+
+
+@pytest.mark.parametrize("how", ["load over", "unload then load"])
+def test_a_running_request_finishes_on_the_weights_it_started_with(engine, tiny, reg, how):
+    """Reloading a name from other weights while a request streams with it: that request's tokens
+    equal the old adapter's alone; a request after the reload gets the new weights."""
+    shutil.copytree(reg / "a", reg / "x")
+    try:
+        engine.load_adapter("x")
+        p = _prompts(tiny.tokenizer)[1]
+        old = _run(engine, p, [("x", 1.0)], max_tokens=12)[0]
+        new = _run(engine, p, [("b", 1.0)], max_tokens=12)[0]
+        assert old != new
+        h = engine.submit(p, [("x", 1.0)], Sampling(temperature=0.0, max_tokens=12))
+        queued = engine.submit(p, [("x", 1.0)], Sampling(temperature=0.0, max_tokens=12))  # admitted, not started
+        for _ in range(3):
+            engine._step_once()
+        shutil.rmtree(reg / "x")
+        shutil.copytree(reg / "b", reg / "x")  # other weights under the same name
+        if how == "unload then load":
+            engine.unload_adapter("x")
+        engine.load_adapter("x")
+        after = engine.submit(p, [("x", 1.0)], Sampling(temperature=0.0, max_tokens=12))
+        while not engine._step_once():
+            pass
+        tokens = lambda h: [e.id for e in h.events() if isinstance(e, Token)]  # noqa: E731
+        assert tokens(h) == old and tokens(queued) == old and tokens(after) == new
+        assert engine._retired == []
+        engine.unload_adapter("x")
+        while not engine._step_once():
+            pass
+    finally:
+        shutil.rmtree(reg / "x", ignore_errors=True)
 
 
 def test_registry_refusals(tiny, reg, tmp_path):
@@ -268,3 +302,17 @@ def test_real_model_serving_smoke(smol, tmp_path):
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"].strip() == want
     finally:
         eng.stop()
+
+
+def test_batch_invariant_runs_every_request_alone(tiny, reg):
+    """--batch-invariant: never more than one row in a forward, so each answer is its answer alone."""
+    eng = Engine(tiny, Registry(reg), batch_invariant=True)
+    assert eng.max_batch == 1 and eng.precision["batch_invariant"] and eng.precision["dtype"] == "float32"
+    ps = _prompts(tiny.tokenizer)[:3]
+    alone = [_run(eng, p, [(n, 1.0)], max_tokens=6)[0] for p, n in zip(ps, NAMES)]
+    hs = [eng.submit(p, [(n, 1.0)], Sampling(temperature=0.0, max_tokens=6)) for p, n in zip(ps, NAMES)]
+    widest = 0
+    while not eng._step_once():
+        widest = max(widest, eng.running())
+    assert widest == 1
+    assert [[e.id for e in h.events() if isinstance(e, Token)] for h in hs] == alone

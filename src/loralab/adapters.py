@@ -53,9 +53,31 @@ def resolve_folder(path: str | Path) -> Path:
 
 
 def load_card(path: str | Path) -> dict[str, Any] | None:
-    """The folder's loralab.json card (None for a plain PEFT adapter without one)."""
-    f = resolve_folder(path) / CARD
-    return read_json(f) if f.exists() else None
+    """The folder's loralab.json card (None for a plain PEFT adapter without one), its
+    `data.path` resolved to where the training records are now (`data_path`)."""
+    folder = resolve_folder(path)
+    f = folder / CARD
+    if not f.exists():
+        return None
+    card = read_json(f)
+    found = data_path(folder, card)
+    if found is not None:
+        card["data"] = {**card["data"], "path": found}
+    return card
+
+
+def data_path(folder: str | Path, card: dict[str, Any]) -> str | None:
+    """Where the records an adapter was trained on are, whatever the current directory: the card's
+    `data.path` when absolute; else relative to the adapter folder, then the absolute path training
+    recorded (`data.abspath`), then relative to the current directory (cards written before
+    `abspath`). None when none of them exists."""
+    d = card.get("data") or {}
+    p = d.get("path")
+    if not p:
+        return None
+    p = Path(p)
+    cands = [p] if p.is_absolute() else [Path(folder) / p, Path(d["abspath"]) if d.get("abspath") else None, p]
+    return next((str(c) for c in cands if c is not None and c.exists()), None)
 
 
 ROLES = ("knowledge", "style", "epistemic", "metacognitive")

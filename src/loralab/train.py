@@ -438,7 +438,7 @@ def make_card(cfg: TrainConfig, s: Setup, rows: list[dict], steps: int) -> dict:
         "tokens_added": s.info["tokens_added"],
         "trigger": cfg.trigger, "trigger_mode": cfg.trigger_mode if cfg.trigger else None,
         "domain": cfg.domain or s.info.get("domain"),
-        "data": {"path": cfg.data, "digest": data_digest(cfg.data),
+        "data": {"path": cfg.data, "abspath": str(Path(cfg.data).resolve()), "digest": data_digest(cfg.data),
                  **{k: v for k, v in s.info.items() if k not in ("domain", "tokens_added", "precision")}},
         "train_examples": len(s.train), "eval_examples": len(s.eval),
         "precision": s.info.get("precision"),

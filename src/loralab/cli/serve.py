@@ -34,7 +34,12 @@ def serve_cmd(
     backend: Optional[str] = typer.Option(None, help="Send generation to this OpenAI-compatible server "
                                                      "(vLLM --enable-lora, LoRAX, another loralab serve)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda[:N]"),
-    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16"),
+    dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: the fastest measured "
+                              "here; the server reports it at startup, in /health and /v1/models)"),
+    batch_invariant: bool = typer.Option(False, "--batch-invariant", help="Decode every request alone (a batch "
+                                         "of one), so a greedy answer never depends on the other requests "
+                                         "running; costs all batching throughput. With --dtype float32 for "
+                                         "answers equal to transformers + peft."),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
     rag: List[str] = typer.Option([], "--rag", help="NAME=DIR: a retrieval index (`loralab rag index`) that "
                                   "requests and adapter cards may name; repeatable."),
@@ -57,13 +62,19 @@ def serve_cmd(
             from .. import models
 
             loaded = models.load(model, device=device, dtype=dtype)
-            engine = Engine(loaded, reg, max_batch=max_batch, max_queue=max_queue).start()
+            engine = Engine(loaded, reg, max_batch=max_batch, max_queue=max_queue,
+                            batch_invariant=batch_invariant).start()
     except (UserError, ValueError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
         return
     if engine is not None:
         names = engine.adapters()
         out.print(f"serving {engine.base_name} with {len(names)} adapters: {', '.join(names) or '(none)'}")
+        pr = engine.precision
+        out.print(f"precision: {pr['dtype']} on {pr['device']}; batches of up to {pr['max_batch']}"
+                  + (" (batch-invariant: every request decoded alone)" if pr["batch_invariant"] else
+                     " (in bfloat16 a greedy answer may differ alone and inside a mixed batch: --batch-invariant)"
+                     if pr["dtype"] != "float32" else ""))
         for name, why in engine.refused.items():
             err.print(f"refused {name}: {'; '.join(why)}")
         for name, notes in engine.notes.items():

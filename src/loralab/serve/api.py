@@ -530,7 +530,8 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
                                     if limits.api_key else {})
             return JSONResponse(r.json(), status_code=r.status_code)
         now = int(engine.started)
-        cards = [P.ModelCard(id=base_name(), created=now, root=engine.loaded.path or base_name())]
+        cards = [P.ModelCard(id=base_name(), created=now, root=engine.loaded.path or base_name(),
+                             meta={"precision": engine.precision})]
         for n in engine.adapters():
             info = engine.info.get(n, {})
             cards.append(P.ModelCard(id=n, created=now, root=info.get("path"), parent=base_name(),
@@ -563,7 +564,8 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
             return JSONResponse({"status": "ok", "backend": limits.backend})
         alive = engine._thread is not None and engine._thread.is_alive()
         return JSONResponse({"status": "ok" if alive else "stopped", "adapters": len(engine.adapters()),
-                             "queue": engine.queue_depth(), "running": engine.running()},
+                             "queue": engine.queue_depth(), "running": engine.running(),
+                             "precision": engine.precision},
                             status_code=200 if alive else 503)
 
     @app.get("/metrics")

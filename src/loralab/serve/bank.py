@@ -101,6 +101,7 @@ class AdapterBank:
         self.capacity = 1  # slots allocated in every stack (slot 0 = base)
         self.rank = 0
         self._free: list[int] = []
+        self._next = 1  # the next never-used slot index
 
     def _grow(self, capacity: int, rank: int) -> None:
         """Re-allocate every stack to `capacity` slots of rank `rank` (contents kept)."""
@@ -117,7 +118,10 @@ class AdapterBank:
         """Put an adapter (from `read_lora`) into a slot; replaces one of the same name."""
         if name in self.slots:
             self.remove(name)
-        index = self._free.pop() if self._free else len(self.slots) + 1
+        if self._free:
+            index = self._free.pop()
+        else:
+            index, self._next = self._next, self._next + 1
         if index >= self.capacity or rank > self.rank:
             # exact growth: the dense mixed path multiplies by every allocated slot
             self._grow(max(self.capacity, index + 1), max(self.rank, rank))
@@ -134,9 +138,18 @@ class AdapterBank:
         self.slots[name] = slot
         return slot
 
-    def remove(self, name: str) -> None:
-        slot = self.slots.pop(name)
+    def detach(self, name: str) -> Slot:
+        """Take a name off its slot but keep the slot's weights: rows that already hold its index
+        (a request admitted before an unload or a reload of that name) finish on them. The
+        caller frees the slot (`free`) once no row uses it; until then no new adapter gets it."""
+        return self.slots.pop(name)
+
+    def free(self, slot: Slot) -> None:
+        """Zero a detached slot and make it reusable."""
         for SA, SB in self.stacks.values():
             SA[slot.index].zero_()
             SB[slot.index].zero_()
         self._free.append(slot.index)
+
+    def remove(self, name: str) -> None:
+        self.free(self.detach(name))

@@ -30,7 +30,7 @@ from typing import Iterator
 import torch
 
 from ..fastlora import stacked_lora
-from .bank import AdapterBank, read_lora
+from .bank import AdapterBank, Slot, read_lora
 from .registry import BASE_NAME, Registry, RegistryError
 
 
@@ -125,12 +125,15 @@ class Engine:
     """Continuous-batching generation over a base model and a bank of adapters."""
 
     def __init__(self, loaded, registry: Registry | None = None, *, max_batch: int = 16,
-                 max_queue: int = 256, max_context: int | None = None):
+                 max_queue: int = 256, max_context: int | None = None, batch_invariant: bool = False):
         self.loaded = loaded
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.bank = AdapterBank(self.model)
         self.registry = registry
-        self.max_batch, self.max_queue = max_batch, max_queue
+        # batch-invariant: every request runs alone (batch of one), so its tokens never depend on
+        # what else is being served; in bf16 a mixed batch's reduction order can flip a near-tie
+        self.batch_invariant = batch_invariant
+        self.max_batch, self.max_queue = (1 if batch_invariant else max_batch), max_queue
         self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", 2048)
         import inspect
 
@@ -144,7 +147,9 @@ class Engine:
         self._cache = None  # DynamicCache of the active rows (left-padded)
         self._mask: torch.Tensor | None = None  # (B, T) 1 = real token
         self._pos: torch.Tensor | None = None  # (B,) next position id of each row
-        self._retire: set[str] = set()  # unloaded adapters whose slot is still used by a row
+        # slots taken off their name (unloaded, or reloaded from other weights) that a queued or
+        # running row may still use: their weights stay until no row holds the index (_reap)
+        self._retired: list[Slot] = []
         self._wake = threading.Condition()
         self._ids = itertools.count(1)
         self._thread: threading.Thread | None = None
@@ -165,41 +170,57 @@ class Engine:
 
     # ------------------------------------------------------------------ adapters
     @property
+    def precision(self) -> dict:
+        """What every number the server returns was computed in (reported at startup, /health, /v1/models)."""
+        return {"dtype": str(self.bank.dtype).removeprefix("torch."), "device": str(self.bank.device),
+                "batch_invariant": self.batch_invariant, "max_batch": self.max_batch}
+
+    @property
     def base_name(self) -> str:
         return self.loaded.spec
 
     def adapters(self) -> list[str]:
-        return sorted(n for n in self.bank.slots if n not in self._retire)
+        return sorted(self.bank.slots)
 
     def load_adapter(self, name: str, path: str | None = None) -> None:
-        """Read an adapter from the registry (inside it only) and make it resident."""
+        """Read an adapter from the registry (inside it only) and make it resident. Loading over
+        a resident name puts the new weights in a new slot: requests already admitted finish on
+        the weights they started with, later ones get the new ones."""
         if self.registry is None:
             raise RegistryError("no registry folder: the server was started without --registry")
         entry = self.registry.resolve(name, path)
         layers, rank, notes = read_lora(entry.folder, self.model)
-        with self.lock:
-            if name in self._retire:
-                self._retire.discard(name)
+        with self.lock, self._wake:
+            if name in self.bank.slots:
+                self._retired.append(self.bank.detach(name))
             self.bank.add(name, layers, rank, notes)
             self.notes[name] = notes
             self.info[name] = entry.info()
             self.version += 1
+            self._reap()
 
     def unload_adapter(self, name: str) -> None:
-        with self.lock:
-            if name not in self.bank.slots or name in self._retire:
+        """No new request gets `name`; its slot is freed once no admitted row uses it."""
+        with self.lock, self._wake:
+            if name not in self.bank.slots:
                 raise UnknownAdapter(name, self.adapters())
-            self._retire.add(name)  # no new request gets it; its slot goes once no row uses it
+            self._retired.append(self.bank.detach(name))
+            self.info.pop(name, None)
+            self.notes.pop(name, None)
             self.version += 1
             self._reap()
 
     def _reap(self) -> None:
-        used = {n for r in list(self._active) + list(self._pending) for n, _ in r.adapters}
-        for name in list(self._retire):
-            if name not in used:
-                self.bank.remove(name)
-                self._retire.discard(name)
-                self.info.pop(name, None)
+        """Free the retired slots no queued or running row holds (called with the lock held)."""
+        with self._wake:
+            used = {i for r in list(self._active) + list(self._pending) for i, _ in r.rows}
+            keep = []
+            for slot in self._retired:
+                if slot.index in used:
+                    keep.append(slot)
+                else:
+                    self.bank.free(slot)
+            self._retired = keep
 
     # ------------------------------------------------------------------ requests
     def queue_depth(self) -> int:
@@ -213,13 +234,10 @@ class Engine:
         """Queue a request; raises UnknownAdapter, QueueFull or ValueError (too long)."""
         params = params or Sampling()
         adapters = [(n, float(w)) for n, w in (adapters or []) if n != BASE_NAME]
-        rows = []
-        slots = dict(self.bank.slots)  # a snapshot: never wait for a running step here (event loops call this)
-        for n, w in adapters:
-            if n not in slots or n in self._retire:
-                raise UnknownAdapter(n, self.adapters())
-            if w != 0.0:
-                rows.append((slots[n].index, w))
+        with self._wake:  # names are resolved to slots here; never wait for a running step (event loops call this)
+            for n, _ in adapters:
+                if n not in self.bank.slots:
+                    raise UnknownAdapter(n, self.adapters())
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests already queued (limit {self.max_queue})")
         if not prompt:
@@ -235,9 +253,13 @@ class Engine:
                 0, 2**31 - 1, (1,)).numpy().tobytes()[:4], "little"))
         if self.tok.eos_token_id is not None and self.tok.eos_token_id not in params.stop_ids:
             params.stop_ids = params.stop_ids + [self.tok.eos_token_id]
-        req = _Req(handle=h, prompt=list(prompt), adapters=adapters, rows=rows, params=params, gen=gen,
-                   t0=time.time())
         with self._wake:
+            try:  # resolved and queued under one lock, so a reload or unload cannot free the slot between
+                rows = [(self.bank.slots[n].index, w) for n, w in adapters if w != 0.0]
+            except KeyError as e:
+                raise UnknownAdapter(str(e.args[0]), self.adapters()) from None
+            req = _Req(handle=h, prompt=list(prompt), adapters=adapters, rows=rows, params=params, gen=gen,
+                       t0=time.time())
             self._pending.append(req)
             self.stats["requests"] += 1
             for n, _ in adapters or [(BASE_NAME, 1.0)]:

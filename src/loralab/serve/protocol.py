@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 
 class _In(BaseModel):
@@ -48,7 +48,7 @@ class ChatMessage(_In):
 
 
 class StreamOptions(_In):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _Sampling(_In):
@@ -57,10 +57,10 @@ class _Sampling(_In):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     n: int = Field(1, ge=1, le=16)
-    stream: bool = False
+    stream: StrictBool = False  # JSON true/false only: "yes" or 1 is a 400, not a guess
     stream_options: Optional[StreamOptions] = None
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Optional[int] = Field(None, ge=-(2**63), le=2**63 - 1)  # what the sampler's generator takes
     strength: float = Field(1.0, ge=-4.0, le=4.0)
     adapters: Optional[list[AdapterWeight]] = None
     rag: Optional[RagOptions] = None
@@ -79,7 +79,7 @@ class _Sampling(_In):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)
-    logprobs: bool = False
+    logprobs: StrictBool = False
     top_logprobs: Optional[int] = Field(None, ge=0, le=20)
 
 
@@ -87,7 +87,7 @@ class CompletionRequest(_Sampling):
     prompt: Union[str, list[str], list[int]]
     max_tokens: Optional[int] = Field(16, ge=1)
     logprobs: Optional[int] = Field(None, ge=0, le=20)
-    echo: bool = False
+    echo: StrictBool = False
 
     @field_validator("echo")
     @classmethod

@@ -154,7 +154,8 @@ class Registry:
         if not p.is_absolute():
             p = self.root / p
         if not _inside(p, self.root):
-            raise RegistryError(f"{path}: adapters are loaded only from inside the registry {self.root}")
+            raise RegistryError(f"{name}: {path or p} resolves outside the registry (a link out of it counts); "
+                                f"adapters are loaded only from inside the registry {self.root}")
         if not p.is_dir():
             raise RegistryError(f"{path or name}: no such adapter folder in the registry")
         folder = resolve_folder(p)

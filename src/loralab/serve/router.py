@@ -48,7 +48,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from ..adapters import CARD, resolve_folder
+from ..adapters import CARD, data_path, resolve_folder
 from ..data.records import read_records, to_messages
 from ..data.split import doc_key, is_eval
 from ..errors import UserError
@@ -140,10 +140,11 @@ def read_registry(registry: str | Path) -> tuple[list[Entry], list[str]]:
         if card.get("kind") == "model":
             notes.append(f"{sub.name}: a full model, not an adapter, left out")
             continue
-        data = (card.get("data") or {}).get("path")
+        data = data_path(folder, card)
         dpath = Path(data) if data else None
-        if dpath is not None and not dpath.is_absolute() and not dpath.exists():
-            dpath = folder / dpath  # a path relative to the adapter folder
+        if dpath is None and (card.get("data") or {}).get("path"):
+            notes.append(f"{sub.name}: its training data {card['data']['path']} is not found (relative to the "
+                         "adapter folder, as recorded, or here): no classifier samples from it")
         kws = card.get("keywords") or []
         entries.append(Entry(
             name=sub.name, path=folder, card=card, role=str(card.get("role") or "knowledge"),
@@ -332,11 +333,13 @@ class Router:
             for t in e.triggers:
                 k = text.find(t)
                 if k >= 0:
-                    hits.append((k, e, t))
+                    hits.append((k, t != e.trigger, e, t))
                     break
         if not hits:
             return None
-        k, e, t = min(hits, key=lambda h: h[0])  # the first trigger in the prompt wins its role
+        # the first trigger in the prompt wins its role; at one position, a card's declared trigger
+        # wins over one derived from another adapter's name or domain
+        k, _, e, t = min(hits, key=lambda h: h[:2])
         return e, 1.0, f"trigger {t!r} of {e.name}"
 
     def _keyword(self, group: list[Entry], text: str):
