@@ -220,7 +220,7 @@ def test_merged_adapter_reloads_in_plain_peft(tiny, pair, tmp_path):
     root, a, b = pair
     base = tmp_path / "base"
     tiny.model.save_pretrained(base)
-    merge(MergeConfig(parents=[str(a), str(b)], method="ties", density=0.6, out=str(tmp_path / "m")))
+    merge(MergeConfig(parents=[str(a), str(b)], method="ties", density=0.6, rank=12, out=str(tmp_path / "m")))
     with torch.no_grad():
         from peft import PeftModel
 
@@ -355,3 +355,32 @@ def test_smoke_real_model(smol, tmp_path):
     effect = float((exact - plain).abs().max())
     assert effect > 1e-3  # the merge changes the model
     assert float((merged - exact).abs().max()) < effect  # the rank-16 adapter is close to the exact merge
+
+
+def test_default_rank_keeps_the_merge_within_one_percent_or_refuses(pair, tmp_path):
+    """ties / magnitude / dare make a full-rank delta: the default rank is the smallest within 1 % per
+    module (checked against the exact merged delta), and a merge that would need an adapter larger
+    than the dense delta is refused with the reason and the way out (--rank or --full)."""
+    root, a, b = pair
+    # density 1: magnitude keeps every entry, a weighted sum of two low-rank deltas (rank <= Σr)
+    card = merge(MergeConfig(parents=[str(a), str(b)], method="magnitude", density=1.0, out=str(tmp_path / "m1")))
+    svd = card["merge"]["svd"]
+    assert svd["rank_rule"] == "smallest within 0.01" and svd["max_rel_error"] <= 0.01
+    pa, pb = read_adapter(str(a)), read_adapter(str(b))
+    got = read_adapter(str(tmp_path / "m1"))
+    for n, mod in got.modules.items():
+        exact = sum(0.5 * p.modules[n].delta() for p in (pa, pb) if n in p.modules)
+        assert float((mod.delta() - exact).norm() / exact.norm()) <= 0.01 + 1e-6
+    assert card["merge"]["threads"]["threads"] >= 1 and card["merge"]["threads"]["chosen"] == "measured"
+    with pytest.raises(MergeError, match=r"ties: keeping the merge within 1% needs rank \d+ .*--full.*--rank"):
+        merge(MergeConfig(parents=[str(a), str(b)], method="ties", density=0.5, out=str(tmp_path / "m2")))
+    assert not (tmp_path / "m2").exists()  # nothing written
+    full = merge(MergeConfig(parents=[str(a), str(b)], method="ties", density=0.5, full=True, out=str(tmp_path / "m3")))
+    assert full["merge"]["svd"]["rank_rule"] == "default" and (tmp_path / "m3" / "full").is_dir()
+
+
+def test_slerp_takes_t_not_weights_and_no_base():
+    with pytest.raises(ValueError, match="not weights"):
+        MergeConfig(parents=["a", "b"], method="slerp", weights=[0.5, 0.5], out="o")
+    with pytest.raises(ValueError, match="mergekit's SLERP"):
+        MergeConfig(parents=["a", "b"], method="slerp", base="c", out="o")

@@ -1,6 +1,7 @@
 """`loralab merge`: parse, call `merge.merge(cfg)` (and, with --eval, the drift comparison), print.
 
-    loralab merge runs/sport runs/medical --method ties --density 0.5 --out merged/ties
+    loralab merge runs/sport runs/medical --method ties --density 0.5 --full --out merged/ties   # OUT/full: TIES exactly
+    loralab merge runs/sport runs/medical --method ties --density 0.5 --rank 64 --out merged/ties64  # a truncated adapter
     loralab merge runs/sport runs/medical --method slerp --t 0.3 --out merged/slerp --full --eval
     loralab merge models/a models/b --base models/base --method dare_ties --drop 0.7 --seed 1 --out merged/m
 """
@@ -29,7 +30,11 @@ def merge_cmd(
                                help="linear | cat | svd | ties | dare_linear | dare_ties | slerp | magnitude"),
     weights: list[str] = typer.Option([], "--weights", "-w", help="One weight per parent (repeat or comma-separate)."),
     out_dir: str = typer.Option(..., "--out", "-o", help="Output folder."),
-    rank: Optional[int] = typer.Option(None, help="Rank of the written adapter (not cat)."),
+    rank: Optional[int] = typer.Option(None, help="Rank of the written adapter (not cat); default: exact for "
+                                       "linear, the smallest within --max-error for ties / dare / magnitude."),
+    max_error: Optional[float] = typer.Option(None, help="Default-rank merges: relative Frobenius error allowed "
+                                              "per module (default 0.01)."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for the SVDs (default: measured here)."),
     density: Optional[float] = typer.Option(None, help="ties / magnitude: fraction kept by |value|."),
     drop: Optional[float] = typer.Option(None, help="dare: drop rate (default 0.5)."),
     sign: Optional[str] = typer.Option(None, help="ties / dare_ties sign election: sum | count."),
@@ -55,15 +60,19 @@ def merge_cmd(
 
     flags = dict(parents=parents, method=method, weights=_weights(weights), out=out_dir, rank=rank, density=density,
                  drop=drop, sign=sign, rescale=rescale, normalize=normalize, t=t, seed=seed, base=base, full=full,
-                 model=model, dtype=dtype, device=device, overwrite=overwrite or None)
+                 max_error=max_error, threads=threads, model=model, dtype=dtype, device=device, overwrite=overwrite or None)
     cfg = load_config(MergeConfig, None, **flags)  # mistakes are UserErrors: one line, exit 2 (app.boundary)
     card = merge(cfg)
     m = card["merge"]
-    out.print(f"merged {len(cfg.parents)} {card['kind']}s by {cfg.method} "
-              f"(weights {', '.join(f'{w:g}' for w in m['weights'])}) -> {cfg.out}")
+    how = f"t {cfg.t:g}" if m["weights"] is None else f"weights {', '.join(f'{w:g}' for w in m['weights'])}"
+    out.print(f"merged {len(cfg.parents)} {card['kind']}s by {cfg.method} ({how}) -> {cfg.out}")
+    th = m.get("threads") or {}
+    if th.get("threads"):
+        timed = ", ".join(f"{k} thread(s) {v:.3f} s" for k, v in (th.get("svd_seconds") or {}).items())
+        out.print(f"SVDs on {th['threads']} thread(s)" + (f" (one SVD timed here: {timed})" if timed else ""))
     if "svd" in m:
         s = m["svd"]
-        out.print(f"rank {s['rank']}: relative Frobenius error {s['rel_error']:.3g} overall, "
+        out.print(f"rank {s['rank']} ({s['rank_rule']}): relative Frobenius error {s['rel_error']:.3g} overall, "
                   f"{s['max_rel_error']:.3g} at worst; exact rank of the merged deltas up to {s['max_numeric_rank']}")
     elif card["kind"] == "adapter":
         out.print(f"rank {m['rank']} (exact)")

@@ -35,6 +35,8 @@ Sign = Literal["sum", "count"]
 
 METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "slerp", "magnitude")
 NEEDS_BASE = ("ties", "dare_linear", "dare_ties", "magnitude")  # full models: act on W_i − W_base
+# trimming or dropping entries makes a full-rank delta (slerp of two deltas is a linear combination: Σr is exact)
+FULL_RANK = NEEDS_BASE
 SLERP_DOT_THRESHOLD = 0.9995  # mergekit's: above it, SLERP is linear interpolation
 EPS = 1e-8
 
@@ -190,11 +192,24 @@ class LowRank:
     norm: float  # ‖D‖_F
 
 
-def low_rank(delta: torch.Tensor, rank: int) -> LowRank:
-    """Best rank-`rank` factors of `delta` (Eckart–Young) with the exact relative Frobenius error."""
+def rank_within(S: torch.Tensor, max_error: float) -> int:
+    """The smallest rank whose truncation of singular values `S` (descending) loses at most
+    `max_error` of the Frobenius norm: ‖S[r:]‖ <= max_error · ‖S‖."""
+    sq = S.double() ** 2
+    tail = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0])  # tail[k] = Σ_{i>=k} S_i²
+    total = float(sq.sum())
+    if total == 0:
+        return 0
+    ok = torch.nonzero(torch.cat([tail, tail.new_zeros(1)]) <= (max_error ** 2) * total)
+    return int(ok[0])
+
+
+def low_rank(delta: torch.Tensor, rank: int | None, max_error: float | None = None) -> LowRank:
+    """Best rank-`rank` factors of `delta` (Eckart–Young) with the exact relative Frobenius error;
+    `rank` None: the smallest rank within `max_error` (relative Frobenius)."""
     d = _work(delta)
     U, S, Vh = torch.linalg.svd(d, full_matrices=False)
-    r = min(rank, S.numel())
+    r = min(rank, S.numel()) if rank is not None else max(1, rank_within(S, max_error or 0.0))
     tol = (S[0] * max(d.shape) * torch.finfo(d.dtype).eps) if S.numel() else 0.0
     total = float(torch.linalg.vector_norm(S.double()))
     tail = float(torch.linalg.vector_norm(S[r:].double()))
