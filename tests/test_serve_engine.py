@@ -94,6 +94,29 @@ def test_stacked_linear_composition_and_strength():
     assert torch.equal(stacked_lora_linear(x, W, b, A, Bt, zero), torch.nn.functional.linear(x, W, b))
 
 
+def test_fp32_factors_beside_a_bf16_base():
+    """The bank keeps fp32 factors beside a bf16 base; every path applies them in fp32 and casts the
+    update once: equal to the fp32 update cast to bf16 and added to the bf16 base output."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, 5, 6, generator=g).bfloat16()
+    W, b = torch.randn(7, 6, generator=g).bfloat16(), torch.randn(7, generator=g).bfloat16()
+    A, Bt = torch.randn(4, 2, 6, generator=g), torch.randn(4, 2, 7, generator=g)
+    A[0], Bt[0] = 0, 0
+    base = torch.nn.functional.linear(x, W, b)
+    xf = x.float()
+    spec = [[(1, 0.5), (2, -1.0)], [], [(3, 2.0)]]
+    upd = torch.stack([0.5 * xf[0] @ A[1].T @ Bt[1] - xf[0] @ A[2].T @ Bt[2], torch.zeros(5, 7),
+                       2.0 * xf[2] @ A[3].T @ Bt[3]])
+    for rows in (RowAdapters.of(spec), RowAdapters.of(spec, n_slots=4, rank=2)):
+        got = stacked_lora_linear(x, W, b, A, Bt, rows)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got, base + upd.bfloat16(), atol=0.07, rtol=0.02)
+    one = stacked_lora_linear(x, W, b, A, Bt, RowAdapters.of([[(3, 2.0)]] * 3, n_slots=4, rank=2))
+    torch.testing.assert_close(one, base + (2.0 * xf @ A[3].T @ Bt[3]).bfloat16(), atol=0.07, rtol=0.02)
+    bank = AdapterBank(torch.nn.Linear(6, 7).bfloat16())
+    assert bank.dtype == torch.float32 and bank.model_dtype == torch.bfloat16
+
+
 def _run(engine, prompt, adapters, **kw):
     toks, done = engine.generate(prompt, adapters, Sampling(temperature=0.0, **kw))
     return [t.id for t in toks if t.id >= 0], toks, done

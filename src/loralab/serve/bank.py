@@ -94,7 +94,9 @@ class AdapterBank:
     def __init__(self, model):
         self.model = model
         p = next(model.parameters())
-        self.device, self.dtype = p.device, p.dtype
+        # the factors stay fp32 whatever the base's dtype (fastlora.stacked_lora_linear casts the
+        # update once): small low-precision GEMMs cost CPUs far more than their size
+        self.device, self.dtype, self.model_dtype = p.device, torch.float32, p.dtype
         self.stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rows = None  # fastlora.RowAdapters of the batch being run
         self.slots: dict[str, Slot] = {}

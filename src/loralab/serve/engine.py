@@ -172,7 +172,8 @@ class Engine:
     @property
     def precision(self) -> dict:
         """What every number the server returns was computed in (reported at startup, /health, /v1/models)."""
-        return {"dtype": str(self.bank.dtype).removeprefix("torch."), "device": str(self.bank.device),
+        return {"dtype": str(self.bank.model_dtype).removeprefix("torch."), "adapter_dtype": "float32",
+                "device": str(self.bank.device),
                 "batch_invariant": self.batch_invariant, "max_batch": self.max_batch}
 
     @property
