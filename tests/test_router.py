@@ -330,3 +330,44 @@ def test_card_data_paths_resolve_wherever_the_registry_is_read(tmp_path, monkeyp
     assert load_card(cwd)["data"]["path"] == str(tmp_path / "data-cwd")
     r = _router(root, tmp_path)
     assert set(r.classifiers) and r.route(_sentence(np.random.default_rng(3), VOCAB["sport"])).adapters[0][0] == "rel"
+
+
+def test_a_base_decision_reports_its_own_confidence_and_the_closest_adapter(registry, tmp_path):
+    r = _router(registry, tmp_path)
+    d = r.route(_sentence(np.random.default_rng(5), GENERAL))  # general words only
+    assert d.adapters == [] and d.rule == "base"
+    assert d.closest is not None and d.closest[0] in {"sport", "cooking", "law"} and d.none == pytest.approx(d.confidence)
+    assert d.closest[1] + d.none <= 1 + 1e-9 and d.to_json()["closest"][0] == d.closest[0]
+    hit = r.route(_sentence(np.random.default_rng(6), VOCAB["cooking"] * 3))
+    if hit.rule == "classifier":
+        assert hit.closest == (hit.adapters[0][0], pytest.approx(hit.confidence))
+
+
+def test_written_prompt_report_tunes_on_one_split_and_reports_the_other(registry, tmp_path):
+    """The threshold comes from the tune split alone (changing a report prompt never moves it); the
+    figures come from the report split alone and reconcile with the confusion matrix; ECE is its formula."""
+    from loralab.evaluate.routing import ece, tune_split, written_report
+
+    r = _router(registry, tmp_path)
+    rng = np.random.default_rng(11)
+    rows = []
+    for dom, words in (("sport", VOCAB["sport"]), ("cooking", VOCAB["cooking"]), ("general", GENERAL)):
+        for i in range(60):
+            lang = "en" if i % 2 else "ru"
+            rows.append({"id": f"{dom}-{i}", "text": _sentence(rng, words + GENERAL[:6], 6), "domain": dom,
+                         "style": "question", "lang": lang})
+    domain_of = {e.name: e.domain for e in r.entries}
+    rep = written_report(r.route_many, rows, domain_of, tune_share=0.5, max_fa=0.05, seed=0)
+    tune = tune_split([x["id"] for x in rows], 0.5, 0)
+    assert rep["n_tune"] == len(tune) and rep["n_report"] == len(rows) - len(tune)
+    ch = rep["chosen"]
+    conf = ch["confusion"]
+    assert sum(sum(v.values()) for v in conf.values()) == rep["n_report"]
+    n_dom = sum(sum(v.values()) for k, v in conf.items() if k != "base")
+    assert ch["n_domain"] == n_dom and ch["accuracy"]["mean"] == pytest.approx(
+        sum(conf[k].get(k, 0) for k in conf if k != "base") / n_dom)
+    assert ch["false_activation"]["mean"] == pytest.approx(1 - conf["base"].get("base", 0) / ch["n_general"])
+    # a report prompt rewritten to anything: the threshold (tune split only) does not move
+    changed = [dict(x, text="touchdown " * 5) if x["id"] not in tune else x for x in rows]
+    assert written_report(r.route_many, changed, domain_of, seed=0)["threshold"] == rep["threshold"]
+    assert ece([0.9, 0.9, 0.2, 0.2], [1, 0, 0, 0]) == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(0 - 0.2))

@@ -3,6 +3,8 @@
     loralab route "Who kicked the field goal?" --registry registry/
     loralab route "<|use_lora_sport|> Who won?" --registry registry/ --json
     loralab route --eval --registry registry/ --out routing.json
+    loralab route --eval --registry registry/ --prompts benchmarks/routing/prompts.jsonl   # prompts people write
+    loralab route --eval --registry registry/ --prompts ... --embedder multilingual-e5-small
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ def route_cmd(
     per_adapter: int = typer.Option(100, help="--eval: held-out prompts per adapter."),
     general: int = typer.Option(200, help="--eval: held-out general prompts."),
     as_json: bool = typer.Option(False, "--json", help="Print the decision as JSON."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="--eval: also route a written-prompt benchmark "
+                                          "(JSONL: id, text, domain, style, lang; domain general = no adapter)."),
+    tune_share: float = typer.Option(0.5, help="--prompts: share of them (a seeded split) that chooses the "
+                                     "threshold; every figure comes from the rest."),
+    max_false_activation: float = typer.Option(0.05, help="--prompts: false activation the threshold allows on "
+                                               "the tuning general prompts."),
+    embedder: Optional[str] = typer.Option(None, help="Embedder of the classifier (all-MiniLM-L6-v2 | "
+                                           "multilingual-e5-small; default: the registry's router.json, else MiniLM)."),
 ) -> None:
     """Route a prompt through trigger -> keywords -> classifier -> base, or evaluate the router."""
     from ..errors import UserError
@@ -40,7 +50,14 @@ def route_cmd(
         from ..models import load
 
         loaded = load(model)
-    router = Router.from_registry(registry, model=loaded)
+    settings = None
+    if embedder is not None:
+        import dataclasses
+
+        from ..serve.router import registry_settings
+
+        settings = dataclasses.replace(registry_settings(registry), embedder=embedder)
+    router = Router.from_registry(registry, model=loaded, settings=settings)
     for n in router.notes:
         out.print(f"[dim]note: {n}[/]")
     if not evaluate:
@@ -57,8 +74,17 @@ def route_cmd(
     from ..evaluate.routing import routing_report
     from ..io import write_json
 
+    prompts_arg = prompts
     prompts = router.heldout_prompts(per_adapter=per_adapter, general=general)
     report = routing_report(router.route_many, prompts, [e.name for e in router.entries])
+    if prompts_file := prompts_arg:
+        from ..evaluate.routing import read_prompts, written_report
+
+        domain_of = {e.name: e.domain or e.name for e in router.entries}
+        report["written"] = written_report(router.route_many, read_prompts(prompts_file), domain_of,
+                                           tune_share=tune_share, max_fa=max_false_activation,
+                                           seed=router.settings.seed)
+        report["written"]["file"] = prompts_file
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
                                  "calibration": c.calibration} for r, c in router.classifiers.items()}
@@ -79,3 +105,32 @@ def route_cmd(
         t.add_row(lab, *[str(row.get(c, 0)) for c in labels])
     out.print(t)
     out.print(f"rules used: {report['rules']}   → {out_file}")
+    if "written" in report:
+        _print_written(report["written"], router.settings.embedder)
+
+
+def _pct(c: dict) -> str:
+    return f"{100 * c['mean']:.0f} % [{100 * c['lo']:.0f}, {100 * c['hi']:.0f}]" if c.get("n") else "n/a"
+
+
+def _print_written(w: dict, embedder: str) -> None:
+    """The written-prompt figures: the threshold chosen on the tune split, then the report split."""
+    out.print(f"written prompts ({w['file']}, embedder {embedder}): threshold {w['threshold']:.2f} chosen on "
+              f"{w['n_tune']} tuning prompts (false activation <= {100 * w['max_false_activation']:.0f} % there); "
+              f"figures on the other {w['n_report']}:")
+    t = Table()
+    for col in ("", "threshold chosen on the tune split", "the router's own threshold"):
+        t.add_column(col)
+    c, b = w["chosen"], w["as_built"]
+    t.add_row("domain accuracy", _pct(c["accuracy"]), _pct(b["accuracy"]))
+    t.add_row("false activation", _pct(c["false_activation"]), _pct(b["false_activation"]))
+    for k in c["by"]:
+        t.add_row(k, _pct(c["by"][k]), _pct(b["by"].get(k, {})))
+    if "ru_minus_en" in c:
+        d = c["ru_minus_en"]
+        t.add_row("Russian − English (points)", f"{100 * d['mean']:+.0f} [{100 * d['lo']:+.0f}, {100 * d['hi']:+.0f}]",
+                  "")
+    t.add_row("expected calibration error", f"{c['ece']:.3f}", f"{b['ece']:.3f}")
+    t.add_row("wrong domain at confidence >= 0.9", str(len(c["wrong_domain_confident"])),
+              str(len(b["wrong_domain_confident"])))
+    out.print(t)

@@ -53,3 +53,125 @@ def routing_report(route_many: Callable[[list[str]], list], prompts: Sequence[tu
         "rules": dict(rules),
         "overall_accuracy": float(np.mean([x for v in per.values() for x in v])) if per else float("nan"),
     }
+
+
+# ------------------------------------------------------------------ written prompts
+
+DOMAIN_FIELDS = ("id", "text", "domain", "style", "lang")
+
+
+def read_prompts(path) -> list[dict]:
+    """Rows {id, text, domain, style, lang} of a written-prompt benchmark (JSONL); domain
+    "general" means no adapter should act. A malformed line is a UserError naming it."""
+    import json
+    from pathlib import Path
+
+    from ..errors import UserError
+
+    rows = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except ValueError as e:
+            raise UserError(f"{path}:{i}: not JSON ({e})") from None
+        missing = [k for k in DOMAIN_FIELDS if not isinstance(r.get(k), str) or not r[k]]
+        if missing:
+            raise UserError(f"{path}:{i}: missing {', '.join(missing)}")
+        rows.append(r)
+    return rows
+
+
+def tune_split(ids, share: float, seed: int) -> set:
+    """The ids (a seeded hash draw, `share` of them) whose prompts choose the threshold; the
+    figures come from the others only."""
+    import hashlib
+
+    return {i for i in ids if int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 16**8 < share}
+
+
+def _routed(d, threshold: float | None):
+    """(adapter or None, the decision's confidence) of a decision, the classifier's choice redone
+    at `threshold` (None: as the router decided)."""
+    if threshold is None or d.rule in ("trigger", "keyword") or d.closest is None:
+        return (d.adapters[0][0] if d.adapters else None), d.confidence
+    name, p = d.closest
+    if p >= threshold and (d.none is None or p > d.none):
+        return name, p
+    return None, (d.none if d.none is not None else 1 - p)
+
+
+def pick_written_threshold(decisions, rows, domain_of: dict, max_fa: float) -> float:
+    """The lowest threshold whose false activation on these (general) prompts is at most `max_fa`."""
+    general = [d for d, r in zip(decisions, rows) if r["domain"] == "general"]
+    cands = sorted({0.0} | {d.closest[1] for d in general if d.closest} | {1.0 + 1e-9})
+    for t in cands:
+        fired = [_routed(d, t)[0] is not None for d in general]
+        if not fired or np.mean(fired) <= max_fa:
+            return float(t)
+    return 1.0 + 1e-9
+
+
+def ece(conf: Sequence[float], correct: Sequence[float], bins: int = 10) -> float:
+    """Expected calibration error: Σ_b n_b/N · |accuracy_b − mean confidence_b| over equal-width bins."""
+    c, y = np.asarray(conf, float), np.asarray(correct, float)
+    if not c.size:
+        return float("nan")
+    b = np.minimum((c * bins).astype(int), bins - 1)
+    return float(sum(abs(y[b == k].mean() - c[b == k].mean()) * (b == k).sum() for k in range(bins) if (b == k).any())
+                 / c.size)
+
+
+def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[str, str], *,
+                   tune_share: float = 0.5, max_fa: float = 0.05, seed: int = 0) -> dict:
+    """Routing on written prompts: the threshold chosen on a seeded tune split (lowest with false
+    activation <= max_fa there), every figure from the other prompts: accuracy (a domain prompt to an
+    adapter of its domain), false activation (a general prompt to any adapter), by language, style
+    and domain, the confusion matrix, confident wrong-domain routes (p >= 0.9), Russian − English,
+    and expected calibration error; beside the router's own threshold on the same prompts."""
+    have = set(domain_of.values())
+    rows = [r for r in rows if r["domain"] == "general" or r["domain"] in have]
+    tune = tune_split([r["id"] for r in rows], tune_share, seed)
+    decisions = route_many([r["text"] for r in rows])
+    t_rows = [(d, r) for d, r in zip(decisions, rows) if r["id"] in tune]
+    threshold = pick_written_threshold([d for d, _ in t_rows], [r for _, r in t_rows], domain_of, max_fa)
+    rep = [(d, r) for d, r in zip(decisions, rows) if r["id"] not in tune]
+
+    def figures(th):
+        out = {"confusion": {}, "by": {}}
+        hits, fired, conf, correct, wrong_sure = [], [], [], [], []
+        groups: dict[str, list[float]] = {}
+        for d, r in rep:
+            name, c = _routed(d, th)
+            got = domain_of.get(name, name) if name else "base"
+            want = "base" if r["domain"] == "general" else r["domain"]
+            out["confusion"].setdefault(want, {}).setdefault(got, 0)
+            out["confusion"][want][got] += 1
+            ok = float(got == want)
+            conf.append(c)
+            correct.append(ok)
+            if want == "base":
+                fired.append(float(got != "base"))
+            else:
+                hits.append(ok)
+                for key in (f"lang={r['lang']}", f"style={r['style']}", f"domain={r['domain']}"):
+                    groups.setdefault(key, []).append(ok)
+                if got not in ("base", want) and c >= 0.9:
+                    wrong_sure.append({"id": r["id"], "text": r["text"], "routed": name, "confidence": round(c, 4)})
+            if want == "base":
+                groups.setdefault(f"general lang={r['lang']}", []).append(float(got != "base"))
+        out.update(accuracy=bootstrap_ci(hits, seed=seed), false_activation=bootstrap_ci(fired, seed=seed),
+                   n_domain=len(hits), n_general=len(fired), ece=ece(conf, correct),
+                   wrong_domain_confident=wrong_sure, by={k: bootstrap_ci(v, seed=seed) for k, v in sorted(groups.items())})
+        en, ru = groups.get("lang=en", []), groups.get("lang=ru", [])
+        if en and ru:  # independent prompts: each language resampled on its own
+            rng = np.random.default_rng(seed)
+            diffs = [np.mean(rng.choice(ru, len(ru))) - np.mean(rng.choice(en, len(en))) for _ in range(2000)]
+            lo, hi = np.quantile(diffs, [0.025, 0.975])
+            out["ru_minus_en"] = {"mean": float(np.mean(ru) - np.mean(en)), "lo": float(lo), "hi": float(hi)}
+        return out
+
+    return {"n_prompts": len(rows), "n_tune": len(t_rows), "n_report": len(rep), "tune_share": tune_share,
+            "seed": seed, "max_false_activation": max_fa, "threshold": threshold,
+            "chosen": figures(threshold), "as_built": figures(None)}

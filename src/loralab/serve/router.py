@@ -71,10 +71,15 @@ class Decision:
     reason: str
     text: str
     steps: list[dict] = field(default_factory=list)  # one per role: role, adapter, rule, confidence, reason
+    # the classifier's most probable adapter and its probability, whether or not it was chosen (a base
+    # decision's confidence is the probability of "none"; this says what came closest)
+    closest: tuple[str, float] | None = None
+    none: float | None = None  # the classifier's probability of "none" (no adapter) for the first role
 
     def to_json(self) -> dict:
         return {"adapters": [[n, w] for n, w in self.adapters], "rule": self.rule,
-                "confidence": round(self.confidence, 4), "reason": self.reason, "steps": self.steps}
+                "confidence": round(self.confidence, 4), "reason": self.reason, "steps": self.steps,
+                "closest": [self.closest[0], round(self.closest[1], 4)] if self.closest else None}
 
     def header(self) -> str:
         """A one-line form for an HTTP header: `sport:1.0; rule=trigger; confidence=1.000`."""
@@ -114,6 +119,8 @@ class Settings:
     C: float = 10.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
     features: str = "embedding+ngrams"  # or "embedding": the sentence embedding alone
     min_threshold: float = 0.5
+    threshold: float | None = None  # fixed classifier threshold (e.g. chosen by `route --eval --prompts`)
+    embedder: str = "all-MiniLM-L6-v2"  # or "multilingual-e5-small" (English, Russian and ~90 more)
     max_chars: int = 1000  # characters of a sample / prompt the classifier sees
     seed: int = 0
 
@@ -307,9 +314,9 @@ class Router:
                     keep.append(e)
             entries = keep
         if embed is None:
-            from ..embed import embed as minilm
+            from ..embed import embedder
 
-            embed = minilm
+            embed = embedder(s.embedder)
         clfs: dict[str, Classifier] = {}
         if classifier:
             for role in sorted({e.role for e in entries}):
@@ -369,14 +376,16 @@ class Router:
         if clf is None:
             return None, "no classifier"
         p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
+        memo.setdefault("closest", {})[role] = closest = _closest(clf, p)
+        memo.setdefault("none", {})[role] = float(p[clf.classes.index(NONE)])
+        thr = self.settings.threshold if self.settings.threshold is not None else clf.threshold
         i = int(p.argmax())
         name = clf.classes[i]
         if name == NONE:
-            return None, f"classifier: none at {p[i]:.2f}"
-        if p[i] < clf.threshold:
-            return None, f"classifier: {name} at {p[i]:.2f} < threshold {clf.threshold:.2f}"
-        return (self.by_name[name], float(p[i]),
-                f"classifier: {name} at {p[i]:.2f} >= threshold {clf.threshold:.2f}"), None
+            return None, f"classifier: none at {p[i]:.2f} (closest adapter {closest[0]} at {closest[1]:.2f})"
+        if p[i] < thr:
+            return None, f"classifier: {name} at {p[i]:.2f} < threshold {thr:.2f}"
+        return (self.by_name[name], float(p[i]), f"classifier: {name} at {p[i]:.2f} >= threshold {thr:.2f}"), None
 
     def route_many(self, texts: Sequence[str]) -> list[Decision]:
         """`route` for many prompts, embedding them in one batch."""
@@ -420,17 +429,22 @@ class Router:
         first = next((st for st in steps if st["adapter"]), None)
         rule = first["rule"] if first else "base"
         conf = picks[0][1] if picks else self._base_confidence(text, memo)
+        first_role = self.roles[0] if self.roles else None
         return Decision(adapters=[(e.name, e.weight) for e, _ in picks], rule=rule, confidence=float(conf),
                         reason="; ".join(st["reason"] for st in steps), text=out_text if picks else text,
-                        steps=steps)
+                        steps=steps, closest=(memo.get("closest") or {}).get(first_role),
+                        none=(memo.get("none") or {}).get(first_role))
 
     def _base_confidence(self, text: str, memo: dict) -> float:
-        """For a base decision: the classifier's probability of "none" for the first role."""
+        """For a base decision: the classifier's probability of "none" for the first role (its own
+        choice's probability; `Decision.closest` names the adapter that came closest)."""
         clf = self.classifiers.get(self.roles[0]) if self.roles else None
         if clf is None:
             return 1.0
         p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
-        return float(p[-1])
+        memo.setdefault("closest", {})[self.roles[0]] = _closest(clf, p)
+        memo.setdefault("none", {})[self.roles[0]] = float(p[clf.classes.index(NONE)])
+        return float(p[clf.classes.index(NONE)])
 
     # ------------------------------------------------------------ evaluation
 
@@ -445,6 +459,12 @@ class Router:
             out += [(rows[i][1], e.name) for i in keep]
         out += [(t, "base") for _, t in general_prompts(True, s, general)]
         return out
+
+
+def _closest(clf: Classifier, p: np.ndarray) -> tuple[str, float]:
+    """(adapter, probability) of the most probable class that is not "none"."""
+    k = max((i for i, c in enumerate(clf.classes) if c != NONE), key=lambda i: p[i])
+    return clf.classes[k], float(p[k])
 
 
 def registry_digest(entries: Sequence[Entry], s: Settings, embedder: str) -> str:
