@@ -289,6 +289,8 @@ def _scorer(run: dict) -> str:
 def verdict(c: dict, expect: int | None) -> str:
     """A row's verdict from its Holm-adjusted seed-level tests: a difference (confirming or
     contradicting the published direction), equivalence within the declared margin, or neither."""
+    if c["n_seeds"] < 2:
+        return ONE_SEED
     if c["finding"]:
         if not expect:
             return "finding"
@@ -301,6 +303,7 @@ def verdict(c: dict, expect: int | None) -> str:
 
 
 NO_DIFFERENCE = "no measurable difference"
+ONE_SEED = "one seed so far: no seed-level test"
 INCONCLUSIVE_SIDED = "not significant after Holm (unadjusted interval excludes 0)"
 
 
