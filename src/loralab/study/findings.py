@@ -393,7 +393,7 @@ def render(done: list[dict], fs: FindingsSpec, *, weights: str, study: str, n_ru
     if top:
         lines += ["## Strongest results", ""]
         for q, c in top:
-            lines.append(f"- {q.question} {S.sentence(c)} ({c['verdict']})")
+            lines.append(f"- {q.question} {S.sentence(c)}")
         lines.append("")
     for d in done:
         q = d["question"]
