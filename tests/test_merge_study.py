@@ -17,7 +17,8 @@ SPEC = {
     "train": {"steps": 2}, "eval": {"tasks": ["arc_easy"], "limit": 3, "gen_tasks": []},
     "groups": {"domain": {"sport": {"data": {"domain": "sport"}}, "medical": {"data": {"domain": "medical"}}}},
     "axes": {"domain": ["sport", "medical"], "train.rank": [4]},
-    "merge": {"parents": "domain", "methods": {"lin": {"method": "linear"}, "ties": {"method": "ties", "density": 0.5}},
+    "merge": {"parents": "domain", "methods": {"lin": {"method": "linear"}, "ties": {"method": "ties", "density": 0.5,
+                                                                                   "rank": 8}},
               "eval": {"contamination": False, "weights": False, "bootstrap": 100, "device": "cpu",
                        "dtype": "float32"}},
 }
