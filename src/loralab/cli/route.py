@@ -74,17 +74,16 @@ def route_cmd(
     from ..evaluate.routing import routing_report
     from ..io import write_json
 
-    prompts_arg = prompts
-    prompts = router.heldout_prompts(per_adapter=per_adapter, general=general)
-    report = routing_report(router.route_many, prompts, [e.name for e in router.entries])
-    if prompts_file := prompts_arg:
+    held = router.heldout_prompts(per_adapter=per_adapter, general=general)
+    report = routing_report(router.route_many, held, [e.name for e in router.entries])
+    if prompts is not None:
         from ..evaluate.routing import read_prompts, written_report
 
         domain_of = {e.name: e.domain or e.name for e in router.entries}
-        report["written"] = written_report(router.route_many, read_prompts(prompts_file), domain_of,
+        report["written"] = written_report(router.route_many, read_prompts(prompts), domain_of,
                                            tune_share=tune_share, max_fa=max_false_activation,
                                            seed=router.settings.seed)
-        report["written"]["file"] = prompts_file
+        report["written"]["file"] = prompts
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
                                  "calibration": c.calibration} for r, c in router.classifiers.items()}

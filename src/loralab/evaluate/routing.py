@@ -102,7 +102,7 @@ def _routed(d, threshold: float | None):
     return None, (d.none if d.none is not None else 1 - p)
 
 
-def pick_written_threshold(decisions, rows, domain_of: dict, max_fa: float) -> float:
+def pick_written_threshold(decisions, rows, max_fa: float) -> float:
     """The lowest threshold whose false activation on these (general) prompts is at most `max_fa`."""
     general = [d for d, r in zip(decisions, rows) if r["domain"] == "general"]
     cands = sorted({0.0} | {d.closest[1] for d in general if d.closest} | {1.0 + 1e-9})
@@ -135,7 +135,7 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
     tune = tune_split([r["id"] for r in rows], tune_share, seed)
     decisions = route_many([r["text"] for r in rows])
     t_rows = [(d, r) for d, r in zip(decisions, rows) if r["id"] in tune]
-    threshold = pick_written_threshold([d for d, _ in t_rows], [r for _, r in t_rows], domain_of, max_fa)
+    threshold = pick_written_threshold([d for d, _ in t_rows], [r for _, r in t_rows], max_fa)
     rep = [(d, r) for d, r in zip(decisions, rows) if r["id"] not in tune]
 
     def figures(th):

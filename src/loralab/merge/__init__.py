@@ -162,8 +162,9 @@ class _threads:
         self.cfg, self.before = cfg, torch.get_num_threads()
 
     def __enter__(self) -> dict:
-        if _device(self.cfg.device).type != "cpu":
-            return {"device": str(_device(self.cfg.device))}
+        dev = _device(self.cfg.device)
+        if dev.type != "cpu":
+            return {"device": str(dev)}
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
             return {"threads": self.cfg.threads, "chosen": "given"}

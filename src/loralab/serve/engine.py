@@ -172,7 +172,8 @@ class Engine:
     @property
     def precision(self) -> dict:
         """What every number the server returns was computed in (reported at startup, /health, /v1/models)."""
-        return {"dtype": str(self.bank.model_dtype).removeprefix("torch."), "adapter_dtype": "float32",
+        return {"dtype": str(self.bank.model_dtype).removeprefix("torch."),
+                "adapter_dtype": str(self.bank.dtype).removeprefix("torch."),
                 "device": str(self.bank.device),
                 "batch_invariant": self.batch_invariant, "max_batch": self.max_batch}
 
@@ -235,10 +236,8 @@ class Engine:
         """Queue a request; raises UnknownAdapter, QueueFull or ValueError (too long)."""
         params = params or Sampling()
         adapters = [(n, float(w)) for n, w in (adapters or []) if n != BASE_NAME]
-        with self._wake:  # names are resolved to slots here; never wait for a running step (event loops call this)
-            for n, _ in adapters:
-                if n not in self.bank.slots:
-                    raise UnknownAdapter(n, self.adapters())
+        with self._wake:  # never wait for a running step here (event loops call this)
+            self._rows(adapters)  # an unknown adapter fails before the other checks
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests already queued (limit {self.max_queue})")
         if not prompt:
@@ -255,10 +254,7 @@ class Engine:
         if self.tok.eos_token_id is not None and self.tok.eos_token_id not in params.stop_ids:
             params.stop_ids = params.stop_ids + [self.tok.eos_token_id]
         with self._wake:
-            try:  # resolved and queued under one lock, so a reload or unload cannot free the slot between
-                rows = [(self.bank.slots[n].index, w) for n, w in adapters if w != 0.0]
-            except KeyError as e:
-                raise UnknownAdapter(str(e.args[0]), self.adapters()) from None
+            rows = self._rows(adapters)  # resolved and queued under one lock: no reload frees the slot between
             req = _Req(handle=h, prompt=list(prompt), adapters=adapters, rows=rows, params=params, gen=gen,
                        t0=time.time())
             self._pending.append(req)
@@ -267,6 +263,14 @@ class Engine:
                 self.per_adapter[n] += 1
             self._wake.notify()
         return h
+
+    def _rows(self, adapters: list[tuple[str, float]]) -> list[tuple[int, float]]:
+        """(slot, strength) of each named adapter with a nonzero strength; UnknownAdapter for a name
+        that is not resident (call with `_wake` held)."""
+        for n, _ in adapters:
+            if n not in self.bank.slots:
+                raise UnknownAdapter(n, self.adapters())
+        return [(self.bank.slots[n].index, w) for n, w in adapters if w != 0.0]
 
     def generate(self, prompt: list[int], adapters=None, params: Sampling | None = None) -> tuple[list[Token], Done]:
         """Blocking convenience: every token event and the final Done of one request."""

@@ -375,9 +375,8 @@ class Router:
         clf = self.classifiers.get(role)
         if clf is None:
             return None, "no classifier"
-        p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
-        memo.setdefault("closest", {})[role] = closest = _closest(clf, p)
-        memo.setdefault("none", {})[role] = float(p[clf.classes.index(NONE)])
+        p = self._probs(role, text, memo)
+        closest = memo["closest"][role]
         thr = self.settings.threshold if self.settings.threshold is not None else clf.threshold
         i = int(p.argmax())
         name = clf.classes[i]
@@ -438,13 +437,21 @@ class Router:
     def _base_confidence(self, text: str, memo: dict) -> float:
         """For a base decision: the classifier's probability of "none" for the first role (its own
         choice's probability; `Decision.closest` names the adapter that came closest)."""
-        clf = self.classifiers.get(self.roles[0]) if self.roles else None
-        if clf is None:
+        if not self.roles or self.roles[0] not in self.classifiers:
             return 1.0
-        p = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
-        memo.setdefault("closest", {})[self.roles[0]] = _closest(clf, p)
-        memo.setdefault("none", {})[self.roles[0]] = float(p[clf.classes.index(NONE)])
-        return float(p[clf.classes.index(NONE)])
+        self._probs(self.roles[0], text, memo)
+        return memo["none"][self.roles[0]]
+
+    def _probs(self, role: str, text: str, memo: dict) -> np.ndarray:
+        """(C,) the role's classifier probabilities for `text`, once per prompt (kept in `memo` with the
+        closest adapter and the probability of none)."""
+        got = memo.setdefault("probs", {})
+        if role not in got:
+            clf = self.classifiers[role]
+            p = got[role] = clf.probs([text[: self.settings.max_chars]], self._vector(text, memo))[0]
+            memo.setdefault("closest", {})[role] = _closest(clf, p)
+            memo.setdefault("none", {})[role] = float(p[clf.classes.index(NONE)])
+        return got[role]
 
     # ------------------------------------------------------------ evaluation
 

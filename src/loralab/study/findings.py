@@ -334,8 +334,7 @@ def row_cells(c: dict) -> list[str]:
     """One comparison's table cells; every number to two significant digits of its interval's
     half-width (no finer than the seeds resolve)."""
     name, unit, k = S.describe(c["measure"])
-    half = (c["hi"] - c["lo"]) / 2 if np.isfinite(c["lo"]) else (c["items"]["hi"] - c["items"]["lo"]) / 2
-    d = S.decimals(half, k)
+    d = S.result_decimals(c, k)
     margin = c.get("margin")
     eq = (f"{_p(c.get('p_eq_adj'))} (±{margin * k:g})" if margin else "no margin declared")
     return [c["a"], c["b"], f"{name} ({unit})", S.fmt(c["mean"], k, d),

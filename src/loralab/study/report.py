@@ -30,8 +30,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..evaluate.stats import CORRECTION_NAMES, CORRECTIONS, paired_ratio_diff, pooled_mean_ci
 from ..io import atomic_open, iter_jsonl, read_json, write_json
 from . import seeds as S
@@ -459,7 +457,7 @@ def seeded_findings(runs: list[dict], agg: list[dict], cmps: list[dict]) -> list
         if rows:
             b = better(rows, key=lambda a: a["mean"])
             name, unit, k = S.describe(what)
-            d = S.decimals((b["hi"] - b["lo"]) / 2, k)
+            d = S.result_decimals(b, k)
             out.append(f"Largest {name}: {b['variant']} ({S.fmt(b['mean'], k, d, False)} {unit}, 95% CI over "
                        f"seeds (t) [{S.fmt(b['lo'], k, d, False)}, {S.fmt(b['hi'], k, d, False)}], "
                        f"{b['n_seeds']} seeds).")
@@ -477,12 +475,12 @@ def _seeds_table(agg: list[dict]) -> str:
     body = []
     for a in agg:
         name, unit, k = S.describe(a["measure"])
-        d = S.decimals((a["hi"] - a["lo"]) / 2 if np.isfinite(a["lo"]) else (a["items"]["hi"] - a["items"]["lo"]) / 2, k)
+        d = S.result_decimals(a, k)
         body.append(f"<tr><td>{html.escape(a['variant'])}</td><td>{html.escape(name)} ({unit})</td>"
                     f"<td>{a['n_seeds']}</td><td>{S.fmt(a['mean'], k, d, False)}</td>"
                     f"<td>[{S.fmt(a['lo'], k, d, False)}, {S.fmt(a['hi'], k, d, False)}]</td>"
                     f"<td>[{S.fmt(a['items']['lo'], k, d, False)}, {S.fmt(a['items']['hi'], k, d, False)}]</td>"
-                    f"<td>{', '.join(S.fmt(x, 1.0 * k, d, False) for x in a['per_seed'])}</td></tr>")
+                    f"<td>{', '.join(S.fmt(x, k, d, False) for x in a['per_seed'])}</td></tr>")
     return (f"<section id='seeds'><h2>Across seeds</h2><p class='muted'>Each variant's mean over its seeds; "
             f"the interval is Student t over the per-seed estimates (the training run is the unit), unadjusted; "
             f"the items-only interval holds the trained models fixed.</p>"

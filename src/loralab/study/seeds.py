@@ -246,6 +246,13 @@ def decimals(half: float, k: float = 1.0) -> int:
     return int(min(4, max(1, 1 - np.floor(np.log10(h)))))
 
 
+def result_decimals(c: dict, k: float = 1.0) -> int:
+    """`decimals` of a result (aggregate or comparison): from its seed-level interval, else (one
+    seed) from its items-only interval."""
+    lo, hi = (c["lo"], c["hi"]) if np.isfinite(c["lo"]) else (c["items"]["lo"], c["items"]["hi"])
+    return decimals((hi - lo) / 2, k)
+
+
 def fmt(x: float, k: float, d: int, sign: bool = True) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x * k:{'+' if sign else ''}.{d}f}"
 
@@ -254,7 +261,7 @@ def sentence(c: dict[str, Any]) -> str:
     """One comparison in words: the seed-level interval a finding is judged on, its adjusted p,
     and the items-only interval labelled as conditional on the trained models."""
     name, unit, k = describe(c["measure"])
-    d = decimals((c["hi"] - c["lo"]) / 2 if np.isfinite(c["lo"]) else c["items"]["hi"] - c["items"]["lo"], k)
+    d = result_decimals(c, k)
     level = f"{round(100 * c.get('level', 0.95))} %"
     if np.isfinite(c["lo"]):
         ci = f"[{fmt(c['lo'], k, d)}, {fmt(c['hi'], k, d)}] ({level} t over {c['n_seeds']} seeds, unadjusted)"
