@@ -29,9 +29,10 @@ def reg(tiny, tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="module")
-def engine(tiny, reg):
-    return Engine(tiny, Registry(reg), max_batch=8)
+@pytest.fixture(scope="module", params=["static", "transformers"])
+def engine(tiny, reg, request):
+    """Both forwards: the static-cache decoder and the transformers one (each test runs on both)."""
+    return Engine(tiny, Registry(reg), max_batch=8, decode=request.param)
 
 
 def _prompts(tok):
@@ -339,3 +340,36 @@ def test_batch_invariant_runs_every_request_alone(tiny, reg):
         widest = max(widest, eng.running())
     assert widest == 1
     assert [[e.id for e in h.events() if isinstance(e, Token)] for h in hs] == alone
+
+
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(tiny, reg):
+    """With 8-token chunks a 40-token prompt takes 5 steps to prefill, and the running request gets
+    one token at each of them; both answers equal the requests run alone."""
+    eng = Engine(tiny, Registry(reg), max_batch=4, prefill_chunk=8)
+    short = _prompts(tiny.tokenizer)[0]
+    long_ = (_prompts(tiny.tokenizer)[3] * 3)[:40]
+    alone_s = _run(eng, short, [("a", 1.0)], max_tokens=12)[0]
+    alone_l = _run(eng, long_, [("b", 1.0)], max_tokens=4)[0]
+    hs = eng.submit(short, [("a", 1.0)], Sampling(max_tokens=12))
+    eng._step_once()  # prefill of the short prompt: its first token
+    hl = eng.submit(long_, [("b", 1.0)], Sampling(max_tokens=4))
+    chunks0 = eng.stats["prefill_chunks"]
+    for step in range(5):
+        before = hs._q.qsize()
+        eng._step_once()
+        assert eng.stats["prefill_chunks"] == chunks0 + step + 1
+        assert hs._q.qsize() == before + 1  # the running answer moved on during every chunk
+    while not eng._step_once():
+        pass
+    got_s = [e.id for e in hs.events() if isinstance(e, Token) and e.id >= 0]
+    got_l = [e.id for e in hl.events() if isinstance(e, Token) and e.id >= 0]
+    assert (got_s, got_l) == (alone_s, alone_l)
+
+
+def test_decoders_agree_and_bad_settings_are_refused(tiny, reg):
+    with pytest.raises(ValueError, match="decode must be"):
+        Engine(tiny, None, decode="fast")
+    with pytest.raises(ValueError, match="prefill_chunk"):
+        Engine(tiny, None, prefill_chunk=0)
+    assert Engine(tiny, None).precision["decoder"] == "static KV cache"
+    assert Engine(tiny, None, decode="transformers").precision["decoder"] == "transformers (asked for)"

@@ -40,6 +40,11 @@ def serve_cmd(
                                          "of one), so a greedy answer never depends on the other requests "
                                          "running; costs all batching throughput. With --dtype float32 for "
                                          "answers equal to transformers + peft."),
+    decode: str = typer.Option("auto", help="auto | static | transformers: the static-KV-cache decoder "
+                               "(Llama-family models; auto falls back to transformers for others) or the "
+                               "transformers forward."),
+    prefill_chunk: int = typer.Option(256, help="Prompt tokens prefilled per step (static decoder): running "
+                                      "answers wait at most one chunk for a long prompt."),
     log_level: str = typer.Option("warning", help="uvicorn's log level."),
     rag: List[str] = typer.Option([], "--rag", help="NAME=DIR: a retrieval index (`loralab rag index`) that "
                                   "requests and adapter cards may name; repeatable."),
@@ -63,7 +68,8 @@ def serve_cmd(
 
             loaded = models.load(model, device=device, dtype=dtype)
             engine = Engine(loaded, reg, max_batch=max_batch, max_queue=max_queue,
-                            batch_invariant=batch_invariant).start()
+                            batch_invariant=batch_invariant, decode=decode,
+                            prefill_chunk=prefill_chunk).start()
     except (UserError, ValueError, FileNotFoundError, RuntimeError) as e:
         fail(str(e))
         return
@@ -71,7 +77,8 @@ def serve_cmd(
         names = engine.adapters()
         out.print(f"serving {engine.base_name} with {len(names)} adapters: {', '.join(names) or '(none)'}")
         pr = engine.precision
-        out.print(f"precision: {pr['dtype']} on {pr['device']}; batches of up to {pr['max_batch']}"
+        out.print(f"precision: {pr['dtype']} on {pr['device']}; decoder: {pr['decoder']}; "
+                  f"batches of up to {pr['max_batch']}"
                   + (" (batch-invariant: every request decoded alone)" if pr["batch_invariant"] else
                      " (in bfloat16 a greedy answer may differ alone and inside a mixed batch: --batch-invariant)"
                      if pr["dtype"] != "float32" else ""))

@@ -104,6 +104,7 @@ class AdapterBank:
         self.rank = 0
         self._free: list[int] = []
         self._next = 1  # the next never-used slot index
+        self.version = 0  # bumps whenever any stacked weight changes (derived copies rebuild on it)
 
     def _grow(self, capacity: int, rank: int) -> None:
         """Re-allocate every stack to `capacity` slots of rank `rank` (contents kept)."""
@@ -114,6 +115,7 @@ class AdapterBank:
             B2[: B.shape[0], : B.shape[1]] = B
             self.stacks[name] = (A2, B2)
         self.capacity, self.rank = capacity, rank
+        self.version += 1
 
     def add(self, name: str, layers: dict[str, tuple[torch.Tensor, torch.Tensor]], rank: int,
             notes: list[str] | None = None) -> Slot:
@@ -136,6 +138,7 @@ class AdapterBank:
             SA, SB = self.stacks[mod]
             SA[index, : A.shape[0]] = A.to(self.dtype)
             SB[index, : B.shape[1]] = B.t().to(self.dtype)
+        self.version += 1
         slot = Slot(name=name, index=index, rank=rank, modules=len(layers), notes=list(notes or []))
         self.slots[name] = slot
         return slot
@@ -151,6 +154,7 @@ class AdapterBank:
         for SA, SB in self.stacks.values():
             SA[slot.index].zero_()
             SB[slot.index].zero_()
+        self.version += 1
         self._free.append(slot.index)
 
     def remove(self, name: str) -> None:

@@ -5,10 +5,15 @@
     h = eng.submit(prompt_ids, adapters=[("sport", 1.0)], params=Sampling(max_tokens=32))
     for ev in h.events(): ...           # Token(...) events, then one Done(...)
 
-One thread owns the model. Between decode steps it admits queued requests (their prompts
-are prefilled together, left-padded, and their KV caches joined to the running batch) and
-drops finished or cancelled ones (their cache rows cut out), so requests join and leave
-without waiting for each other. Every row of a batch names its own adapters and strengths:
+One thread owns the model. Between decode steps it admits queued requests and drops
+finished or cancelled ones, so requests join and leave without waiting for each other.
+For Llama-family models (`static.supports`) the forward is `StaticDecoder`'s: a KV cache
+allocated once, one cache row per request for its life, running rows kept contiguous (a
+leaving row's place is taken by the last one), admitted prompts prefilled together in chunks
+of `prefill_chunk` tokens with one decode step of the running rows between chunks, so a long
+prompt stalls running answers by at most one chunk. Other models (or `decode="transformers"`)
+use the transformers forward: prompts prefilled together, left-padded, their caches joined to
+the running batch and cut out when they leave. Every row of a batch names its own adapters and strengths:
 the stacked-adapter forward (fastlora.stacked_lora) applies each row's LoRA in every layer,
 so a batch mixing the base and any number of adapters costs one forward. Sampling is per
 request (temperature, top_p, seed, stop, max_tokens); log-probs are those of the model's
@@ -32,6 +37,9 @@ import torch
 from ..fastlora import stacked_lora
 from .bank import AdapterBank, Slot, read_lora
 from .registry import BASE_NAME, Registry, RegistryError
+from .static import StaticDecoder, supports
+
+DECODERS = ("auto", "static", "transformers")
 
 
 class QueueFull(RuntimeError):
@@ -119,13 +127,16 @@ class _Req:
     out: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the decoded answer already released
     t0: float = 0.0
+    pos: int = 0  # tokens of this request in its static cache row
+    first: torch.Tensor | None = None  # logits after its last prompt token (static prefill)
 
 
 class Engine:
     """Continuous-batching generation over a base model and a bank of adapters."""
 
     def __init__(self, loaded, registry: Registry | None = None, *, max_batch: int = 16,
-                 max_queue: int = 256, max_context: int | None = None, batch_invariant: bool = False):
+                 max_queue: int = 256, max_context: int | None = None, batch_invariant: bool = False,
+                 decode: str = "auto", prefill_chunk: int = 256):
         self.loaded = loaded
         self.model, self.tok = loaded.model, loaded.tokenizer
         self.bank = AdapterBank(self.model)
@@ -135,6 +146,20 @@ class Engine:
         self.batch_invariant = batch_invariant
         self.max_batch, self.max_queue = (1 if batch_invariant else max_batch), max_queue
         self.max_context = max_context or getattr(self.model.config, "max_position_embeddings", 2048)
+        if decode not in DECODERS:
+            raise ValueError(f"decode must be one of {', '.join(DECODERS)}, not {decode!r}")
+        if prefill_chunk < 1:
+            raise ValueError("prefill_chunk must be at least 1")
+        why = supports(self.model, self.max_context)
+        if decode == "static" and why:
+            raise ValueError(f"static decoding does not support this model: {why}")
+        self.static = None if decode == "transformers" or why else StaticDecoder(
+            self.model, self.bank, max_batch=self.max_batch, max_context=self.max_context)
+        self.decoder_note = "static KV cache" if self.static else f"transformers ({why or 'asked for'})"
+        self.prefill_chunk = prefill_chunk
+        self._filling: list[_Req] = []  # static path: requests being prefilled, cache rows from _fill_row
+        self._fill_row = self._fill_at = 0  # their first cache row; the next prompt position to prefill
+        self._lora_key, self._lora = None, None  # the running rows' adapter layout and its RowAdapters
         import inspect
 
         # transformers renamed past_key_values to cache; use whichever this version's forward takes
@@ -175,7 +200,8 @@ class Engine:
         return {"dtype": str(self.bank.model_dtype).removeprefix("torch."),
                 "adapter_dtype": str(self.bank.dtype).removeprefix("torch."),
                 "device": str(self.bank.device),
-                "batch_invariant": self.batch_invariant, "max_batch": self.max_batch}
+                "batch_invariant": self.batch_invariant, "max_batch": self.max_batch,
+                "decoder": self.decoder_note}
 
     @property
     def base_name(self) -> str:
@@ -215,7 +241,7 @@ class Engine:
     def _reap(self) -> None:
         """Free the retired slots no queued or running row holds (called with the lock held)."""
         with self._wake:
-            used = {i for r in list(self._active) + list(self._pending) for i, _ in r.rows}
+            used = {i for r in list(self._active) + self._filling + list(self._pending) for i, _ in r.rows}
             keep = []
             for slot in self._retired:
                 if slot.index in used:
@@ -229,7 +255,7 @@ class Engine:
         return len(self._pending)
 
     def running(self) -> int:
-        return len(self._active)
+        return len(self._active) + len(self._filling)
 
     def submit(self, prompt: list[int], adapters: list[tuple[str, float]] | None = None,
                params: Sampling | None = None, loop: asyncio.AbstractEventLoop | None = None) -> Handle:
@@ -313,13 +339,15 @@ class Engine:
                 self._step_once()
             except Exception as e:  # an internal failure ends the batch's requests, not the server
                 self.stats["errors"] += 1
-                for r in self._active + list(self._pending):
+                for r in self._active + self._filling + list(self._pending):
                     r.handle._put(Done("error", len(r.prompt), len(r.out), self._text(r), error=repr(e)))
-                self._active, self._cache = [], None
+                self._active, self._filling, self._cache = [], [], None
                 self._pending.clear()
 
     def _step_once(self) -> bool:
         """Admit, prefill or decode once, release finished rows; True when nothing is left."""
+        if self.static is not None:
+            return self._static_step()
         with self.lock:
             self._drop([r for r in self._active if r.handle.cancelled], "abort")
             while self._pending and self._pending[0].handle.cancelled:
@@ -379,6 +407,93 @@ class Engine:
         self.stats["steps"] += 1
         self._emit(reqs, logits)
 
+    # ------------------------------------------------------------------ static path
+    def _static_step(self) -> bool:
+        """Admit a group when none is filling, prefill one chunk of it, decode the running rows once."""
+        with self.lock:
+            self._drop([r for r in self._active if r.handle.cancelled], "abort")
+            while self._pending and self._pending[0].handle.cancelled:
+                r = self._pending.popleft()
+                r.handle._put(Done("abort", len(r.prompt), 0, ""))
+            if not self._filling:
+                room = self.max_batch - len(self._active)
+                with self._wake:
+                    while self._pending and len(self._filling) < room:
+                        r = self._pending.popleft()
+                        if not r.handle.cancelled:
+                            self._filling.append(r)
+                self._fill_row, self._fill_at = len(self._active), 0
+            running = bool(self._active)
+            if self._filling:
+                self._prefill_chunk()
+            if running:
+                self._static_decode()
+            self._reap()
+            return not self._active and not self._filling and not self._pending
+
+    def _prefill_chunk(self) -> None:
+        """One chunk of the filling group's prompts (right-padded to the longest); when the last
+        chunk is done the group joins the running rows and gets its first tokens."""
+        g, c0 = self._filling, self._fill_at
+        T = max(len(r.prompt) for r in g)
+        c1 = min(T, c0 + self.prefill_chunk)
+        ids = torch.zeros((len(g), c1 - c0), dtype=torch.long)
+        for i, r in enumerate(g):
+            part = r.prompt[c0:c1]
+            if part:
+                ids[i, : len(part)] = torch.tensor(part)
+        keep = torch.tensor([min(max(len(r.prompt) - 1 - c0, 0), c1 - c0 - 1) for r in g])
+        rows = range(self._fill_row, self._fill_row + len(g))
+        logits = self.static.forward(ids, rows, c0, keep=keep, lora=self.static.adapter_rows([r.rows for r in g]))
+        self.stats["prompt_tokens"] += sum(max(0, min(len(r.prompt), c1) - c0) for r in g)
+        self.stats["prefill_chunks"] += 1
+        for i, r in enumerate(g):
+            if c0 <= len(r.prompt) - 1 < c1:
+                r.first = logits[i]
+        self._fill_at = c1
+        if c1 < T:
+            return
+        n = len(self._active)
+        if self._fill_row != n:  # running rows left while the group filled: close the gap
+            self.static.move(list(rows), list(range(n, n + len(g))), T)
+        for r in g:
+            r.pos = len(r.prompt)
+        self._active += g
+        self._filling = []
+        gone = [r for r in g if r.handle.cancelled]
+        self._drop(gone, "abort")
+        live = [r for r in g if not r.handle.cancelled]
+        if live:
+            first = torch.stack([r.first for r in live])
+            for r in live:
+                r.first = None
+            self._emit(live, first)
+
+    def _static_decode(self) -> None:
+        reqs = self._active
+        dev = self.bank.device
+        key = (self.bank.version, tuple(id(r) for r in reqs))
+        if key != self._lora_key:
+            self._lora_key, self._lora = key, self.static.adapter_rows([r.rows for r in reqs])
+        ids = torch.tensor([[r.out[-1]] for r in reqs], device=dev)
+        pos = torch.tensor([r.pos for r in reqs], device=dev)
+        logits = self.static.forward(ids, range(0, len(reqs)), pos, lora=self._lora)
+        for r in reqs:
+            r.pos += 1
+        self.stats["steps"] += 1
+        self._emit(reqs, logits)
+
+    def _static_drop(self, gone_ids: set[int]) -> None:
+        """Remove rows from the running ones, the last row moving into each hole (rows stay contiguous)."""
+        act = list(self._active)
+        for i in sorted((i for i, r in enumerate(act) if id(r) in gone_ids), reverse=True):
+            last = len(act) - 1
+            if i != last:
+                self.static.move([last], [i], act[last].pos)
+                act[i] = act[last]
+            act.pop()
+        self._active = act
+
     # ------------------------------------------------------------------ cache rows
     def _join(self, new: list[_Req], cache, mask: torch.Tensor, pos: torch.Tensor) -> None:
         """Append prefilled rows to the running batch (both left-padded to one length)."""
@@ -410,6 +525,9 @@ class Engine:
             if reason == "abort":
                 r.handle._put(Done("abort", len(r.prompt), len(r.out), self._text(r)))
         gone_ids = {id(r) for r in gone}
+        if self.static is not None:
+            self._static_drop(gone_ids)
+            return
         keep = [i for i, r in enumerate(self._active) if id(r) not in gone_ids]
         self._active = [self._active[i] for i in keep]
         if not keep:
