@@ -2,6 +2,8 @@
 
     python benchmarks/serve.py                                 # SmolLM2-135M, 8 adapters, 8 clients, 20 s each
     python benchmarks/serve.py --model tiny-random --seconds 5 --clients 4   # a quick look
+    python benchmarks/serve.py --latency                       # TTFT and p50/p99 under 1/4/8/32 clients,
+                                                               # static decoder vs the transformers forward
 
 Everything runs on loopback in one invocation, bounded by --seconds per scenario:
   (a) mixed    `loralab serve`, each request to one of 8 adapters at random
@@ -116,6 +118,87 @@ async def drive(url: str, choose, clients: int, seconds: float, max_tokens: int)
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else float("nan")  # noqa: E731
     return {"requests": done, "errors": errors, "tokens": toks, "wall": wall, "tok_s": toks / wall,
             "p50": q(0.50), "p99": q(0.99), "mean": statistics.fmean(lat) if lat else float("nan")}
+
+
+async def drive_stream(url: str, choose, clients: int, seconds: float, max_tokens: int) -> dict:
+    """Streamed completions: time to first token and whole-request latency, per request."""
+    import json
+
+    ttft, lat, toks, errors = [], [], 0, 0
+    end = time.time() + seconds
+
+    async def one(i: int):
+        nonlocal toks, errors
+        rnd = random.Random(i)
+        async with httpx.AsyncClient(base_url=url, timeout=600) as c:
+            while time.time() < end:
+                body = {"model": choose(rnd), "prompt": rnd.choice(PROMPTS), "max_tokens": max_tokens,
+                        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+                t, first, n = time.time(), None, 0
+                try:
+                    async with c.stream("POST", "/v1/completions", json=body) as r:
+                        if r.status_code != 200:
+                            errors += 1
+                            continue
+                        async for line in r.aiter_lines():
+                            if not line.startswith("data: ") or line == "data: [DONE]":
+                                continue
+                            ev = json.loads(line[6:])
+                            if first is None and ev.get("choices") and ev["choices"][0].get("text"):
+                                first = time.time() - t
+                            if ev.get("usage"):
+                                n = ev["usage"]["completion_tokens"]
+                    lat.append(time.time() - t)
+                    ttft.append(first if first is not None else lat[-1])
+                    toks += n
+                except httpx.HTTPError:
+                    errors += 1
+
+    t0 = time.time()
+    await asyncio.gather(*(one(i) for i in range(clients)))
+    wall = time.time() - t0
+
+    def q(xs, p):
+        xs = sorted(xs)
+        return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
+
+    return {"requests": len(lat), "errors": errors, "tok_s": toks / wall, "ttft50": q(ttft, 0.5),
+            "ttft99": q(ttft, 0.99), "p50": q(lat, 0.5), "p99": q(lat, 0.99)}
+
+
+def run_latency(args) -> None:
+    """TTFT and latency percentiles under 1/4/8/32 clients for both forwards of `loralab serve`."""
+    root = Path(tempfile.mkdtemp(prefix="loralab-bench-latency-"))
+    names = make_registry(args.model, root, args.adapters, args.rank)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = {}
+    for decode in ("transformers", "static"):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = subprocess.Popen([sys.executable, "-m", "loralab.cli", "serve", "--model", args.model, "--registry",
+                                 str(root), "--port", str(port), "--max-batch", str(max(32, args.max_batch)),
+                                 "--decode", decode, "--max-tokens", str(max(args.max_tokens, 16))], env=env)
+        try:
+            wait_up(url, proc)
+            asyncio.run(drive_stream(url, lambda r: r.choice(names), 2, 2.0, 4))  # warm-up
+            for clients in args.client_counts:
+                r = asyncio.run(drive_stream(url, lambda r: r.choice(names), clients, args.seconds, args.max_tokens))
+                res[(decode, clients)] = r
+                print(f"{decode} {clients} clients: {r}", flush=True)
+        finally:
+            proc.terminate()
+            proc.wait()
+    import torch
+
+    print(f"\nmodel {args.model}, {args.adapters} adapters (rank {args.rank}), each request to one at random; "
+          f"streamed completions, greedy, max_tokens {args.max_tokens}, {args.seconds:.0f} s per cell; "
+          f"{torch.get_num_threads()} torch threads; cpu: {cpu_name()}")
+    print("| decoder | clients | requests | tokens/s | TTFT p50 s | TTFT p99 s | latency p50 s | latency p99 s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (decode, clients), r in res.items():
+        print(f"| {decode} | {clients} | {r['requests']} | {r['tok_s']:.1f} | {r['ttft50']:.3f} | {r['ttft99']:.3f} "
+              f"| {r['p50']:.2f} | {r['p99']:.2f} |")
+    print(f"errors: {sum(r['errors'] for r in res.values())}")
 
 
 # ------------------------------------------------------------------ the alternative server
@@ -236,12 +319,17 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--latency", action="store_true", help="TTFT and latency percentiles per client count, "
+                    "static decoder vs the transformers forward")
+    ap.add_argument("--client-counts", type=int, nargs="+", default=[1, 4, 8, 32])
     ap.add_argument("--_alt", help=argparse.SUPPRESS)
     ap.add_argument("--_port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--_swap", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._alt:
         swap_server(args.model, Path(args._alt), args._port, args._swap)
+    elif args.latency:
+        run_latency(args)
     else:
         run_scenarios(args)
 

@@ -99,14 +99,14 @@ class RowAdapters:
     """Which adapters each batch row uses: slots (K, N) long, scales (K, N) float."""
 
     def __init__(self, slots: torch.Tensor, scales: torch.Tensor, n_slots: int | None = None,
-                 rank: int | None = None):
+                 rank: int | None = None, dense_max: int = DENSE_MAX):
         self.slots, self.scales = slots, scales
         s0 = slots[0]
         uniform = slots.shape[0] == 1 and bool((s0 == s0[0]).all()) and bool((scales[0] == scales[0, 0]).all())
         # (slot, scale) when one adapter at one scale covers every row: the lean path
         self.single = (int(s0[0]), float(scales[0, 0])) if uniform else None
         self.dense = None  # (N, S * r): each row's weight on every stacked rank column
-        if self.single is None and n_slots and rank and n_slots * rank <= DENSE_MAX:
+        if self.single is None and n_slots and rank and n_slots * rank <= dense_max:
             w = torch.zeros((slots.shape[1], n_slots), dtype=torch.float32, device=slots.device)
             w.scatter_add_(1, slots.t(), scales.t().float())  # (N, S): composed weights add up
             w[:, 0] = 0.0  # slot 0 is the base
@@ -114,7 +114,7 @@ class RowAdapters:
 
     @classmethod
     def of(cls, rows: list[list[tuple[int, float]]], device=None, n_slots: int | None = None,
-           rank: int | None = None) -> "RowAdapters":
+           rank: int | None = None, dense_max: int = DENSE_MAX) -> "RowAdapters":
         """From each row's [(slot, scale)] (an empty list = the base)."""
         K = max(1, max((len(r) for r in rows), default=1))
         slots = torch.zeros((K, len(rows)), dtype=torch.long)
@@ -122,7 +122,7 @@ class RowAdapters:
         for n, r in enumerate(rows):
             for k, (s, c) in enumerate(r):
                 slots[k, n], scales[k, n] = s, c
-        return cls(slots.to(device), scales.to(device), n_slots, rank)
+        return cls(slots.to(device), scales.to(device), n_slots, rank, dense_max)
 
 
 def stacked_lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,

@@ -61,6 +61,7 @@ class Sampling:
     stop: list[str] = field(default_factory=list)
     top_logprobs: int = 0  # most likely tokens reported at each position (0 = none)
     stop_ids: list[int] = field(default_factory=list)  # token ids that end the answer (EOS added)
+    ignore_eos: bool = False  # decode max_tokens whatever comes (benchmarks); EOS is then not added
 
 
 @dataclass
@@ -277,7 +278,8 @@ class Engine:
             gen = torch.Generator(device="cpu")
             gen.manual_seed(params.seed if params.seed is not None else int.from_bytes(torch.randint(
                 0, 2**31 - 1, (1,)).numpy().tobytes()[:4], "little"))
-        if self.tok.eos_token_id is not None and self.tok.eos_token_id not in params.stop_ids:
+        if (not params.ignore_eos and self.tok.eos_token_id is not None
+                and self.tok.eos_token_id not in params.stop_ids):
             params.stop_ids = params.stop_ids + [self.tok.eos_token_id]
         with self._wake:
             rows = self._rows(adapters)  # resolved and queued under one lock: no reload frees the slot between
@@ -476,7 +478,7 @@ class Engine:
         if key != self._lora_key:
             self._lora_key, self._lora = key, self.static.adapter_rows([r.rows for r in reqs])
         ids = torch.tensor([[r.out[-1]] for r in reqs], device=dev)
-        pos = torch.tensor([r.pos for r in reqs], device=dev)
+        pos = torch.tensor([r.pos for r in reqs])  # host positions: the decoder reads them once
         logits = self.static.forward(ids, range(0, len(reqs)), pos, lora=self._lora)
         for r in reqs:
             r.pos += 1
