@@ -50,8 +50,10 @@ def test_supports_names_what_it_cannot_run(tiny):
         StaticDecoder(Other())
 
 
-@pytest.mark.parametrize("with_adapters", [False, True])
-def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, with_adapters):
+@pytest.mark.parametrize("with_adapters,path", [(False, "dense"), (True, "dense"), (True, "gathered")])
+def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, with_adapters, path, monkeypatch):
+    if path == "gathered":  # each row gathers its own factors instead of one matmul over every slot
+        monkeypatch.setattr("loralab.serve.static.DENSE_MAX", 0)
     torch.manual_seed(0)
     lens = [7, 12, 3]
     seqs = [torch.randint(5, 1000, (n + 4,)).tolist() for n in lens]  # prompt + 4 decoded tokens
@@ -60,6 +62,8 @@ def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, wi
     ref = _reference(tiny.model, bank, seqs, rows)
     dec = StaticDecoder(tiny.model, bank, max_batch=4, max_context=64, capacity=8)  # grows while running
     lora = dec.adapter_rows(rows)
+    if with_adapters:
+        assert all((r.dense is None) == (path == "gathered") for r in lora.values())
     # prefill in chunks of 5 for rows 1..3 of the cache (right-padded to the longest prompt)
     T = max(lens)
     ids = torch.zeros((3, T), dtype=torch.long)

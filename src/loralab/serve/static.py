@@ -232,8 +232,12 @@ class StaticDecoder:
         bank = self.bank
         if bank is None or not bank.stacks or not any(rows):
             return None
+        # a fused group of g projections has g times the rank: the dense all-slots matmul pays off
+        # over the per-row gather from 16 rows on (measured on SmolLM2 with 8 adapters, 2-core EPYC:
+        # at 8 rows gather 50 ms vs dense 53 ms a step, at 32 rows 127 vs 107 ms)
+        scale = (lambda g: g) if len(rows) >= 16 else (lambda g: 1)
         return {g: RowAdapters.of(rows, device=self.device, n_slots=bank.capacity, rank=g * bank.rank,
-                                  dense_max=DENSE_MAX * g) for g in (1, 2, 3)}
+                                  dense_max=DENSE_MAX * scale(g)) for g in (1, 2, 3)}
 
     # ------------------------------------------------------------------ forward
     def _norm(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
