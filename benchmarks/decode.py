@@ -13,8 +13,9 @@ call that returns when every row is done, after one untimed warm-up of that conf
   hf-tuned      `generate` as one tunes it for one adapter: the adapter merged into the weights
                 (no LoRA cost; a mix of adapters cannot be merged), static cache
   llama.cpp     llama-cpp-python (when installed) on the same weights converted to a bf16 GGUF, the
-                adapter converted to a GGUF LoRA; it runs one sequence at a time, so batch B is
-                B requests in turn
+                adapter converted to a GGUF LoRA (converters from llama.cpp's source: $LLAMA_CPP_DIR);
+                it runs one sequence at a time, so batch B is B requests in turn
+  llama.cpp-q4  the same on the packaged Q4_1 GGUF (4-bit weights: fewer bytes per step, other numbers)
 for three adapter settings: base, one adapter on every row, and each row a different one of 8.
 The bound: decode step >= bytes of weights / measured memory bandwidth (a 512 MB read), so
 tokens/s <= B x bandwidth / weight bytes; the table prints each row's share of it.
@@ -89,6 +90,32 @@ def engine_rate(loaded, registry: Path, decode: str, B: int, adapters, ids: list
     return B * new / timed(run)
 
 
+def stall(loaded, chunk: int, long_tokens: int = 2000) -> tuple[float, float]:
+    """(longest gap between two tokens of a running answer while a `long_tokens` prompt is
+    admitted, the typical gap before it) in seconds, with prefill chunks of `chunk` tokens."""
+    from loralab.serve.engine import Engine, Sampling, Token
+
+    eng = Engine(loaded, None, max_batch=4, prefill_chunk=chunk).start()
+    try:
+        tok = loaded.tokenizer
+        run = eng.submit([tok.bos_token_id] + tok.encode(PROMPT, add_special_tokens=False),
+                         None, Sampling(max_tokens=48, ignore_eos=True))
+        filler = tok.encode(" the match went on and on", add_special_tokens=False)
+        long_ = (filler * (long_tokens // len(filler) + 1))[:long_tokens]
+        times, other = [], None
+        for ev in run.events():
+            if isinstance(ev, Token):
+                times.append(time.perf_counter())
+                if len(times) == 12:
+                    other = eng.submit(long_, None, Sampling(max_tokens=1, ignore_eos=True))
+        for _ in other.events():
+            pass
+    finally:
+        eng.stop()
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    return max(gaps[10:]), sorted(gaps[:10])[5]
+
+
 def hf_rate(model, tok, B: int, names, ids: list[int], new: int, **kw) -> float:
     x = torch.tensor([ids] * B)
     extra = {"adapter_names": [names(i) for i in range(B)]} if names else {}
@@ -151,6 +178,12 @@ def main() -> None:
         for B in args.batches:
             add("hf-tuned", "one", B, hf_rate(merged, tok, B, None, ids, args.new, cache_implementation="static"))
         del merged
+    if "stall" not in args.skip:
+        for chunk in (256, 4096):
+            worst, typical = stall(loaded, chunk)
+            print(f"2,000-token prompt admitted while an answer runs, prefill chunk {chunk}: longest gap "
+                  f"between two of its tokens {worst * 1e3:.0f} ms (typical gap before: {typical * 1e3:.0f} ms)",
+                  flush=True)
     if "llama.cpp" not in args.skip:
         for note in run_llama_cpp(loaded, root, names, ids, args):
             if isinstance(note, tuple):
@@ -179,62 +212,78 @@ def main() -> None:
             got = {c: r for c, s, b, r in rows if s == setting and b == B}
             if "static" in got and "transformers" in got:
                 line = f"{setting} B={B}: static / transformers = {got['static'] / got['transformers']:.2f}"
-                for other in ("hf-generate", "hf-tuned", "llama.cpp"):
+                for other in ("hf-generate", "hf-tuned", "llama.cpp", "llama.cpp-q4"):
                     if other in got:
                         line += f", static / {other} = {got['static'] / got[other]:.2f}"
                 print(line)
 
 
 def run_llama_cpp(loaded, root: Path, names: list[str], ids: list[int], args):
-    """Rows (col, setting, B, tok/s) for llama.cpp, or lines saying why not."""
+    """Rows (col, setting, B, tok/s) for llama.cpp, or lines saying why not.
+
+    Two weight files: the packaged GGUF itself (Q4_1, what the embedded model ships as) and the
+    same weights loralab serves, converted to a bf16 GGUF with llama.cpp's own converter; the
+    adapter converted with llama.cpp's LoRA converter. The converters live in llama.cpp's source
+    (the llama-cpp-python sdist's vendor/llama.cpp): point $LLAMA_CPP_DIR at that folder."""
+    import os
+
     try:
         from llama_cpp import Llama
     except ImportError:
         yield "llama.cpp: llama-cpp-python is not installed here (pip install llama-cpp-python builds it from source)"
         return
-    import llama_cpp
+    from loralab import models
 
-    conv = next(iter(Path(llama_cpp.__file__).parent.rglob("convert_hf_to_gguf.py")), None)
-    conv_lora = conv.parent / "convert_lora_to_gguf.py" if conv else None
-    if conv is None:
-        yield "llama.cpp: no convert_hf_to_gguf.py in the llama-cpp-python package: weights not converted"
-        return
-    work = root / "gguf"
-    work.mkdir(exist_ok=True)
-    src = work / "hf"
-    loaded.model.save_pretrained(src)
-    loaded.tokenizer.save_pretrained(src)
-    base = work / "model-bf16.gguf"
-    r = subprocess.run([sys.executable, str(conv), str(src), "--outtype", "bf16", "--outfile", str(base)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        yield f"llama.cpp: converting the weights failed: {r.stderr.strip().splitlines()[-1:]}"
-        return
-    lora = work / "adapter0.gguf"
-    r = subprocess.run([sys.executable, str(conv_lora), "--base", str(src), "--outtype", "f32", "--outfile", str(lora),
-                        str(root / names[0])], capture_output=True, text=True)
-    lora_ok = r.returncode == 0
-    if not lora_ok:
-        yield f"llama.cpp: converting the adapter failed: {r.stderr.strip().splitlines()[-1:]}"
+    files = []
+    try:
+        files.append(("llama.cpp-q4", models.gguf_path(loaded.spec), None))
+    except (KeyError, models.ModelError) as e:
+        yield f"llama.cpp: no packaged GGUF for {loaded.spec}: {e}"
+    src_dir = Path(os.environ.get("LLAMA_CPP_DIR", "")) if os.environ.get("LLAMA_CPP_DIR") else None
+    if src_dir is None or not (src_dir / "convert_hf_to_gguf.py").exists():
+        yield ("llama.cpp: bf16 weights and the GGUF LoRA not converted: set LLAMA_CPP_DIR to llama.cpp's source "
+               "(convert_hf_to_gguf.py, convert_lora_to_gguf.py, gguf-py)")
+    else:
+        work = root / "gguf"
+        work.mkdir(exist_ok=True)
+        src = work / "hf"
+        loaded.model.save_pretrained(src)
+        loaded.tokenizer.save_pretrained(src)
+        env = {**os.environ, "PYTHONPATH": str(src_dir / "gguf-py")}
+        base = work / "model-bf16.gguf"
+        r = subprocess.run([sys.executable, str(src_dir / "convert_hf_to_gguf.py"), str(src), "--outtype", "bf16",
+                            "--outfile", str(base)], capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            yield f"llama.cpp: converting the weights failed: {(r.stderr.strip().splitlines() or [''])[-1]}"
+        else:
+            lora = work / "adapter0.gguf"
+            r = subprocess.run([sys.executable, str(src_dir / "convert_lora_to_gguf.py"), "--base", str(src),
+                                "--outtype", "f32", "--outfile", str(lora), str(root / names[0])],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0:
+                yield f"llama.cpp: converting the adapter failed: {(r.stderr.strip().splitlines() or [''])[-1]}"
+                lora = None
+            files.append(("llama.cpp", base, lora))
     threads = torch.get_num_threads()
-    for setting, kw in (("base", {}), ("one", {"lora_path": str(lora)} if lora_ok else None)):
-        if kw is None:
-            continue
-        llm = Llama(model_path=str(base), n_ctx=512, n_threads=threads, n_batch=256, verbose=False, **kw)
+    for col, path, lora in files:
+        for setting, kw in (("base", {}), ("one", {"lora_path": str(lora)} if lora else None)):
+            if kw is None:
+                continue
+            llm = Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, n_batch=256,
+                        verbose=False, **kw)
+            for B in args.batches:
+                def run():
+                    for _ in range(B):  # one sequence at a time: B requests in turn
+                        n = 0
+                        for _t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+                            n += 1
+                            if n == args.new:
+                                break
 
-        def run():
-            for _ in range(B):
-                llm.reset()
-                n = 0
-                for _t in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-                    n += 1
-                    if n == args.new:
-                        break
-
-        for B in args.batches:
-            yield ("llama.cpp", setting, B, B * args.new / timed(run))
-        del llm
-    yield "llama.cpp: one sequence at a time (batch B = B requests in turn); a mix of adapters per request is not run"
+                yield (col, setting, B, B * args.new / timed(run))
+            del llm
+    yield ("llama.cpp: one sequence at a time (batch B = B requests in turn; llama-cpp-python's Llama decodes one "
+           "sequence); a mix of adapters per request is not run")
 
 
 if __name__ == "__main__":

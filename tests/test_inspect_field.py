@@ -200,7 +200,9 @@ def test_field_on_the_embedded_model(smol, tmp_path):
     f = fld.token_field(ins, "What is the capital of France?", "The capital of France is Paris.", {"a": 1.0})
     assert "".join(f["tokens"]) == "The capital of France is Paris."
     ctx, cont = fld.encode(ins, "What is the capital of France?", "The capital of France is Paris.", chat=True)
-    np.testing.assert_allclose(f["base_logprob"], token_logprobs(smol.model, [(ctx, cont)])[0].logprobs, atol=1e-5)
+    fp32 = copy.deepcopy(smol.model).float()  # the inspector computes in fp32 whatever the served dtype
+    np.testing.assert_allclose(f["base_logprob"], token_logprobs(fp32, [(ctx, cont)])[0].logprobs, atol=1e-5)
+    assert f["precision"]["dtype"] == "float32"
     assert f["base_logprob"][-2] > math.log(0.5)  # " Paris" is likely under the real base
     f0 = fld.token_field(ins, "What is the capital of France?", "The capital of France is Paris.", {"a": 0.0})
     assert max(f0["kl"]) < 1e-6

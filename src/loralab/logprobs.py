@@ -321,6 +321,28 @@ def token_logprobs(
     return results  # type: ignore[return-value]
 
 
+@torch.inference_mode()
+def next_token_logprobs(model, context: Sequence[int], continuation: Sequence[int], *, pad_id: int = 0,
+                        max_length: int | None = None) -> torch.Tensor:
+    """(n, V) fp32 log-softmax of the full next-token distribution at each position that predicts a
+    continuation token (the positions `token_logprobs` scores): one forward, every number a view
+    of the same distribution (a token's log-prob, the top-k, any candidate's log-prob)."""
+    model = _unwrap(model)
+    dev = next(model.parameters()).device
+    rows, _ = _prepare_rows(model, [(list(context), list(continuation))], max_length)
+    plan, _ = _plan(model, rows, False, max(512, rows[0][2] + len(rows[0][0])))
+    logits_of = logits_fn(model, fp32=False)
+    with fast_lora(model):
+        h, _, _ = _continuation_hidden(model, rows, plan, pad_id, dev)  # (n, H)
+        return torch.cat([lsm for _, lsm in log_softmax_rows(logits_of(h))])
+
+
+def kl_js(lp: torch.Tensor, lq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(KL(p || q), JS(p, q)) per row, in nats, of (rows, V) fp32 log-probs."""
+    lm = torch.logaddexp(lp, lq) - math.log(2.0)  # log of the mixture (p + q) / 2
+    return _kl(lp, lq), 0.5 * (_kl(lp, lm) + _kl(lq, lm))
+
+
 def score_texts(
     loaded, pairs: Sequence[tuple[str, str]], *, bos: bool = True, **kw
 ) -> list[TokenScores]:
@@ -402,9 +424,9 @@ def token_divergence(
                     with ctx():  # the head may carry an adapter too
                         logits.append(logits_fn(model, fp32=False)(h[s: s + logits_chunk]))
                 for (_, lp), (_, lq) in zip(log_softmax_rows(logits[0]), log_softmax_rows(logits[1])):
-                    kl_parts.append(_kl(lp, lq))  # lp, lq: (<= SOFTMAX_ROWS, V) fp32
-                    lm = torch.logaddexp(lp, lq) - math.log(2.0)  # log of the mixture (p + q) / 2
-                    js_parts.append(0.5 * (_kl(lp, lm) + _kl(lq, lm)))
+                    kl, js = kl_js(lp, lq)  # lp, lq: (<= SOFTMAX_ROWS, V) fp32
+                    kl_parts.append(kl)
+                    js_parts.append(js)
             kl = torch.cat(kl_parts).cpu().numpy()
             js = torch.cat(js_parts).cpu().numpy()
             off = 0

@@ -1,7 +1,11 @@
 """The token probability field of a base model and its adapters: pure functions.
 
-Every number comes from the log-prob engine (`loralab.logprobs`): per-token log-probs and
-top-k from `token_logprobs`, KL(base ‖ adapter) and JS from `token_divergence`. Adapters
+Every number comes from the log-prob engine (`loralab.logprobs.next_token_logprobs`): one
+forward per side (the base, a mix) gives the full fp32 next-token distribution at every
+continuation position, cached per (prompt, continuation, mix); a token's log-prob, the top-k,
+any candidate's log-prob, KL(base ‖ mix) and JS (`logprobs.kl_js`) are all read from those
+same rows, so one token has one value everywhere on the page. The model runs in fp32 (the
+inspector's own copy; `Inspector.precision` says so in every answer). Adapters
 are PEFT LoRA adapters loaded side by side on one copy of the base (`adapters.apply_adapters`);
 a *mix* activates several of them at once and sets each one's strength with PEFT's own
 `LoraLayer.set_scale` (scaling = strength · alpha / r), so the LoRA update itself is computed
@@ -9,7 +13,8 @@ by PEFT / `fastlora` as everywhere else:
 
     W x + Σ_i strength_i · (alpha_i / r_i) · B_i A_i x
 
-Strength 0 for every adapter is the base model exactly; trained token rows (a trigger
+An adapter at strength 0 is left out of the mix, so a mix whose other adapters are at 0 is
+that single adapter exactly, and all at 0 is the base; trained token rows (a trigger
 token's embedding) are not scaled.
 
     ins = Inspector.load(models.load("tiny-random"), {"sport": "runs/sport/adapter"})
@@ -25,6 +30,7 @@ import dataclasses
 import math
 import re
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -35,12 +41,13 @@ import torch
 from ...adapters import AdapterError, apply_adapters, check, peft_model, resolve_folder
 from ...errors import UserError
 from ...generate import chat_inputs, generate_ids
-from ...logprobs import encode_pair, token_divergence, token_logprobs
+from ...logprobs import encode_pair, kl_js, next_token_logprobs
 
 MAX_PROMPT_CHARS = 20_000  # a longer prompt is refused (the page is for reading token by token)
 MAX_CONTINUATION_TOKENS = 512
 MAX_STRENGTH = 2.0
 MAX_TOP_K = 50
+CACHE_BYTES = 768 << 20  # distributions kept per (prompt, continuation, side): ~32 answers of 100 tokens
 
 
 class PromptTooLong(UserError):
@@ -55,13 +62,19 @@ class Inspector:
     base: object  # the Loaded given (fingerprint and tokenizer of the base)
     paths: dict[str, str] = field(default_factory=dict)  # adapter name -> folder
     lock: threading.RLock = field(default_factory=threading.RLock)
+    cache: OrderedDict = field(default_factory=OrderedDict)  # (ctx, cont, side) -> (n, V) fp32 log-probs
+    cache_bytes: int = 0
+    passes: int = 0  # model forwards run (each side of each new (prompt, continuation) once)
 
     @classmethod
-    def load(cls, base, adapters: Mapping[str, str | Path] | None = None, *, share: bool = False) -> "Inspector":
+    def load(cls, base, adapters: Mapping[str, str | Path] | None = None, *, share: bool = False,
+             fp32: bool = True) -> "Inspector":
         """An inspector over `base` (a models.Loaded) with `adapters` {name: folder} loaded.
 
         Loading adapters wraps the model's layers in place, so the base is copied first
-        unless `share` is True (then the caller gives up its plain model).
+        unless `share` is True (then the caller gives up its plain model). With `fp32` (the
+        default) the inspector's model runs in float32 whatever the base's dtype: its numbers
+        are read to 3-4 decimals, which bf16 (8 bits of mantissa) cannot carry.
         """
         own = base if share else copy.copy(base)
         if not share:
@@ -69,6 +82,8 @@ class Inspector:
             for m in own.model.modules():  # a forward swapped in for the duration of a call (fastlora) stays there
                 m.__dict__.pop("forward", None)
                 m.__dict__.pop("_loralab_bank", None)
+        if fp32:
+            own.model = own.model.float()
         ins = cls(loaded=own, base=base)
         for name, path in (adapters or {}).items():
             ins.add_adapter(name, path)
@@ -77,6 +92,31 @@ class Inspector:
     @property
     def tokenizer(self):
         return self.loaded.tokenizer
+
+    @property
+    def precision(self) -> dict:
+        p = next(self.loaded.model.parameters())
+        return {"dtype": str(p.dtype).removeprefix("torch."), "device": str(p.device),
+                "note": "log-probs from an fp32 log-softmax of the model's logits"}
+
+    def distribution(self, ctx: list[int], cont: list[int], weights: Mapping[str, float]) -> torch.Tensor:
+        """(len(cont), V) fp32 log-probs of the base ({} or all strengths 0) or of the mix, cached."""
+        side = tuple(sorted((n, w) for n, w in check_weights(self, weights).items() if w != 0.0))
+        key = (tuple(ctx), tuple(cont), side)
+        with self.lock:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.cache.move_to_end(key)
+                return hit
+            with (mixed(self, dict(side)) if side else base_context(self)):
+                lp = next_token_logprobs(self.loaded.model, ctx, cont, pad_id=_pad(self))
+            self.passes += 1
+            self.cache[key] = lp
+            self.cache_bytes += lp.numel() * lp.element_size()
+            while self.cache_bytes > CACHE_BYTES and len(self.cache) > 1:
+                _, old = self.cache.popitem(last=False)
+                self.cache_bytes -= old.numel() * old.element_size()
+            return lp
 
     @property
     def names(self) -> list[str]:
@@ -157,7 +197,7 @@ def mixed(ins: Inspector, weights: Mapping[str, float]):
 
     No weights (or no adapters loaded): the base with adapters disabled.
     """
-    weights = check_weights(ins, weights)
+    weights = {n: w for n, w in check_weights(ins, weights).items() if w != 0.0}  # 0: not in the mix
     pm = peft_model(ins.loaded.model)
     if pm is None or not weights:
         with (pm.disable_adapter() if pm is not None else contextlib.nullcontext()):
@@ -256,18 +296,17 @@ def token_field(ins: Inspector, prompt: str, continuation: str, weights: Mapping
                 chat: bool = True, worst: int = 8) -> dict:
     """Per continuation token: log p under base and under the mix, their difference, surprisal
     (nats, −log p), KL(base ‖ mix) and JS at the position predicting it; the `worst` positions
-    by KL first in `disagree`."""
+    by KL first in `disagree`. Two forwards at most (base and mix), each cached."""
     ctx, cont = encode(ins, prompt, continuation, chat)
-    pairs = [(ctx, cont)]
-    with ins.lock:
-        with base_context(ins):
-            lb = token_logprobs(ins.loaded.model, pairs, pad_id=_pad(ins))[0]
-        with mixed(ins, weights):
-            la = token_logprobs(ins.loaded.model, pairs, pad_id=_pad(ins))[0]
-            div = token_divergence(ins.loaded.model, ins.loaded.model, pairs, p_context=lambda: base_context(ins),
-                                   pad_id=_pad(ins))[0]
-    base_lp, ad_lp = lb.logprobs.astype(np.float64), la.logprobs.astype(np.float64)
-    kl = div.kl.astype(np.float64)
+    weights = check_weights(ins, weights)
+    base = ins.distribution(ctx, cont, {})
+    mix = ins.distribution(ctx, cont, weights)
+    idx = torch.arange(len(cont))
+    tgt = torch.tensor(cont)
+    base_lp = base[idx, tgt].double().numpy()
+    ad_lp = mix[idx, tgt].double().numpy()
+    kl_t, js_t = kl_js(base, mix)
+    kl, js = kl_t.double().numpy(), js_t.double().numpy()
     order = np.argsort(-kl, kind="stable")[:worst]
     return {
         "context_tokens": len(ctx),
@@ -279,58 +318,54 @@ def token_field(ins: Inspector, prompt: str, continuation: str, weights: Mapping
         "base_surprisal": (-base_lp).tolist(),
         "surprisal": (-ad_lp).tolist(),
         "kl": kl.tolist(),
-        "js": div.js.astype(np.float64).tolist(),
+        "js": js.tolist(),
         "disagree": [int(i) for i in order],
         "totals": {"base_nll": float(-base_lp.sum()), "adapter_nll": float(-ad_lp.sum()),
                    "kl_mean": float(kl.mean()), "kl_max": float(kl.max())},
-        "weights": check_weights(ins, weights),
+        "weights": weights,
+        "precision": ins.precision,
     }
 
 
-def _topk_at(ins: Inspector, pairs, position: int, k: int) -> tuple[list[int], list[float]]:
-    s = token_logprobs(ins.loaded.model, pairs, top_k=k, pad_id=_pad(ins))[0]
-    return [int(x) for x in s.topk_ids[position]], [float(x) for x in s.topk_logprobs[position]]
-
-
-def _candidate_logprobs(ins: Inspector, prefix: list[int], cands: Sequence[int]) -> list[float]:
-    """log p(candidate | prefix) for each candidate: one engine pass, the prefix shared."""
-    res = token_logprobs(ins.loaded.model, [(prefix, [c]) for c in cands], pad_id=_pad(ins))
-    return [float(r.logprobs[0]) for r in res]
+def _bias_vector(ins: Inspector, bias: Mapping[int, float], V: int) -> torch.Tensor:
+    vec = torch.zeros(V)
+    for t, v in bias.items():
+        vec[int(t)] += float(v)
+    return vec
 
 
 def position_detail(ins: Inspector, prompt: str, continuation: str, weights: Mapping[str, float], position: int,
                     *, chat: bool = True, k: int = 10, bias: Mapping[int, float] | None = None) -> dict:
     """Top-k next-token distributions at continuation token `position` under the base, each
-    adapter alone at its strength and (with several) the mix; then every side's log-prob of
-    the union of those tokens, and the tokens ordered by how much the sides disagree
-    (largest probability spread first)."""
+    adapter alone at its strength and (with several) the mix, and (with `bias`) the mix under
+    the corrections' logit bias; then every side's log-prob of the union of those tokens, and
+    the tokens ordered by how much the sides disagree (largest probability spread first).
+    Every number is read from the side's one cached distribution."""
     ctx, cont = encode(ins, prompt, continuation, chat)
     if not isinstance(position, int) or not 0 <= position < len(cont):
         raise UserError(f"position must be between 0 and {len(cont) - 1}, got {position!r}")
     if not isinstance(k, int) or not 1 <= k <= MAX_TOP_K:
         raise UserError(f"k must be between 1 and {MAX_TOP_K}, got {k!r}")
     weights = check_weights(ins, weights)
-    sides: list[tuple[str, contextlib.AbstractContextManager]] = [("base", lambda: base_context(ins))]
+    sides: list[tuple[str, torch.Tensor]] = [("base", ins.distribution(ctx, cont, {})[position])]
     for n, w in weights.items():
-        sides.append((n, lambda n=n, w=w: mixed(ins, {n: w})))
+        sides.append((n, ins.distribution(ctx, cont, {n: w})[position]))
     if len(weights) > 1:
-        sides.append(("mix", lambda: mixed(ins, weights)))
+        sides.append(("mix", ins.distribution(ctx, cont, weights)[position]))
     if bias:
-        sides.append(("bias", lambda: _stack(mixed(ins, weights), logit_bias(ins, bias))))
-    pairs = [(ctx, cont)]
-    prefix = ctx + cont[:position]
+        row = ins.distribution(ctx, cont, weights)[position]
+        sides.append(("bias", torch.log_softmax(row + _bias_vector(ins, bias, row.shape[0]), -1)))
     out, union = [], []
-    with ins.lock:
-        for name, ctxm in sides:
-            with ctxm():
-                ids, lps = _topk_at(ins, pairs, position, k)
-            out.append({"name": name, "top_ids": ids, "top_logprobs": lps})
-            union += [i for i in ids if i not in union]
-        if cont[position] not in union:
-            union.append(cont[position])
-        for side, (name, ctxm) in zip(out, sides):
-            with ctxm():
-                side["logprobs"] = _candidate_logprobs(ins, prefix, union)
+    for name, row in sides:
+        v, i = row.topk(k)
+        ids = [int(x) for x in i]
+        out.append({"name": name, "top_ids": ids, "top_logprobs": [float(x) for x in v]})
+        union += [t for t in ids if t not in union]
+    if cont[position] not in union:
+        union.append(cont[position])
+    cand = torch.tensor(union)
+    for side, (_, row) in zip(out, sides):
+        side["logprobs"] = [float(x) for x in row[cand]]
     spread = [max(math.exp(s["logprobs"][j]) for s in out) - min(math.exp(s["logprobs"][j]) for s in out)
               for j in range(len(union))]
     order = sorted(range(len(union)), key=lambda j: -spread[j])
@@ -346,6 +381,7 @@ def position_detail(ins: Inspector, prompt: str, continuation: str, weights: Map
         "candidate_tokens": token_texts(ins.tokenizer, union),
         "disagree": [{"id": int(union[j]), "token": ins.tokenizer.decode([int(union[j])]),
                       "spread": spread[j]} for j in order[:k]],
+        "precision": ins.precision,
     }
 
 
