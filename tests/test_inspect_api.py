@@ -4,6 +4,7 @@ as the log-prob engine, 4xx for bad input) and the page in headless chromium."""
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 import shutil
@@ -104,6 +105,7 @@ def test_page_in_chromium(server, tmp_path):
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(server["url"] + "/")
         page.wait_for_selector(".adapter[data-name=sport]")
+        assert page.is_visible("#dataset")  # the dataset (corrections, logit bias) is there before any click
         # bad input: a clear message on the page
         page.click("#run")
         page.wait_for_selector("#error:not([hidden])")
@@ -118,7 +120,27 @@ def test_page_in_chromium(server, tmp_path):
         colours = page.eval_on_selector_all(".tok", "els => els.map(e => e.style.backgroundColor)")
         assert len(colours) == 8 and len(set(colours)) > 2  # coloured by KL, not all alike
         assert "KL" in page.inner_text("#legend")
+        assert "computed in float32" in page.inner_text("#totals")
+        edges = page.eval_on_selector_all(".tok", "els => els.map(e => getComputedStyle(e).boxShadow)")
+        assert all(e and e != "none" for e in edges)  # every token's boundary is drawn
         page.screenshot(path=str(shots / "field.png"), full_page=True)
+        # the token table, exported: the same numbers as the field endpoint
+        want = post(server, "field", {"prompt": PROMPT, "continuation": TEXT, "adapters": {"sport": 1.0}}).json()
+        with page.expect_download() as dl:
+            page.click("#export-csv")
+        with open(dl.value.path(), encoding="utf-8", newline="") as fh:
+            table = list(csv.DictReader(fh))
+        assert list(table[0])[:3] == ["position", "id", "token"] and len(table) == len(want["tokens"])
+        assert [r["token"] for r in table] == want["tokens"]
+        assert [float(r["kl"]) for r in table] == want["kl"]  # JavaScript's shortest round-trip decimals
+        with page.expect_download() as dl:
+            page.click("#export-json")
+        exported = json.loads(open(dl.value.path(), encoding="utf-8").read())
+        assert [t["adapter_logprob"] for t in exported["tokens"]] == want["adapter_logprob"]
+        assert exported["precision"]["dtype"] == "float32"
+        # two overlapping requests: the indicator stays until the last one ends
+        assert page.evaluate("() => { busy(true); busy(true); busy(false); return document.getElementById('busy').hidden; }") is False
+        assert page.evaluate("() => { busy(false); return document.getElementById('busy').hidden; }") is True
         page.click(".tok[data-i='3']")
         page.wait_for_selector(".dist[data-side=base] .bar-row")
         page.wait_for_selector(".dist[data-side=sport] .bar-row")
@@ -158,7 +180,7 @@ def test_page_in_chromium(server, tmp_path):
         page.wait_for_selector("a.inspect")
         page.screenshot(path=str(shots / "runs.png"), full_page=True)
         page.click("a.inspect")
-        page.wait_for_selector(".adapter[data-name=quick-abc123] input:checked")
+        page.wait_for_selector(".adapter[data-name=quick-qa] input:checked")  # named by its variant, not its hash
         browser.close()
     saved = server["root"] / "datasets" / "fixes"
     recs = [json.loads(x) for x in (saved / "records.jsonl").read_text().splitlines()]

@@ -107,6 +107,50 @@ def test_position_detail_matches_engine_topk(setup):
     assert spreads == sorted(spreads, reverse=True) and spreads[0] > 0
 
 
+def test_one_value_per_token_and_one_forward_per_side(setup):
+    """A token's log-prob is the same number in the field, the top-k list and the candidates (all
+    read from one distribution); a mix whose other adapters are at 0 is that adapter exactly; a
+    repeated request runs no forward, a click with two adapters at most one per side."""
+    ins = setup["ins"]
+    text = "A fresh continuation for the cache test."
+    f = fld.token_field(ins, PROMPT, text, {"a": 1.0})
+    before = ins.passes
+    d = fld.position_detail(ins, PROMPT, text, {"a": 1.0}, 3, k=5)
+    assert ins.passes == before  # base and "a" were computed by the field request
+    side = d["sides"][1]
+    j = d["candidates"].index(d["actual_id"])
+    assert side["logprobs"][j] == f["adapter_logprob"][3]  # the same float, not merely close
+    for s in d["sides"]:
+        for i, lp in zip(s["top_ids"], s["top_logprobs"]):
+            assert s["logprobs"][d["candidates"].index(i)] == lp
+    alone = fld.token_field(ins, PROMPT, text, {"a": 1.0})
+    with_zero = fld.token_field(ins, PROMPT, text, {"a": 1.0, "b": 0.0})
+    assert with_zero["adapter_logprob"] == alone["adapter_logprob"] and with_zero["kl"] == alone["kl"]
+    assert ins.passes == before  # both answered from the cache
+    d2 = fld.position_detail(ins, PROMPT, text, {"a": 1.0, "b": 0.5}, 1, k=5)
+    assert ins.passes == before + 2  # "b" alone and the mix: base and "a" are cached
+    mix_side = [s for s in d2["sides"] if s["name"] == "mix"][0]
+    f_mix = fld.token_field(ins, PROMPT, text, {"a": 1.0, "b": 0.5})
+    assert ins.passes == before + 2
+    assert mix_side["logprobs"][d2["candidates"].index(d2["actual_id"])] == f_mix["adapter_logprob"][1]
+    assert f["precision"]["dtype"] == "float32" and d["precision"]["dtype"] == "float32"
+
+
+def test_bias_side_is_the_mix_renormalised_with_the_bias(setup):
+    ins = setup["ins"]
+    ctx, cont = fld.encode(ins, PROMPT, TEXT, chat=True)
+    bias = {int(cont[2]): -5.0, 42: 3.0}
+    d = fld.position_detail(ins, PROMPT, TEXT, {"a": 1.0}, 2, k=5, bias=bias)
+    row = ins.distribution(ctx, cont, {"a": 1.0})[2].double()
+    vec = torch.zeros_like(row)
+    for t, v in bias.items():
+        vec[t] = v
+    want = torch.log_softmax(row + vec, -1)
+    got = d["sides"][-1]
+    assert got["name"] == "bias"
+    np.testing.assert_allclose(got["logprobs"], want[torch.tensor(d["candidates"])].numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("weights,prompt,message", [
     ({"nope": 1.0}, PROMPT, "unknown adapter 'nope'"),
     ({"a": 2.5}, PROMPT, "between 0 and 2"),
@@ -191,6 +235,7 @@ def test_runs_scan_reads_a_study_folder(tmp_path, setup):
     r = st["runs"][0]
     assert r["adapter"] == "quick/runs/abc123/train/adapter" and r["metrics"] == {"in_domain.gain": 0.5}
     assert r["labels"] == {"variant": "qa"} and r["domain"] == "test"
+    assert r["name"] == "quick-qa"  # the study and the run's labels, not its hash
 
 
 @pytest.mark.slow

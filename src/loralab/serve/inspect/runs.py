@@ -63,8 +63,12 @@ def _run(folder: Path, root: Path) -> dict:
     metrics = _json(folder / "metrics.json")
     ad = _adapter(folder)
     card = _json(ad / "loralab.json") if ad else None
+    labels = cfg.get("labels") or {}
+    study = folder.parent.parent.name if folder.parent.name == "runs" and folder.parent.parent != root else None
     return {
         "id": folder.name,
+        # a readable name from the run's labels (variant, domain, seed...), not its hash
+        "name": "-".join(str(x) for x in [study, *labels.values()] if x not in (None, "")) or folder.name,
         "path": str(folder.relative_to(root)),
         "labels": cfg.get("labels") or {},
         "state": status.get("state") or ("done" if ad else "unknown"),

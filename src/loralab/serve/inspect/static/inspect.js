@@ -1,12 +1,14 @@
 // loralab inspector: a thin view over /inspect/api/* (every number comes from the server).
 "use strict";
 const $ = (id) => document.getElementById(id);
-const S = { field: null, pos: null, detail: null, prompt: "", continuation: "", chat: true, timer: null };
+const S = { field: null, pos: null, detail: null, prompt: "", continuation: "", chat: true, timer: null,
+            inflight: 0, seq: 0, ctrl: null };
 
 function showError(msg) { const e = $("error"); e.textContent = msg; e.hidden = !msg; }
 
-async function api(path, body) {
+async function api(path, body, signal) {
   const opt = body === undefined ? {} : { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) };
+  if (signal) opt.signal = signal;
   const r = await fetch("api/" + path, opt);
   let data = null;
   try { data = await r.json(); } catch (e) { data = null; }
@@ -19,7 +21,12 @@ async function api(path, body) {
 
 const fmtP = (p) => (p >= 0.001 ? p.toFixed(4) : p.toExponential(2));
 
-function busy(on) { $("busy").hidden = !on; }
+// the indicator stays while any request is in flight (two overlapping requests: until both end)
+function busy(on) {
+  S.inflight = Math.max(0, S.inflight + (on ? 1 : -1));
+  $("busy").hidden = S.inflight === 0;
+}
+const aborted = (e) => e && e.name === "AbortError";
 
 function weights() {
   const w = {};
@@ -61,7 +68,7 @@ async function init() {
     if (!names.length) $("adapter-list").textContent = "no adapters: the field shows the base alone";
     const q = new URLSearchParams(location.search);
     if (q.get("load")) {
-      const r = await api("adapters", { path: q.get("load") });
+      const r = await api("adapters", q.get("name") ? { path: q.get("load"), name: q.get("name") } : { path: q.get("load") });
       document.querySelectorAll(".adapter input[type=checkbox]").forEach((c) => (c.checked = false));
       addAdapterRow(r.name, true);
     }
@@ -104,12 +111,13 @@ function renderField() {
     sp.className = "tok" + (i === S.pos ? " sel" : ""); sp.dataset.i = i;
     sp.textContent = t;
     sp.style.background = colourOf(metric, vals[i], hi);
-    sp.title = `#${i}  KL ${f.kl[i].toFixed(4)}  surprisal ${f.surprisal[i].toFixed(3)} (base ${f.base_surprisal[i].toFixed(3)})  Δlog p ${f.logprob_diff[i].toFixed(3)}`;
+    sp.title = `#${i} ${JSON.stringify(t)}  KL ${f.kl[i].toFixed(4)}  surprisal ${f.surprisal[i].toFixed(3)} (base ${f.base_surprisal[i].toFixed(3)})  Δlog p ${f.logprob_diff[i].toFixed(3)}`;
     sp.addEventListener("click", () => selectPos(i));
     box.appendChild(sp);
   });
-  const T = f.totals;
-  $("totals").textContent = `${f.tokens.length} tokens · NLL base ${T.base_nll.toFixed(3)} · adapter ${T.adapter_nll.toFixed(3)} · mean KL ${T.kl_mean.toFixed(4)} · max KL ${T.kl_max.toFixed(4)}`;
+  const T = f.totals, P = f.precision || {};
+  $("totals").textContent = `${f.tokens.length} tokens · NLL base ${T.base_nll.toFixed(3)} · adapter ${T.adapter_nll.toFixed(3)} · mean KL ${T.kl_mean.toFixed(4)} · max KL ${T.kl_max.toFixed(4)}`
+    + (P.dtype ? ` · computed in ${P.dtype} on ${P.device}` : "");
   const ol = $("worst-list"); ol.innerHTML = "";
   f.disagree.forEach((i) => {
     const li = document.createElement("li"), a = document.createElement("a");
@@ -139,15 +147,19 @@ async function run() {
   busy(false);
 }
 
-async function refresh(live) {
+async function refresh(live) {  // a newer slider move cancels this one's requests
+  if (S.ctrl) S.ctrl.abort();
+  const ctrl = new AbortController(), seq = ++S.seq;
+  S.ctrl = ctrl;
   busy(true);
   try {
-    const f = await api("field", { ...request(), continuation: S.continuation });
+    const f = await api("field", { ...request(), continuation: S.continuation }, ctrl.signal);
+    if (seq !== S.seq) return;
     S.field = f; renderField();
-    if (S.pos !== null) await loadPos();
+    if (S.pos !== null) await loadPos(ctrl.signal, seq);
     if (live) showError("");
-  } catch (e) { showError(e.message); }
-  busy(false);
+  } catch (e) { if (!aborted(e)) showError(e.message); }
+  finally { busy(false); }
 }
 
 // ---------------------------------------------------------------- one position
@@ -159,10 +171,11 @@ async function selectPos(i) {
   busy(false);
 }
 
-async function loadPos() {
+async function loadPos(signal, seq) {
   const body = { ...request(), continuation: S.continuation, position: S.pos, k: 10 };
   if ($("bias").checked) body.bias_dataset = $("dataset").value;
-  const d = await api("position", body);
+  const d = await api("position", body, signal);
+  if (seq !== undefined && seq !== S.seq) return;
   S.detail = d;
   $("pos-label").textContent = `#${d.position}: ${JSON.stringify(d.actual)} after ${JSON.stringify(d.prefix_text.slice(-40))}`;
   const box = $("dists"); box.innerHTML = "";
@@ -235,6 +248,36 @@ async function generate() {
   busy(false);
 }
 
+// ---------------------------------------------------------------- export
+const COLUMNS = ["ids", "tokens", "base_logprob", "adapter_logprob", "logprob_diff", "base_surprisal", "surprisal", "kl", "js"];
+
+function tokenRows() {
+  const f = S.field;
+  return f.tokens.map((_, i) => Object.fromEntries([["position", i], ...COLUMNS.map((c) => [c === "ids" ? "id" : c === "tokens" ? "token" : c, f[c][i]])]));
+}
+
+function download(name, text, type) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(new Blob([text], { type }));
+  a.download = name;
+  document.body.appendChild(a); a.click(); a.remove();
+}
+
+function exportTable(kind) {
+  if (!S.field) { showError("inspect a continuation first"); return; }
+  const rows = tokenRows();
+  if (kind === "json") {
+    download("token-field.json", JSON.stringify({ prompt: S.prompt, continuation: S.continuation, weights: S.field.weights,
+                                                  precision: S.field.precision, tokens: rows }, null, 1), "application/json");
+    return;
+  }
+  const head = Object.keys(rows[0]);
+  const cell = (v) => (typeof v === "string" ? `"${v.replace(/"/g, '""')}"` : String(v));
+  download("token-field.csv", [head.join(","), ...rows.map((r) => head.map((h) => cell(r[h])).join(","))].join("\n") + "\n", "text/csv");
+}
+
+$("export-csv").addEventListener("click", () => exportTable("csv"));
+$("export-json").addEventListener("click", () => exportTable("json"));
 $("run").addEventListener("click", run);
 $("colour").addEventListener("change", () => S.field && renderField());
 $("save").addEventListener("click", save);

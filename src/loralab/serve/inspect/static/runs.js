@@ -7,9 +7,9 @@ function runTable(runs) {
   if (!runs.length) return "<p class='muted'>no runs</p>";
   const rows = runs.map((r) => {
     const m = Object.entries(r.metrics).slice(0, 6).map(([k, v]) => `${esc(k)} = ${typeof v === "number" ? +v.toFixed(4) : esc(v)}`).join("<br>");
-    const ins = r.adapter ? `<a class="inspect" href="./?load=${encodeURIComponent(r.adapter)}">inspect</a>` : "";
+    const ins = r.adapter ? `<a class="inspect" href="./?load=${encodeURIComponent(r.adapter)}&name=${encodeURIComponent(r.name)}">inspect</a>` : "";
     const labels = Object.entries(r.labels).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(", ");
-    return `<tr><td>${esc(r.id)}</td><td>${labels}</td><td>${esc(r.state)}${r.error ? "<br><span class='muted'>" + esc(r.error).slice(0, 120) + "</span>" : ""}</td>
+    return `<tr><td>${esc(r.name)}<br><span class="muted">${esc(r.id)}</span></td><td>${labels}</td><td>${esc(r.state)}${r.error ? "<br><span class='muted'>" + esc(r.error).slice(0, 120) + "</span>" : ""}</td>
       <td>${esc(r.domain)}</td><td>${m}</td><td>${ins}</td></tr>`;
   }).join("");
   return `<table><tr><th>run</th><th>labels</th><th>state</th><th>domain</th><th>metrics</th><th></th></tr>${rows}</table>`;
