@@ -163,8 +163,19 @@ def test_page_in_chromium(server, tmp_path):
         chosen = page.input_value("#chosen")
         assert chosen
         page.fill("#dataset", "fixes")
+        page.click("#continue")  # the mix writes the rest of the answer after the chosen token
+        page.wait_for_function("() => document.getElementById('rest').value.length > 0", timeout=60_000)
+        rest = page.input_value("#rest")
         page.click("#save")
         page.wait_for_function("() => document.getElementById('saved').textContent.length > 0")
+        page.wait_for_selector("#saved-list li")
+        assert page.eval_on_selector_all("#saved-list li", "els => els.length") == 1
+        # a second one, then undo it: the list and the folder go back to one
+        page.fill("#rest", rest + " And that was all.")
+        page.click("#save")
+        page.wait_for_function("() => document.querySelectorAll('#saved-list li').length === 2")
+        page.click("#undo")
+        page.wait_for_function("() => document.querySelectorAll('#saved-list li').length === 1")
         page.screenshot(path=str(shots / "correction.png"), full_page=True)
         # the side-by-side generation
         page.fill("#max-new", "4")
@@ -184,7 +195,7 @@ def test_page_in_chromium(server, tmp_path):
         browser.close()
     saved = server["root"] / "datasets" / "fixes"
     recs = [json.loads(x) for x in (saved / "records.jsonl").read_text().splitlines()]
-    assert len(recs) == 1 and recs[0]["output"].endswith(chosen) and recs[0]["instruction"] == PROMPT
+    assert len(recs) == 1 and recs[0]["output"].endswith(chosen + rest) and recs[0]["instruction"] == PROMPT
     assert recs[0]["meta"]["position"] == 3 and recs[0]["meta"]["adapters"] == {"sport": 2.0}
     train_one_step(saved, tmp_path / "run")
     assert all((shots / n).stat().st_size > 10_000 for n in ("field.png", "position.png", "correction.png", "runs.png"))

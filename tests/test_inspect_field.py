@@ -219,6 +219,44 @@ def test_corrections_folder_reconciles_and_trains(setup, tmp_path):
         runsmod.resolve_inside(tmp_path, "../etc/passwd")
 
 
+def test_corrections_hold_whole_answers_and_undo_reconciles(setup, tmp_path):
+    """A correction continued from the corrected prefix: the record and the preference pair hold
+    whole answers; the continuation is the mix's greedy answer from that prefix; the list shows
+    every correction with its outcome and undo removes the last with counts that still reconcile."""
+    ins = setup["ins"]
+    got = fld.continue_from(ins, PROMPT, "The Lions", {"a": 1.0}, max_new_tokens=6)
+    ctx = fld.prompt_ids(ins, PROMPT, True)
+    with fld.mixed(ins, {"a": 1.0}):
+        want = fld.generate_ids(ins.loaded, [ctx + ins.tokenizer.encode("The Lions", add_special_tokens=False)],
+                                max_new_tokens=6)[0]
+    assert got["ids"] == want and got["rest"] == ins.tokenizer.decode(want, skip_special_tokens=True)
+    with pytest.raises(UserError, match="nothing to continue"):
+        fld.continue_from(ins, PROMPT, "", {"a": 1.0})
+    root = tmp_path / "datasets"
+    good = {"prompt": PROMPT, "prefix": "The", "chosen": " Lions", "rest": " won it by a field goal.",
+            "rejected": " Bears won it.", "position": 1, "adapters": {"a": 1.0}}
+    s1 = corr.save(root, "whole", corr.parse(good))
+    same = {**good, "chosen": " Bears", "rest": " won it."}  # the whole answer is what the model wrote
+    s2 = corr.save(root, "whole", corr.parse(same))
+    assert (s1["records"], s2["quarantine_reason"], s2["corrections"]) == (1, "no_change", 2)
+    d = root / "whole"
+    rec = json.loads((d / "records.jsonl").read_text().splitlines()[0])
+    assert rec["output"] == "The Lions won it by a field goal."
+    pair = json.loads((d / "preferences.jsonl").read_text().splitlines()[0])
+    assert (pair["chosen"], pair["rejected"]) == ("The Lions won it by a field goal.", "The Bears won it.")
+    listed = corr.listing(root, "whole")["corrections"]
+    assert [(c["answer"], c["record_id"], c["quarantine_reason"]) for c in listed] == [
+        ("The Lions won it by a field goal.", s1["record_id"], None), ("The Bears won it.", None, "no_change")]
+    u = corr.undo(root, "whole")
+    assert (u["records"], u["quarantined"], u["corrections"]) == (1, 0, 1) and u["undone"]["chosen"] == " Bears"
+    t = json.loads((d / "data_card.json").read_text())["reconciliation"]["totals"]
+    assert (t["read"], t["kept"], t["quarantined"], t["balanced"]) == (1, 1, 0, True)
+    corr.undo(root, "whole")
+    assert not (d / "records.jsonl").read_text()
+    with pytest.raises(UserError, match="no correction to undo"):
+        corr.undo(root, "whole")
+
+
 def test_runs_scan_reads_a_study_folder(tmp_path, setup):
     import shutil
 

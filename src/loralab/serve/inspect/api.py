@@ -67,6 +67,18 @@ class GenerateReq(_Req):
     bias_strength: float = 5.0
 
 
+class ContinueReq(_Req):
+    prefix: str
+    seed: int = 0
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+
+
+class UndoReq(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset: str
+
+
 class CorrectionReq(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str
@@ -222,10 +234,26 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
             inspector(), r.prompt, ensure(r.adapters), chat=r.chat, seed=r.seed, max_new_tokens=r.max_new_tokens,
             temperature=r.temperature, bias=bias_of(r.bias_dataset, r.bias_strength)))
 
+    @router.post("/api/continue")
+    def continue_(body: Any = Body(...)) -> dict:
+        r = _parse(ContinueReq, body)
+        return _user_errors(lambda: fld.continue_from(
+            inspector(), r.prompt, r.prefix, ensure(r.adapters), chat=r.chat, seed=r.seed,
+            max_new_tokens=r.max_new_tokens, temperature=r.temperature))
+
     @router.post("/api/corrections")
     def correction(body: Any = Body(...)) -> dict:
         r = _parse(CorrectionReq, body)
         return _user_errors(lambda: corr.save(data_root, r.dataset, corr.parse(r.correction)))
+
+    @router.get("/api/corrections/{name}")
+    def correction_list(name: str) -> dict:
+        return _user_errors(lambda: corr.listing(data_root, name))
+
+    @router.post("/api/corrections/undo")
+    def correction_undo(body: Any = Body(...)) -> dict:
+        r = _parse(UndoReq, body)
+        return _user_errors(lambda: corr.undo(data_root, r.dataset))
 
     @router.post("/api/adapters")
     def load_adapter(body: Any = Body(...)) -> dict:

@@ -1,16 +1,19 @@
 """Corrections of the field, saved as a records folder that `loralab train --data` reads.
 
 A correction says: after this prompt and this much of the continuation (`prefix`), the
-text `chosen` should have come instead of `rejected` (what the model wrote from there on).
+text `chosen` should have come instead of `rejected` (what the model wrote from there on),
+and the answer goes on with `rest` (completed by hand or regenerated from the corrected
+prefix on the page), so a record teaches the whole answer, not one token.
 Each save appends the correction to the folder's log and rebuilds the folder atomically:
 
     datasets/<name>/
       corrections.jsonl   every correction as given (the stage's input: one item per line)
       records.jsonl       one training record per usable correction:
-                            chat prompt -> instruction {instruction: prompt, output: prefix + chosen}
-                            raw prompt  -> raw {text: prompt + prefix + chosen}
+                            chat prompt -> instruction {instruction: prompt, output: prefix + chosen + rest}
+                            raw prompt  -> raw {text: prompt + prefix + chosen + rest}
       preferences.jsonl   {prompt, chosen, rejected} pairs (TRL's preference format) for
-                          corrections that replaced text, with the record's id
+                          corrections that replaced text, whole answers on both sides
+                          (prefix + chosen + rest against prefix + rejected), with the record's id
       quarantine.jsonl    corrections that cannot be used (e.g. `no_change`), with the reason
       data_card.json      counts that reconcile: read = kept + quarantined
 
@@ -51,6 +54,7 @@ class Correction(BaseModel):
     prefix: str = Field("", description="The continuation before the corrected position.")
     chosen: str = Field(description="The text that should have come at the position.")
     rejected: str | None = Field(None, description="What the model wrote from the position on.")
+    rest: str = Field("", description="The corrected answer after `chosen` (completed or regenerated).")
     replaced_id: int | None = Field(None, description="Token id that stood at the position.")
     position: int | None = Field(None, ge=0, description="Continuation token index of the correction.")
     adapters: dict[str, float] = Field(default_factory=dict, description="Strengths in use when it was made.")
@@ -88,17 +92,18 @@ def _doc(c: Correction) -> str:
 
 def outcome(c: Correction, loc: dict) -> tuple[Record | None, dict | None, str | None]:
     """(training record, preference pair, quarantine reason) of one correction."""
-    if c.rejected is not None and c.rejected.startswith(c.chosen):
+    fixed = c.chosen + c.rest
+    if c.rejected is not None and (c.rejected.startswith(fixed) if not c.rest else c.rejected.strip() == fixed.strip()):
         return None, None, "no_change"
     source = {**loc, "doc": _doc(c)}
     meta = {"origin": "inspector", "position": c.position, "adapters": c.adapters,
             "replaced_id": c.replaced_id, "rejected": c.rejected}
-    fields = ({"kind": "instruction", "instruction": c.prompt, "output": c.prefix + c.chosen} if c.chat
-              else {"kind": "raw", "text": c.prompt + c.prefix + c.chosen})
+    fields = ({"kind": "instruction", "instruction": c.prompt, "output": c.prefix + fixed} if c.chat
+              else {"kind": "raw", "text": c.prompt + c.prefix + fixed})
     rec = Record.model_validate({**fields, "domain": c.domain, "source": source, "meta": meta})
     pair = None
     if c.rejected:
-        pair = {"id": rec.id, "prompt": c.prompt, "chosen": c.prefix + c.chosen, "rejected": c.prefix + c.rejected,
+        pair = {"id": rec.id, "prompt": c.prompt, "chosen": c.prefix + fixed, "rejected": c.prefix + c.rejected,
                 "chat": c.chat, "source": source}
     return rec, pair, None
 
@@ -114,9 +119,40 @@ def save(root: str | Path, name: str, correction: Correction) -> dict:
     with _LOCK:
         log = _corrections(folder) + [correction.model_dump(mode="json")]
         card = rebuild(folder, log)
+    return _summary(folder, card)
+
+
+def _summary(folder: Path, card: dict) -> dict:
     last = card["last"]
     return {"dataset": str(folder), "records": card["records"]["total"], "quarantined": card["quarantine"]["total"],
-            "preferences": card["preferences"], "record_id": last.get("id"), "quarantine_reason": last.get("reason")}
+            "preferences": card["preferences"], "record_id": last.get("id"), "quarantine_reason": last.get("reason"),
+            "corrections": card["corrections"]}
+
+
+def undo(root: str | Path, name: str) -> dict:
+    """Remove the last correction of dataset `name` and rebuild the folder from the rest."""
+    folder = dataset_dir(root, name)
+    with _LOCK:
+        log = _corrections(folder)
+        if not log:
+            raise UserError(f"dataset {name!r} has no correction to undo")
+        card = rebuild(folder, log[:-1])
+    return {**_summary(folder, card), "undone": log[-1]}
+
+
+def listing(root: str | Path, name: str) -> dict:
+    """Every correction of dataset `name`, in order, with what became of it (record id or reason)."""
+    folder = dataset_dir(root, name)
+    out = []
+    for line, raw in enumerate(_corrections(folder), 1):
+        try:
+            rec, _, reason = outcome(Correction.model_validate(raw), {"path": str(folder / LOG_FILE), "line": line})
+        except ValidationError:
+            rec, reason = None, "invalid_record"
+        out.append({"line": line, "prompt": raw.get("prompt"), "answer": (raw.get("prefix") or "") +
+                    (raw.get("chosen") or "") + (raw.get("rest") or ""), "rejected": raw.get("rejected"),
+                    "record_id": rec.id if rec else None, "quarantine_reason": reason})
+    return {"dataset": str(folder), "corrections": out}
 
 
 def rebuild(folder: Path, log: list[dict]) -> dict:
@@ -154,6 +190,7 @@ def rebuild(folder: Path, log: list[dict]) -> dict:
         card["preferences"] = n_pairs
         write_json(tmp / CARD_FILE, card)
     card["last"] = last
+    card["corrections"] = len(log)
     return card
 
 

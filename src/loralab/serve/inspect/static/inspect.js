@@ -196,7 +196,7 @@ async function loadPos(signal, seq) {
       row.querySelector(".b").style.width = Math.max(1, Math.round(160 * p / pmax)) + "px";
       row.querySelector(".p").textContent = fmtP(p);
       row.title = `log p ${s.top_logprobs[j].toFixed(5)}`;
-      row.addEventListener("click", () => { $("chosen").value = s.top_tokens[j]; });
+      row.addEventListener("click", () => { $("chosen").value = s.top_tokens[j]; $("rest").value = ""; });
       col.appendChild(row);
     });
     box.appendChild(col);
@@ -218,12 +218,49 @@ async function save() {
   try {
     const r = await api("corrections", {
       dataset: $("dataset").value,
-      correction: { prompt: S.prompt, chat: S.chat, prefix: d.prefix_text, chosen: $("chosen").value,
+      correction: { prompt: S.prompt, chat: S.chat, prefix: d.prefix_text, chosen: $("chosen").value, rest: $("rest").value,
                     rejected: d.rest_text, replaced_id: d.actual_id, position: d.position, adapters: weights() },
     });
+    await listSaved();
     $("saved").textContent = r.quarantine_reason
       ? `not used (${r.quarantine_reason}); kept in ${r.dataset}/quarantine.jsonl`
       : `saved record ${r.record_id} to ${r.dataset}/records.jsonl (${r.records} records, ${r.preferences} preference pairs, ${r.quarantined} quarantined)`;
+  } catch (e) { showError(e.message); }
+}
+
+async function continueHere() {  // the mix writes the rest of the answer after the corrected prefix
+  showError("");
+  const d = S.detail;
+  if (!d) { showError("click a token first"); return; }
+  busy(true);
+  try {
+    const r = await api("continue", { prompt: S.prompt, chat: S.chat, adapters: weights(),
+                                      prefix: d.prefix_text + $("chosen").value, max_new_tokens: +$("max-new").value });
+    $("rest").value = r.rest;
+  } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+async function listSaved() {
+  const ol = $("saved-list");
+  try {
+    const r = await api("corrections/" + encodeURIComponent($("dataset").value));
+    ol.innerHTML = "";
+    r.corrections.forEach((c) => {
+      const li = document.createElement("li");
+      li.textContent = `${JSON.stringify(c.prompt)} → ${JSON.stringify(c.answer)}` +
+        (c.quarantine_reason ? ` (not used: ${c.quarantine_reason})` : ` (record ${c.record_id})`);
+      ol.appendChild(li);
+    });
+  } catch (e) { showError(e.message); }
+}
+
+async function undo() {
+  showError("");
+  try {
+    const r = await api("corrections/undo", { dataset: $("dataset").value });
+    $("saved").textContent = `removed the last correction; ${r.dataset}: ${r.records} records, ${r.preferences} preference pairs, ${r.quarantined} quarantined`;
+    await listSaved();
   } catch (e) { showError(e.message); }
 }
 
@@ -279,6 +316,9 @@ function exportTable(kind) {
 $("export-csv").addEventListener("click", () => exportTable("csv"));
 $("export-json").addEventListener("click", () => exportTable("json"));
 $("run").addEventListener("click", run);
+$("continue").addEventListener("click", continueHere);
+$("undo").addEventListener("click", undo);
+$("dataset").addEventListener("change", listSaved);
 $("colour").addEventListener("change", () => S.field && renderField());
 $("save").addEventListener("click", save);
 $("generate").addEventListener("click", generate);
