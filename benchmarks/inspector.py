@@ -5,7 +5,9 @@
 
 What the page sends, timed in-process (no HTTP): the field of a continuation (base + mix),
 a click on a token (position detail: base, each adapter, the mix), a slider move (the field at a
-new strength, then the open position again), and the same click again (cached). Each figure is
+new strength, then the open position again), and the same click again (cached); then, as the
+server does after every field request, the sides a click shows computed in the background
+(`field.prefetch_sides`) and a click once they are there. Each figure is
 the median of --repeats, every repeat on a fresh inspector (cold: nothing cached) except the
 cached click. Adapters: random rank-8 LoRA on every linear layer (seeded). Goals of the
 inspector issue on an idle machine: a click < 300 ms, a slider move < 1 s.
@@ -54,7 +56,8 @@ def main() -> None:
     w1 = {names[0]: 1.0, names[1]: 0.5}
     w2 = {names[0]: 1.2, names[1]: 0.5}
     pos = len(ids) // 2
-    times: dict[str, list[float]] = {k: [] for k in ("field", "click", "slider", "click again")}
+    times: dict[str, list[float]] = {k: [] for k in ("field", "click", "slider", "click again",
+                                                     "background prefetch after a field", "click after the prefetch")}
     passes: dict[str, int] = {}
     for _ in range(args.repeats):
         ins = fld.Inspector.load(base, {n: root / n for n in names})
@@ -69,6 +72,10 @@ def main() -> None:
         timed("click", lambda: fld.position_detail(ins, PROMPT, text, w1, pos))
         timed("slider", lambda: (fld.token_field(ins, PROMPT, text, w2), fld.position_detail(ins, PROMPT, text, w2, pos)))
         timed("click again", lambda: fld.position_detail(ins, PROMPT, text, w2, pos + 1))
+        ins = fld.Inspector.load(base, {n: root / n for n in names})  # as the server runs it: the field
+        fld.token_field(ins, PROMPT, text, w1)                          # starts the sides a click shows
+        timed("background prefetch after a field", lambda: fld.prefetch_sides(ins, PROMPT, text, w1).join())
+        timed("click after the prefetch", lambda: fld.position_detail(ins, PROMPT, text, w1, pos))
     print(f"model {base.spec}, inspector in {ins.precision['dtype']}; {len(ids)}-token continuation, 2 adapters "
           f"(random rank 8); median of {args.repeats}; {torch.get_num_threads()} threads; cpu: {cpu_name()}")
     print("| request | forwards | median ms | min ms |")

@@ -136,6 +136,19 @@ def test_one_value_per_token_and_one_forward_per_side(setup):
     assert f["precision"]["dtype"] == "float32" and d["precision"]["dtype"] == "float32"
 
 
+def test_prefetch_computes_the_sides_a_click_shows(setup):
+    ins = setup["ins"]
+    text = "Another continuation, for the prefetch."
+    w = {"a": 0.9, "b": 0.4}
+    fld.token_field(ins, PROMPT, text, w)
+    t = fld.prefetch_sides(ins, PROMPT, text, w)
+    t.join(timeout=60)
+    before = ins.passes
+    d = fld.position_detail(ins, PROMPT, text, w, 2)
+    assert ins.passes == before and [s["name"] for s in d["sides"]] == ["base", "a", "b", "mix"]
+    assert fld.prefetch_sides(ins, PROMPT, text, {"a": 1.0}) is None  # one adapter: the mix is that side
+
+
 def test_bias_side_is_the_mix_renormalised_with_the_bias(setup):
     ins = setup["ins"]
     ctx, cont = fld.encode(ins, PROMPT, TEXT, chat=True)

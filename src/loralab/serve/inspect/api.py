@@ -216,6 +216,7 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
                 if not text:
                     raise UserError("the model generated nothing for this prompt: paste a continuation")
             out = fld.token_field(ins, r.prompt, text, w, chat=r.chat)
+            fld.prefetch_sides(ins, r.prompt, text, w, chat=r.chat)  # a click's other sides, while the user reads
             return {**out, "continuation": text, "generated": not r.continuation}
 
         return _user_errors(run)

@@ -65,6 +65,7 @@ class Inspector:
     cache: OrderedDict = field(default_factory=OrderedDict)  # (ctx, cont, side) -> (n, V) fp32 log-probs
     cache_bytes: int = 0
     passes: int = 0  # model forwards run (each side of each new (prompt, continuation) once)
+    generation: int = 0  # bumps at every field request: a prefetch for an older one stops
 
     @classmethod
     def load(cls, base, adapters: Mapping[str, str | Path] | None = None, *, share: bool = False,
@@ -325,6 +326,30 @@ def token_field(ins: Inspector, prompt: str, continuation: str, weights: Mapping
         "weights": weights,
         "precision": ins.precision,
     }
+
+
+def prefetch_sides(ins: Inspector, prompt: str, continuation: str, weights: Mapping[str, float], *,
+                   chat: bool = True) -> threading.Thread | None:
+    """Compute, in the background, each adapter alone at its strength for this continuation: the
+    sides a click on a token shows besides the base and the mix (already computed by the field).
+    One forward at a time under the inspector's lock; stops when a newer field request arrives."""
+    weights = {n: w for n, w in check_weights(ins, weights).items() if w != 0.0}
+    if len(weights) < 2:
+        return None  # one adapter alone is the mix itself
+    ctx, cont = encode(ins, prompt, continuation, chat)
+    with ins.lock:
+        ins.generation += 1
+        gen = ins.generation
+
+    def run():
+        for n, w in weights.items():
+            if ins.generation != gen:
+                return
+            ins.distribution(ctx, cont, {n: w})
+
+    t = threading.Thread(target=run, name="inspector-prefetch", daemon=True)
+    t.start()
+    return t
 
 
 def _bias_vector(ins: Inspector, bias: Mapping[int, float], V: int) -> torch.Tensor:
