@@ -177,6 +177,14 @@ def test_page_in_chromium(server, tmp_path):
         page.click("#undo")
         page.wait_for_function("() => document.querySelectorAll('#saved-list li').length === 1")
         page.screenshot(path=str(shots / "correction.png"), full_page=True)
+        # the dataset view: the corrections folder ranked, one click into the token view
+        page.fill("#ds-path", "fixes")
+        page.click("#ds-run")
+        page.wait_for_selector(".ds-row")
+        assert "1 ranked" in page.inner_text("#ds-summary")
+        page.click(".ds-inspect >> nth=0")
+        page.wait_for_function("p => document.getElementById('prompt').value === p", arg=PROMPT)
+        page.wait_for_function("() => document.getElementById('continuation').value.length > 0")
         # the side-by-side generation
         page.fill("#max-new", "4")
         page.click("#generate")

@@ -270,6 +270,29 @@ def test_corrections_hold_whole_answers_and_undo_reconciles(setup, tmp_path):
         corr.undo(root, "whole")
 
 
+def test_dataset_view_ranks_records_by_divergence(setup):
+    from loralab.data.records import Record
+
+    ins, tiny = setup["ins"], setup["tiny"]
+    recs = [Record.model_validate({"kind": "instruction", "instruction": PROMPT, "output": TEXT}),
+            Record.model_validate({"kind": "qa", "question": "Who kicked the goal?", "answer": "Kevin Brown did."}),
+            Record.model_validate({"kind": "raw", "text": "Too short to split."}),
+            Record.model_validate({"kind": "raw", "text": "The match began in rain and ended in sunshine after the "
+                                                          "home side came back from two goals down."})]
+    v = fld.dataset_view(ins, recs, {"a": 1.0}, limit=10)
+    assert (v["read"], v["ranked"], v["skipped"]) == (4, 3, {"no_answer": 1, "too_long": 0})
+    kls = [r["mean_kl"] for r in v["rows"]]
+    assert kls == sorted(kls, reverse=True) and kls[-1] > 0
+    first = next(r for r in v["rows"] if r["index"] == 0)
+    f = fld.token_field(ins, first["prompt"], first["continuation"], {"a": 1.0}, chat=first["chat"])
+    assert math.isclose(first["mean_kl"], float(np.mean(f["kl"])), abs_tol=1e-5)
+    assert math.isclose(first["delta_logprob"], float(np.mean(f["logprob_diff"])), abs_tol=1e-5)
+    raw = next(r for r in v["rows"] if r["index"] == 3)
+    assert not raw["chat"] and raw["prompt"] + raw["continuation"] == recs[3].text
+    with pytest.raises(UserError, match="strength above 0"):
+        fld.dataset_view(ins, recs, {"a": 0.0})
+
+
 def test_runs_scan_reads_a_study_folder(tmp_path, setup):
     import shutil
 

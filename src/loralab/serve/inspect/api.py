@@ -74,6 +74,13 @@ class ContinueReq(_Req):
     temperature: float = 0.0
 
 
+class DatasetReq(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    adapters: dict[str, float] = Field(default_factory=dict)
+    limit: int = 100
+
+
 class UndoReq(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dataset: str
@@ -250,6 +257,25 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
     @router.get("/api/corrections/{name}")
     def correction_list(name: str) -> dict:
         return _user_errors(lambda: corr.listing(data_root, name))
+
+    @router.post("/api/dataset")
+    def dataset(body: Any = Body(...)) -> dict:
+        r = _parse(DatasetReq, body)
+
+        def run():
+            from ...data.records import RECORDS_FILE, read_records
+
+            p = Path(r.path).expanduser()
+            allowed = roots + [data_root.resolve()]
+            cands = [p] if p.is_absolute() else [root / p for root in allowed]
+            for c in cands:
+                c = c.resolve()
+                if any(c == root or root in c.parents for root in allowed) and (c / RECORDS_FILE).is_file():
+                    recs = list(read_records(c / RECORDS_FILE, skip_invalid=True))
+                    return {**fld.dataset_view(inspector(), recs, ensure(r.adapters), limit=r.limit), "path": str(c)}
+            raise UserError(f"{r.path}: no records folder (records.jsonl) inside the runs, registry or datasets folders")
+
+        return _user_errors(run)
 
     @router.post("/api/corrections/undo")
     def correction_undo(body: Any = Body(...)) -> dict:

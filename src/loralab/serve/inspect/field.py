@@ -41,7 +41,7 @@ import torch
 from ...adapters import AdapterError, apply_adapters, check, peft_model, resolve_folder
 from ...errors import UserError
 from ...generate import chat_inputs, generate_ids
-from ...logprobs import encode_pair, kl_js, next_token_logprobs
+from ...logprobs import encode_pair, kl_js, next_token_logprobs, token_divergence, token_logprobs
 
 MAX_PROMPT_CHARS = 20_000  # a longer prompt is refused (the page is for reading token by token)
 MAX_CONTINUATION_TOKENS = 512
@@ -326,6 +326,69 @@ def token_field(ins: Inspector, prompt: str, continuation: str, weights: Mapping
         "weights": weights,
         "precision": ins.precision,
     }
+
+
+MAX_DATASET_RECORDS = 500
+RAW_PROMPT_WORDS = 12  # a raw text's first words stand for its prompt in the dataset view
+
+
+def record_pair(rec) -> tuple[str, str, bool] | None:
+    """(prompt, continuation, chat) of a record as the token view shows it: the last user turn
+    and the answer (chat), or a raw text's first words and the rest; None without a response."""
+    from ...data.records import to_messages
+
+    if rec.kind == "raw":
+        words = rec.text.split(" ")
+        if len(words) <= RAW_PROMPT_WORDS:
+            return None
+        return " ".join(words[:RAW_PROMPT_WORDS]), " " + " ".join(words[RAW_PROMPT_WORDS:]), False
+    msgs = to_messages(rec)
+    users = [m for m in msgs[:-1] if m["role"] == "user"]
+    if msgs[-1]["role"] != "assistant" or not users or not msgs[-1]["content"].strip():
+        return None
+    return users[-1]["content"], msgs[-1]["content"], True
+
+
+def dataset_view(ins: Inspector, records: Sequence, weights: Mapping[str, float], *, limit: int = 100) -> dict:
+    """Each record scored under the base and the mix (its answer given its prompt) and ranked by how
+    much they disagree (mean KL(base ‖ mix) per answer token, as LMdiff ranks texts), with the
+    per-token log-prob change; every row carries what the token view needs (prompt, continuation,
+    chat). Records without an answer, or longer than the token view takes, are counted, not ranked."""
+    if not isinstance(limit, int) or not 1 <= limit <= MAX_DATASET_RECORDS:
+        raise UserError(f"limit must be between 1 and {MAX_DATASET_RECORDS}")
+    weights = check_weights(ins, weights)
+    if not any(w != 0.0 for w in weights.values()):
+        raise UserError("choose an adapter with a strength above 0: the dataset view compares it with the base")
+    rows, pairs, skipped = [], [], {"no_answer": 0, "too_long": 0}
+    for i, rec in enumerate(records[:limit]):
+        pc = record_pair(rec)
+        if pc is None:
+            skipped["no_answer"] += 1
+            continue
+        prompt, cont, chat = pc
+        try:
+            ctx, ids = encode(ins, prompt, cont, chat)
+        except UserError:
+            skipped["too_long"] += 1
+            continue
+        rows.append({"index": i, "id": rec.id, "prompt": prompt, "continuation": cont, "chat": chat,
+                     "tokens": len(ids)})
+        pairs.append((ctx, ids))
+    if pairs:
+        with ins.lock:
+            with base_context(ins):
+                base = token_logprobs(ins.loaded.model, pairs, pad_id=_pad(ins))
+            with mixed(ins, weights):
+                mix = token_logprobs(ins.loaded.model, pairs, pad_id=_pad(ins))
+            div = token_divergence(ins.loaded.model, ins.loaded.model, pairs, p_context=lambda: base_context(ins),
+                                   q_context=lambda: mixed(ins, weights), pad_id=_pad(ins))
+        for r, b, m, d in zip(rows, base, mix, div):
+            r["mean_kl"] = float(np.mean(d.kl, dtype=np.float64))
+            r["max_kl"] = float(np.max(d.kl))
+            r["delta_logprob"] = float(np.mean(m.logprobs.astype(np.float64) - b.logprobs.astype(np.float64)))
+    rows.sort(key=lambda r: -r["mean_kl"])
+    return {"rows": rows, "read": min(len(records), limit), "ranked": len(rows), "skipped": skipped,
+            "weights": weights, "precision": ins.precision}
 
 
 def prefetch_sides(ins: Inspector, prompt: str, continuation: str, weights: Mapping[str, float], *,

@@ -315,6 +315,38 @@ function exportTable(kind) {
 
 $("export-csv").addEventListener("click", () => exportTable("csv"));
 $("export-json").addEventListener("click", () => exportTable("json"));
+// ---------------------------------------------------------------- dataset view
+async function rankDataset() {
+  showError("");
+  busy(true);
+  try {
+    const path = $("ds-path").value || $("dataset").value;
+    const r = await api("dataset", { path, adapters: weights(), limit: +$("ds-limit").value });
+    const sk = r.skipped;
+    $("ds-summary").textContent = `${r.path}: ${r.read} read, ${r.ranked} ranked (${sk.no_answer} without an answer, ${sk.too_long} too long), `
+      + `mean KL(base ‖ mix) per answer token, computed in ${r.precision.dtype}`;
+    const t = $("ds-table");
+    t.innerHTML = "<tr><th>#</th><th>mean KL</th><th>max KL</th><th>Δ log p / token</th><th>tokens</th><th>prompt</th><th></th></tr>";
+    r.rows.forEach((x, i) => {
+      const tr = document.createElement("tr");
+      tr.className = "ds-row"; tr.dataset.id = x.id;
+      [i + 1, x.mean_kl.toFixed(4), x.max_kl.toFixed(4), x.delta_logprob.toFixed(3), x.tokens, x.prompt.slice(0, 80)].forEach((v) => {
+        const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+      });
+      const td = document.createElement("td"), b = document.createElement("button");
+      b.type = "button"; b.textContent = "inspect"; b.className = "ds-inspect";
+      b.addEventListener("click", () => {  // one click into the token view
+        $("prompt").value = x.prompt; $("continuation").value = x.continuation;
+        document.querySelector(`input[name=mode][value=${x.chat ? "chat" : "raw"}]`).checked = true;
+        run().then(() => $("field-section").scrollIntoView());
+      });
+      td.appendChild(b); tr.appendChild(td); t.appendChild(tr);
+    });
+  } catch (e) { showError(e.message); }
+  busy(false);
+}
+
+$("ds-run").addEventListener("click", rankDataset);
 $("run").addEventListener("click", run);
 $("continue").addEventListener("click", continueHere);
 $("undo").addEventListener("click", undo);
