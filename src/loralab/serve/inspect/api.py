@@ -296,7 +296,10 @@ def build_router(base, adapters: Mapping[str, str | Path] | Sequence[str | Path]
                     folder = resolve_folder(c)
                     root = next(x for x in roots if x == c or x in c.parents)
                     parts = [x for x in folder.resolve().relative_to(root).parts if x not in ("runs", "train", "adapter")]
-                    name = r.name or "-".join(x[:12] for x in parts) or root.name
+                    run = next((a for a in [folder, *folder.parents] if (a / "config.json").is_file()
+                                and root in a.parents), None)  # a run folder: named by its labels
+                    name = r.name or (runsmod.run_name(run, root) if run else None) or "-".join(
+                        x[:12] for x in parts) or root.name
                     name = ins.add_adapter(fld.adapter_key(name), folder)
                     return {"name": name, "path": str(folder), "loaded": ins.names}
             raise UserError(f"{r.path}: adapters load only from inside the registry or the runs folder")

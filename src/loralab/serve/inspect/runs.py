@@ -57,18 +57,23 @@ def _adapter(folder: Path) -> Path | None:
     return None
 
 
+def run_name(folder: Path, root: Path) -> str:
+    """A readable name of a run folder: its study and its labels' values (`quick-qa`), not its hash."""
+    cfg = _json(folder / "config.json") or {}
+    labels = cfg.get("labels") or {}
+    study = folder.parent.parent.name if folder.parent.name == "runs" and folder.parent.parent != root else None
+    return "-".join(str(x) for x in [study, *labels.values()] if x not in (None, "")) or folder.name
+
+
 def _run(folder: Path, root: Path) -> dict:
     cfg = _json(folder / "config.json") or {}
     status = _json(folder / "status.json") or {}
     metrics = _json(folder / "metrics.json")
     ad = _adapter(folder)
     card = _json(ad / "loralab.json") if ad else None
-    labels = cfg.get("labels") or {}
-    study = folder.parent.parent.name if folder.parent.name == "runs" and folder.parent.parent != root else None
     return {
         "id": folder.name,
-        # a readable name from the run's labels (variant, domain, seed...), not its hash
-        "name": "-".join(str(x) for x in [study, *labels.values()] if x not in (None, "")) or folder.name,
+        "name": run_name(folder, root),
         "path": str(folder.relative_to(root)),
         "labels": cfg.get("labels") or {},
         "state": status.get("state") or ("done" if ad else "unknown"),
