@@ -43,7 +43,7 @@ test: install install-browser
 bench: install
 	$(BIN)/pip install -q -e ".[bench]"
 	$(BIN)/loralab doctor
-	cd benchmarks && for b in logprobs score train eval mfu adapter_cost; do ../$(BIN)/python $$b.py || exit 1; done
+	cd benchmarks && for b in logprobs score train eval mfu adapter_cost decode inspector; do ../$(BIN)/python $$b.py || exit 1; done
 
 # the reliability suite at full size (every bad input alone, more kill points, the 100 MB line),
 # then RELIABILITY.md written from the figures it recorded; `make test` runs a subset of it
