@@ -53,7 +53,7 @@ def test_supports_names_what_it_cannot_run(tiny):
 @pytest.mark.parametrize("with_adapters,path", [(False, "dense"), (True, "dense"), (True, "gathered")])
 def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, with_adapters, path, monkeypatch):
     if path == "gathered":  # each row gathers its own factors instead of one matmul over every slot
-        monkeypatch.setattr("loralab.serve.static.DENSE_MAX", 0)
+        monkeypatch.setattr("loralab.fastlora.DENSE_MAX", 0)
     torch.manual_seed(0)
     lens = [7, 12, 3]
     seqs = [torch.randint(5, 1000, (n + 4,)).tolist() for n in lens]  # prompt + 4 decoded tokens
@@ -62,6 +62,7 @@ def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, wi
     ref = _reference(tiny.model, bank, seqs, rows)
     dec = StaticDecoder(tiny.model, bank, max_batch=4, max_context=64, capacity=8)  # grows while running
     lora = dec.adapter_rows(rows)
+    kept = dec.adapter_rows(rows, keep=True)  # decode steps reuse each row's gathered factors
     if with_adapters:
         assert all((r.dense is None) == (path == "gathered") for r in lora.values())
     # prefill in chunks of 5 for rows 1..3 of the cache (right-padded to the longest prompt)
@@ -80,7 +81,7 @@ def test_prefill_chunks_and_decode_equal_the_transformers_forward(tiny, bank, wi
     pos = torch.tensor(lens)
     for t in range(4):
         tok = torch.tensor([[s[n + t]] for s, n in zip(seqs, lens)])
-        got = dec.forward(tok, range(1, 4), pos, lora=lora)
+        got = dec.forward(tok, range(1, 4), pos, lora=kept)
         for i, n in enumerate(lens):
             torch.testing.assert_close(got[i], ref[i][n + t], rtol=1e-5, atol=1e-5)
         pos = pos + 1

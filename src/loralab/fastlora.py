@@ -99,13 +99,17 @@ class RowAdapters:
     """Which adapters each batch row uses: slots (K, N) long, scales (K, N) float."""
 
     def __init__(self, slots: torch.Tensor, scales: torch.Tensor, n_slots: int | None = None,
-                 rank: int | None = None, dense_max: int = DENSE_MAX):
+                 rank: int | None = None, dense_max: int | None = None):
         self.slots, self.scales = slots, scales
         s0 = slots[0]
         uniform = slots.shape[0] == 1 and bool((s0 == s0[0]).all()) and bool((scales[0] == scales[0, 0]).all())
         # (slot, scale) when one adapter at one scale covers every row: the lean path
         self.single = (int(s0[0]), float(scales[0, 0])) if uniform else None
         self.dense = None  # (N, S * r): each row's weight on every stacked rank column
+        # per-row gathered factors {(id(A), k): (A[idx], Bt[idx])}, kept while the same rows decode
+        # step after step (None: gathered anew at every call)
+        self.gathered: dict | None = None
+        dense_max = DENSE_MAX if dense_max is None else dense_max
         if self.single is None and n_slots and rank and n_slots * rank <= dense_max:
             w = torch.zeros((slots.shape[1], n_slots), dtype=torch.float32, device=slots.device)
             w.scatter_add_(1, slots.t(), scales.t().float())  # (N, S): composed weights add up
@@ -114,7 +118,7 @@ class RowAdapters:
 
     @classmethod
     def of(cls, rows: list[list[tuple[int, float]]], device=None, n_slots: int | None = None,
-           rank: int | None = None, dense_max: int = DENSE_MAX) -> "RowAdapters":
+           rank: int | None = None, dense_max: int | None = None) -> "RowAdapters":
         """From each row's [(slot, scale)] (an empty list = the base)."""
         K = max(1, max((len(r) for r in rows), default=1))
         slots = torch.zeros((K, len(rows)), dtype=torch.long)
@@ -153,8 +157,13 @@ def lora_update(x: torch.Tensor, A: torch.Tensor, Bt: torch.Tensor, rows) -> tor
     d = None
     for k in range(rows.slots.shape[0]):
         idx = rows.slots[k]
-        a = torch.bmm(x, A[idx].transpose(1, 2)) * rows.scales[k].to(A.dtype).view(-1, 1, 1)  # (N, T, r)
-        d = torch.bmm(a, Bt[idx]) if d is None else torch.baddbmm(d, a, Bt[idx])  # + (N, T, r) @ (N, r, out)
+        got = None if rows.gathered is None else rows.gathered.get((id(A), k))
+        if got is None:
+            got = (A[idx].transpose(1, 2), Bt[idx])  # (N, in, r), (N, r, out): copies of each row's factors
+            if rows.gathered is not None:
+                rows.gathered[(id(A), k)] = got
+        a = torch.bmm(x, got[0]) * rows.scales[k].to(A.dtype).view(-1, 1, 1)  # (N, T, r)
+        d = torch.bmm(a, got[1]) if d is None else torch.baddbmm(d, a, got[1])  # + (N, T, r) @ (N, r, out)
     return d
 
 

@@ -476,7 +476,7 @@ class Engine:
         dev = self.bank.device
         key = (self.bank.version, tuple(id(r) for r in reqs))
         if key != self._lora_key:
-            self._lora_key, self._lora = key, self.static.adapter_rows([r.rows for r in reqs])
+            self._lora_key, self._lora = key, self.static.adapter_rows([r.rows for r in reqs], keep=True)
         ids = torch.tensor([[r.out[-1]] for r in reqs], device=dev)
         pos = torch.tensor([r.pos for r in reqs])  # host positions: the decoder reads them once
         logits = self.static.forward(ids, range(0, len(reqs)), pos, lora=self._lora)
