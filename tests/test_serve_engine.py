@@ -373,3 +373,16 @@ def test_decoders_agree_and_bad_settings_are_refused(tiny, reg):
         Engine(tiny, None, prefill_chunk=0)
     assert Engine(tiny, None).precision["decoder"] == "static KV cache"
     assert Engine(tiny, None, decode="transformers").precision["decoder"] == "transformers (asked for)"
+
+
+def test_requests_one_after_another_get_their_own_adapters(engine, tiny):
+    """Alternating base and adapter requests, each alone: every answer equals the first of its kind
+    (a running batch's adapter layout is never taken from an earlier request's)."""
+    p = _prompts(tiny.tokenizer)[1]
+    first = {}
+    for i in range(6):
+        ads = [("a", 1.0)] if i % 2 else []
+        got = _run(engine, p, ads, max_tokens=5)[0]
+        first.setdefault(bool(ads), got)
+        assert got == first[bool(ads)]
+    assert first[True] != first[False]

@@ -474,7 +474,8 @@ class Engine:
     def _static_decode(self) -> None:
         reqs = self._active
         dev = self.bank.device
-        key = (self.bank.version, tuple(id(r) for r in reqs))
+        # keyed by the rows' adapters themselves (object ids of finished requests get reused)
+        key = (self.bank.version, tuple(tuple(r.rows) for r in reqs))
         if key != self._lora_key:
             self._lora_key, self._lora = key, self.static.adapter_rows([r.rows for r in reqs], keep=True)
         ids = torch.tensor([[r.out[-1]] for r in reqs], device=dev)
