@@ -351,17 +351,7 @@ class Engine:
         if self.static is not None:
             return self._static_step()
         with self.lock:
-            self._drop([r for r in self._active if r.handle.cancelled], "abort")
-            while self._pending and self._pending[0].handle.cancelled:
-                r = self._pending.popleft()
-                r.handle._put(Done("abort", len(r.prompt), 0, ""))
-            room = self.max_batch - len(self._active)
-            new = []
-            with self._wake:
-                while self._pending and len(new) < room:
-                    r = self._pending.popleft()
-                    if not r.handle.cancelled:
-                        new.append(r)
+            new = self._admit(self.max_batch - len(self._active))
             if new:
                 self._prefill(new)
             elif self._active:
@@ -410,21 +400,28 @@ class Engine:
         self._emit(reqs, logits)
 
     # ------------------------------------------------------------------ static path
+    def _admit(self, room: int) -> list[_Req]:
+        """Release cancelled running rows and queued requests, then take up to `room` queued ones."""
+        self._drop([r for r in self._active if r.handle.cancelled], "abort")
+        while self._pending and self._pending[0].handle.cancelled:
+            r = self._pending.popleft()
+            r.handle._put(Done("abort", len(r.prompt), 0, ""))
+        new = []
+        with self._wake:
+            while self._pending and len(new) < room:
+                r = self._pending.popleft()
+                if not r.handle.cancelled:
+                    new.append(r)
+        return new
+
     def _static_step(self) -> bool:
         """Admit a group when none is filling, prefill one chunk of it, decode the running rows once."""
         with self.lock:
-            self._drop([r for r in self._active if r.handle.cancelled], "abort")
-            while self._pending and self._pending[0].handle.cancelled:
-                r = self._pending.popleft()
-                r.handle._put(Done("abort", len(r.prompt), 0, ""))
             if not self._filling:
-                room = self.max_batch - len(self._active)
-                with self._wake:
-                    while self._pending and len(self._filling) < room:
-                        r = self._pending.popleft()
-                        if not r.handle.cancelled:
-                            self._filling.append(r)
+                self._filling = self._admit(self.max_batch - len(self._active))
                 self._fill_row, self._fill_at = len(self._active), 0
+            else:
+                self._admit(0)  # cancellations only: the filling group completes first
             running = bool(self._active)
             if self._filling:
                 self._prefill_chunk()
