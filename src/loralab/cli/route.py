@@ -37,7 +37,13 @@ def route_cmd(
     max_false_activation: float = typer.Option(0.05, help="--prompts: false activation the threshold allows on "
                                                "the tuning general prompts."),
     embedder: Optional[str] = typer.Option(None, help="Embedder of the classifier (all-MiniLM-L6-v2 | "
-                                           "multilingual-e5-small; default: the registry's router.json, else MiniLM)."),
+                                           "multilingual-e5-small; default: the registry's router.json, else "
+                                           "e5 for written examples and MiniLM for records)."),
+    fit_on_tune: bool = typer.Option(False, "--fit-on-tune", help="--prompts: fit the classifier on the tune "
+                                     "split's prompts as the registry's written examples (instead of its records "
+                                     "or examples.jsonl); temperature and threshold out of fold; figures on the rest."),
+    examples_per_domain: Optional[int] = typer.Option(None, help="--fit-on-tune: at most this many tune prompts "
+                                                      "per domain (and of general), a seeded draw."),
 ) -> None:
     """Route a prompt through trigger -> keywords -> classifier -> base, or evaluate the router."""
     from ..errors import UserError
@@ -57,7 +63,15 @@ def route_cmd(
         from ..serve.router import registry_settings
 
         settings = dataclasses.replace(registry_settings(registry), embedder=embedder)
-    router = Router.from_registry(registry, model=loaded, settings=settings)
+    examples = None
+    if fit_on_tune:
+        if not (evaluate and prompts):
+            raise UserError("--fit-on-tune needs --eval and --prompts")
+        from ..evaluate.routing import read_prompts, tune_examples
+
+        examples = tune_examples(read_prompts(prompts), tune_share, seed=_seed(registry, settings),
+                                 per_domain=examples_per_domain)
+    router = Router.from_registry(registry, model=loaded, settings=settings, examples=examples)
     for n in router.notes:
         out.print(f"[dim]note: {n}[/]")
     if not evaluate:
@@ -82,7 +96,7 @@ def route_cmd(
         domain_of = {e.name: e.domain or e.name for e in router.entries}
         report["written"] = written_report(router.route_many, read_prompts(prompts), domain_of,
                                            tune_share=tune_share, max_fa=max_false_activation,
-                                           seed=router.settings.seed)
+                                           seed=router.settings.seed, choose=not fit_on_tune)
         report["written"]["file"] = prompts
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
@@ -108,17 +122,28 @@ def route_cmd(
         _print_written(report["written"], router.settings.embedder)
 
 
+def _seed(registry: str, settings) -> int:
+    from ..serve.router import registry_settings
+
+    return (settings or registry_settings(registry)).seed
+
+
 def _pct(c: dict) -> str:
     return f"{100 * c['mean']:.0f} % [{100 * c['lo']:.0f}, {100 * c['hi']:.0f}]" if c.get("n") else "n/a"
 
 
 def _print_written(w: dict, embedder: str) -> None:
     """The written-prompt figures: the threshold chosen on the tune split, then the report split."""
-    out.print(f"written prompts ({w['file']}, embedder {embedder}): threshold {w['threshold']:.2f} chosen on "
-              f"{w['n_tune']} tuning prompts (false activation <= {100 * w['max_false_activation']:.0f} % there); "
-              f"figures on the other {w['n_report']}:")
+    if w["threshold"] is None:
+        out.print(f"written prompts ({w['file']}, embedder {embedder}): classifier fitted on {w['n_tune']} tuning "
+                  f"prompts, its threshold chosen out of fold; figures on the other {w['n_report']}:")
+    else:
+        out.print(f"written prompts ({w['file']}, embedder {embedder}): threshold {w['threshold']:.2f} chosen on "
+                  f"{w['n_tune']} tuning prompts (false activation <= {100 * w['max_false_activation']:.0f} % there); "
+                  f"figures on the other {w['n_report']}:")
     t = Table()
-    for col in ("", "threshold chosen on the tune split", "the router's own threshold"):
+    for col in ("", "threshold chosen on the tune split" if w["threshold"] is not None else "router",
+                "the router's own threshold"):
         t.add_column(col)
     c, b = w["chosen"], w["as_built"]
     t.add_row("domain accuracy", _pct(c["accuracy"]), _pct(b["accuracy"]))

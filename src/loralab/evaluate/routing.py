@@ -91,6 +91,21 @@ def tune_split(ids, share: float, seed: int) -> set:
     return {i for i in ids if int(hashlib.sha256(f"{seed}:{i}".encode()).hexdigest()[:8], 16) / 16**8 < share}
 
 
+def tune_examples(rows: Sequence[dict], share: float, seed: int, per_domain: int | None = None) -> list[tuple[str, str]]:
+    """(text, domain) of the tune split's prompts, to fit a router on as written examples (the
+    figures then come from the other prompts only); at most `per_domain` per domain, a seeded draw."""
+    tune = tune_split([r["id"] for r in rows], share, seed)
+    picked = [r for r in rows if r["id"] in tune]
+    if per_domain is not None:
+        rng = np.random.default_rng(seed)
+        keep = []
+        for dom in sorted({r["domain"] for r in picked}):
+            group = [r for r in picked if r["domain"] == dom]
+            keep += [group[i] for i in sorted(rng.permutation(len(group))[:per_domain])]
+        picked = keep
+    return [(r["text"], r["domain"]) for r in picked]
+
+
 def _routed(d, threshold: float | None):
     """(adapter or None, the decision's confidence) of a decision, the classifier's choice redone
     at `threshold` (None: as the router decided)."""
@@ -124,18 +139,20 @@ def ece(conf: Sequence[float], correct: Sequence[float], bins: int = 10) -> floa
 
 
 def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[str, str], *,
-                   tune_share: float = 0.5, max_fa: float = 0.05, seed: int = 0) -> dict:
+                   tune_share: float = 0.5, max_fa: float = 0.05, seed: int = 0, choose: bool = True) -> dict:
     """Routing on written prompts: the threshold chosen on a seeded tune split (lowest with false
     activation <= max_fa there), every figure from the other prompts: accuracy (a domain prompt to an
     adapter of its domain), false activation (a general prompt to any adapter), by language, style
     and domain, the confusion matrix, confident wrong-domain routes (p >= 0.9), Russian − English,
-    and expected calibration error; beside the router's own threshold on the same prompts."""
+    and expected calibration error; beside the router's own threshold on the same prompts.
+    `choose=False` (the router was fitted on the tune split's prompts, so its decisions there are
+    in-sample): no threshold is chosen; both columns are the router's own, chosen out of fold."""
     have = set(domain_of.values())
     rows = [r for r in rows if r["domain"] == "general" or r["domain"] in have]
     tune = tune_split([r["id"] for r in rows], tune_share, seed)
     decisions = route_many([r["text"] for r in rows])
     t_rows = [(d, r) for d, r in zip(decisions, rows) if r["id"] in tune]
-    threshold = pick_written_threshold([d for d, _ in t_rows], [r for _, r in t_rows], max_fa)
+    threshold = pick_written_threshold([d for d, _ in t_rows], [r for _, r in t_rows], max_fa) if choose else None
     rep = [(d, r) for d, r in zip(decisions, rows) if r["id"] not in tune]
 
     def figures(th):
@@ -174,4 +191,4 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
 
     return {"n_prompts": len(rows), "n_tune": len(t_rows), "n_report": len(rep), "tune_share": tune_share,
             "seed": seed, "max_false_activation": max_fa, "threshold": threshold,
-            "chosen": figures(threshold), "as_built": figures(None)}
+            "chosen": figures(threshold), "as_built": figures(None), "threshold_chosen_on_tune": choose}

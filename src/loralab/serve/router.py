@@ -22,11 +22,16 @@ adapter and a metacognitive one compose with their card weights):
                  adapter is an aLoRA (its invocation sequence is what activates it).
   2. keyword     whole-word keyword hits from the cards; the adapter with strictly most hits
                  wins, confidence = its share of all hits; a tie falls through.
-  3. classifier  logistic regression on MiniLM embeddings and word / character n-gram tf-idf
-                 (`routeclf`) of samples of each adapter's own training records plus a "none"
-                 class of general prompts (ARC, PIQA); temperature-scaled on a calibration
-                 split, and a threshold chosen there so that at most `max_false_activation`
-                 of general prompts activate an adapter.
+  3. classifier  logistic regression (`routeclf`) fitted on one of two kinds of samples:
+                 - written examples (the registry's `examples.jsonl`: prompts as users write
+                   them, each labelled with an adapter, its domain or "none"): the multilingual
+                   e5 embedding of the prompt; temperature and threshold from out-of-fold
+                   predictions of 5 refits, so that at most `max_false_activation` of the
+                   "none" examples activate an adapter;
+                 - otherwise samples of each adapter's own training records plus a "none" class
+                   of general prompts (ARC, PIQA): MiniLM embedding and word / character n-gram
+                   tf-idf; temperature and threshold on a calibration split. This learns the
+                   *form* of the records and routes prompts written otherwise poorly (README).
   4. base        nothing fired: no adapter for this role.
 
 Records are split by document (seeded): the classifier samples only one side, so the
@@ -53,14 +58,17 @@ from ..data.records import read_records, to_messages
 from ..data.split import doc_key, is_eval
 from ..errors import UserError
 from ..io import read_json
-from .routeclf import FORMAT, Classifier, fit_classifier, pick_threshold
+from ..embed import E5, EMBEDDER as MINILM
+from .routeclf import FORMAT, Classifier, fit_classifier, fit_crossfit, pick_threshold
 
 __all__ = ["Decision", "Entry", "Router", "Settings", "Classifier", "pick_threshold", "read_registry",
-           "adapter_samples", "general_prompts", "train_classifier"]
+           "adapter_samples", "general_prompts", "train_classifier", "train_from_examples", "read_examples"]
 
 RULES = ("trigger", "keyword", "classifier", "base")
 NONE = "none"
 SETTINGS_FILE = "router.json"  # optional, in the registry folder: Settings fields
+EXAMPLES_FILE = "examples.jsonl"  # optional, in the registry folder: {"text", "adapter"} per line
+NONE_LABELS = (NONE, "general", "base")
 
 
 @dataclass
@@ -117,10 +125,16 @@ class Settings:
     calib: float = 0.2  # share of the classifier's samples kept for temperature and threshold
     max_false_activation: float = 0.04  # on calibration general prompts
     C: float = 10.0  # inverse L2 strength of the logistic regression (scikit-learn's C)
-    features: str = "embedding+ngrams"  # or "embedding": the sentence embedding alone
+    # "embedding+ngrams" | "embedding" (the sentence embedding alone); None: the samples' default
+    # (records: embedding+ngrams; written examples: embedding)
+    features: str | None = None
     min_threshold: float = 0.5
     threshold: float | None = None  # fixed classifier threshold (e.g. chosen by `route --eval --prompts`)
-    embedder: str = "all-MiniLM-L6-v2"  # or "multilingual-e5-small" (English, Russian and ~90 more)
+    # "all-MiniLM-L6-v2" | "multilingual-e5-small" (English, Russian and ~90 more); None: the
+    # samples' default (records: MiniLM; written examples: e5)
+    embedder: str | None = None
+    samples: str = "auto"  # "records" | "examples" | "auto" (examples when the registry has examples.jsonl)
+    folds: int = 5  # written examples: out-of-fold refits that give temperature and threshold
     max_chars: int = 1000  # characters of a sample / prompt the classifier sees
     seed: int = 0
 
@@ -188,6 +202,54 @@ def registry_settings(registry: str | Path) -> Settings:
         raise UserError(f"{f}: {e} (fields: {fields})") from None
 
 
+def resolved(s: Settings, examples: bool) -> Settings:
+    """`s` with samples, features and embedder decided: written examples default to the e5
+    embedding alone (multilingual, no n-grams of one writer's form); records to MiniLM + n-grams."""
+    return dataclasses.replace(
+        s, samples="examples" if examples else "records",
+        features=s.features or ("embedding" if examples else "embedding+ngrams"),
+        embedder=s.embedder or (E5 if examples else MINILM))
+
+
+def label_examples(examples: Sequence[tuple[str, str]], entries: Sequence[Entry], where: str = "examples"):
+    """(text, adapter name or "none") from (text, label): a label is an adapter's name, its card's
+    domain (one adapter of that domain), or "none" / "general" / "base"; any other is a UserError."""
+    names = {e.name for e in entries}
+    by_domain: dict[str, list[str]] = {}
+    for e in entries:
+        if e.domain:
+            by_domain.setdefault(e.domain, []).append(e.name)
+    out = []
+    for i, (text, label) in enumerate(examples, 1):
+        if label in NONE_LABELS:
+            label = NONE
+        elif label not in names:
+            got = by_domain.get(label, [])
+            if len(got) != 1:
+                raise UserError(f"{where}:{i}: {label!r} is " + (f"the domain of {', '.join(got)}; name one adapter"
+                                if got else f"no adapter or domain of the registry ({', '.join(sorted(names))})"))
+            label = got[0]
+        if text.strip():
+            out.append((text.strip(), label))
+    return out
+
+
+def read_examples(path: str | Path, entries: Sequence[Entry]) -> list[tuple[str, str]]:
+    """(text, adapter name or "none") from a JSONL of written example prompts: each line has `text`
+    and `adapter` (or `domain`): see `label_examples`. A line that does not parse is a UserError."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rows.append((str(row["text"]), str(row["adapter"] if "adapter" in row else row["domain"])))
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{path}:{i}: not a JSON object with `text` and `adapter`") from None
+    return label_examples(rows, entries, str(path))
+
+
 # ----------------------------------------------------------------- samples
 
 def prompt_text(rec, max_chars: int, rng: np.random.Generator | None = None) -> str:
@@ -247,8 +309,30 @@ def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[t
 
 # ----------------------------------------------------------------- classifier
 
+def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, str]], s: Settings,
+                        embed: Callable) -> Classifier | None:
+    """The classifier for `entries` (one role) fitted on written examples: their adapters (of this
+    role) as classes, every other example (none, another role's adapter) as "none"; temperature and
+    threshold from out-of-fold predictions. None when no example names an adapter of this role."""
+    s = resolved(s, True)
+    names = [e.name for e in entries]
+    classes = [n for n in names if any(lab == n for _, lab in examples)] + [NONE]
+    if len(classes) == 1:
+        return None
+    texts = [t[: s.max_chars] for t, _ in examples]
+    y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
+    X = np.asarray(embed(texts), dtype=np.float32)
+    clf = fit_crossfit(texts, X, y, classes, features=s.features, C=s.C, max_fa=s.max_false_activation,
+                       floor=s.min_threshold, folds=s.folds, seed=s.seed)
+    clf.calibration["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    clf.calibration["fitted_on"] = "examples"
+    return clf
+
+
 def train_classifier(entries: Sequence[Entry], s: Settings, embed: Callable, general=None) -> Classifier | None:
-    """Fit, calibrate and threshold the classifier for `entries` (one role); None without data."""
+    """Fit, calibrate and threshold the classifier for `entries` (one role) on samples of their
+    training records; None without data."""
+    s = resolved(s, False)
     samples = {e.name: adapter_samples(e, s, held_out=False) for e in entries}
     samples = {k: v for k, v in samples.items() if v}
     if not samples:
@@ -295,14 +379,24 @@ class Router:
     @classmethod
     def from_registry(cls, registry: str | Path, model=None, *, embed: Callable | None = None,
                       settings: Settings | None = None, classifier: bool = True,
-                      cache_dir: str | Path | None = None, general=None) -> "Router":
+                      cache_dir: str | Path | None = None, general=None,
+                      examples: Sequence[tuple[str, str]] | None = None) -> "Router":
         """Read the registry's cards; fit (or load from cache) one classifier per role.
 
         `model` (a models.Loaded) leaves out adapters trained on another base (noted in
-        `router.notes`). `embed` maps texts to unit-norm vectors (default: MiniLM).
+        `router.notes`). `embed` maps texts to unit-norm vectors (default: the samples' embedder).
+        `examples` ((text, adapter name or "none")) replace the registry's `examples.jsonl`.
         """
         s = settings or registry_settings(registry)
         entries, notes = read_registry(registry)
+        if s.samples not in ("auto", "records", "examples"):
+            raise UserError(f"router samples must be auto, records or examples, not {s.samples!r}")
+        if examples is None and s.samples != "records" and (Path(registry).expanduser() / EXAMPLES_FILE).is_file():
+            examples = read_examples(Path(registry).expanduser() / EXAMPLES_FILE, entries)
+        if s.samples == "examples" and not examples:
+            raise UserError(f"router samples = examples, but {Path(registry) / EXAMPLES_FILE} is missing or empty")
+        examples = label_examples(examples, entries) if examples and s.samples != "records" else None
+        s = resolved(s, examples is not None)
         fp = getattr(model, "fingerprint", None)
         if fp is not None:
             keep = []
@@ -321,7 +415,7 @@ class Router:
         if classifier:
             for role in sorted({e.role for e in entries}):
                 group = [e for e in entries if e.role == role]
-                clf = _cached_classifier(group, s, embed, cache_dir, general)
+                clf = _cached_classifier(group, s, embed, cache_dir, general, examples)
                 if clf is None:
                     notes.append(f"role {role}: no adapter names readable training data; no classifier")
                 else:
@@ -474,31 +568,38 @@ def _closest(clf: Classifier, p: np.ndarray) -> tuple[str, float]:
     return clf.classes[k], float(p[k])
 
 
-def registry_digest(entries: Sequence[Entry], s: Settings, embedder: str) -> str:
-    """Digest of what the classifier depends on: cards, their training data, settings, embedder."""
+def registry_digest(entries: Sequence[Entry], s: Settings, embedder: str, examples=None) -> str:
+    """Digest of what the classifier depends on: cards, their training data (or the written
+    examples), settings, embedder."""
     parts = []
     for e in entries:
-        f = _records_file(e.data)
+        f = _records_file(e.data) if examples is None else None
         parts.append({"name": e.name, "card": _sha(e.path / CARD), "data": _sha(f) if f else None})
     blob = json.dumps({"format": FORMAT, "entries": parts, "settings": dataclasses.asdict(s),
-                       "embedder": embedder}, sort_keys=True)
+                       "embedder": embedder, "examples": [list(x) for x in examples] if examples else None},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _cached_classifier(group: list[Entry], s: Settings, embed: Callable, cache_dir, general) -> Classifier | None:
-    from ..embed import EMBEDDER
+def _cached_classifier(group: list[Entry], s: Settings, embed: Callable, cache_dir, general,
+                       examples=None) -> Classifier | None:
     from ..models import home
 
-    name = getattr(embed, "cache_name", EMBEDDER if getattr(embed, "__module__", "") == "loralab.embed" else None)
-    if name is None or general is not None:  # an embedder or general set we cannot name: no cache
+    def fit():
+        if examples is not None:
+            return train_from_examples(group, examples, s, embed)
         return train_classifier(group, s, embed, general)
-    path = Path(cache_dir or home() / "router") / f"{registry_digest(group, s, name)}.npz"
+
+    name = getattr(embed, "cache_name", MINILM if getattr(embed, "__module__", "") == "loralab.embed" else None)
+    if name is None or general is not None:  # an embedder or general set we cannot name: no cache
+        return fit()
+    path = Path(cache_dir or home() / "router") / f"{registry_digest(group, s, name, examples)}.npz"
     if path.exists():
         try:
             return Classifier.load(path)
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache entry is rebuilt
-    clf = train_classifier(group, s, embed)
+    clf = fit()
     if clf is not None:
         clf.save(path)
     return clf
