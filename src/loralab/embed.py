@@ -73,12 +73,28 @@ def embed_e5(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 embed_e5.cache_name = E5
 
 
-def embedder(name: str) -> Embed:
-    """The embedding function called `name` (one of EMBEDDERS)."""
+def embed_e5_passages(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """(n, 384) unit-norm float32 multilingual-e5-small embeddings of `texts` as passages (e5's
+    "passage: " prefix: the side of a retrieval index, searched with `embed_e5` queries)."""
+    if not len(texts):
+        return np.zeros((0, DIM), dtype=np.float32)
+    m = _e5()
+    out = [np.asarray(m.passage(list(texts[i: i + batch_size])), dtype=np.float32)
+           for i in range(0, len(texts), batch_size)]
+    x = np.concatenate(out)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+embed_e5_passages.cache_name = E5
+
+
+def embedder(name: str, passages: bool = False) -> Embed:
+    """The embedding function called `name` (one of EMBEDDERS); `passages` gives the side that
+    embeds an index's chunks (differs from the query side for e5, the same function for MiniLM)."""
     if name == EMBEDDER:
         return embed
     if name == E5:
-        return embed_e5
+        return embed_e5_passages if passages else embed_e5
     raise UserError(f"unknown embedder {name!r}; known: {', '.join(EMBEDDERS)}")
 
 

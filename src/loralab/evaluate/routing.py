@@ -18,6 +18,7 @@ The first listed adapter is the routed label (the domain role's pick comes first
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Callable, Sequence
 
@@ -192,3 +193,47 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
     return {"n_prompts": len(rows), "n_tune": len(t_rows), "n_report": len(rep), "tune_share": tune_share,
             "seed": seed, "max_false_activation": max_fa, "threshold": threshold,
             "chosen": figures(threshold), "as_built": figures(None), "threshold_chosen_on_tune": choose}
+
+
+def read_questions(path) -> list[dict]:
+    """A retrieval question set (JSONL: id, lang, question, doc, answer); a bad line is a UserError."""
+    from ..errors import UserError
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError:
+                raise UserError(f"{path}:{i}: not JSON") from None
+            missing = [k for k in ("id", "question", "doc", "answer") if not isinstance(r, dict) or k not in r]
+            if missing:
+                raise UserError(f"{path}:{i}: missing {', '.join(missing)}")
+            rows.append(r)
+    return rows
+
+
+def retrieval_recall(index, questions: Sequence[dict], ks: Sequence[int] = (1, 3, 5), mode: str = "dense",
+                     seed: int = 0) -> dict:
+    """Recall@k of the answer-bearing chunk: a question is a hit at k when one of its top-k passages
+    comes from its `doc` and contains its `answer` span (and "doc@k": from its doc at all); overall
+    and by `lang`, with bootstrap intervals over questions; the misses at the largest k listed."""
+    kmax = max(ks)
+    hits = index.search([q["question"] for q in questions], kmax, mode=mode)
+    per: dict[str, dict[str, list[float]]] = {}
+    misses = []
+    for q, ps in zip(questions, hits):
+        rank = next((n for n, p in enumerate(ps, 1) if p.source == q["doc"] and q["answer"] in p.text), None)
+        drank = next((n for n, p in enumerate(ps, 1) if p.source == q["doc"]), None)
+        for group in ("all", f"lang={q.get('lang', '?')}"):
+            g = per.setdefault(group, {})
+            for k in ks:
+                g.setdefault(f"recall@{k}", []).append(float(rank is not None and rank <= k))
+                g.setdefault(f"doc@{k}", []).append(float(drank is not None and drank <= k))
+        if rank is None:
+            misses.append({"id": q["id"], "question": q["question"], "top": [p.source for p in ps]})
+    return {"n": len(questions), "mode": mode, "embedder": index.embedder, "chunks": len(index),
+            "by": {g: {m: bootstrap_ci(v, seed=seed) for m, v in ms.items()} for g, ms in per.items()},
+            "misses": misses}
