@@ -407,7 +407,7 @@ def test_examples_file_fits_the_classifier_with_out_of_fold_calibration(registry
     with open(registry / "examples.jsonl", "w") as f:
         for t, lab in ex:
             f.write(json.dumps({"text": t, "adapter": lab}) + "\n")
-    r = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    r = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(record_weight=0))
     clf = r.classifiers["knowledge"]
     assert clf.classes == ["cooking", "sport", NONE] and r.settings.samples == "examples"  # registry order
     assert r.settings.features == "embedding" and clf.calibration["fitted_on"] == "examples"
@@ -429,8 +429,19 @@ def test_examples_file_fits_the_classifier_with_out_of_fold_calibration(registry
     # one example changed: another cache entry (the digest covers the examples)
     with open(registry / "examples.jsonl", "a") as f:
         f.write(json.dumps({"text": "whisk the butter and sugar", "adapter": "cooking"}) + "\n")
-    Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=Settings(record_weight=0))
     assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    # by default the adapters' record samples join at weight 0.1: law (records, no examples) is a class,
+    # and the calibration still scores the examples only
+    rw = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    c2 = rw.classifiers["knowledge"]
+    assert c2.classes == ["cooking", "law", "sport", NONE] and rw.settings.per_class == 400
+    assert c2.calibration["record_samples"] == {n: len(adapter_samples(e, rw.settings, False))
+                                                for n, e in zip(["cooking", "law", "sport"],
+                                                                sorted(rw.entries, key=lambda e: e.name))}
+    assert c2.calibration["n"] == len(ex) + 1
+    law = read_registry(registry)[0][1]
+    assert rw.route(adapter_samples(law, rw.settings, True)[0][1]).adapters == [("law", 1.0)]
     # samples = records ignores the file: the records classifier (with a general class) again
     rr = Router.from_registry(registry, embed=bow_embed, general=_general(), cache_dir=tmp_path / "cache",
                               settings=Settings(samples="records"))

@@ -132,13 +132,15 @@ class Classifier:
                        float(head["temperature"]), float(head["threshold"]), head["calibration"], feats)
 
 
-def fit_regression(F, y: np.ndarray, classes: int, C: float) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced multinomial logistic regression: (W (classes, D), b (classes,))."""
+def fit_regression(F, y: np.ndarray, classes: int, C: float, weight: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced multinomial logistic regression: (W (classes, D), b (classes,)); `weight` scales
+    each row's loss on top of the class balance."""
     from sklearn.linear_model import LogisticRegression
 
     present = np.unique(y)
     m = LogisticRegression(C=C, max_iter=5000, class_weight="balanced")
-    m.fit(F, y)
+    m.fit(F, y, sample_weight=weight)
     W = np.full((classes, F.shape[1]), 0.0, dtype=np.float32)
     b = np.full(classes, -1e4, dtype=np.float32)  # a class without training rows is never predicted
     coef, icpt = (m.coef_, m.intercept_) if len(present) > 2 else \
@@ -181,14 +183,22 @@ def pick_threshold(probs: np.ndarray, y: np.ndarray, none: int, max_fa: float, f
 
 
 def fit_crossfit(texts: Sequence[str], vectors: np.ndarray, y: np.ndarray, classes: list[str], *, features: str,
-                 C: float, max_fa: float, floor: float, folds: int = 5, seed: int = 0) -> Classifier:
+                 C: float, max_fa: float, floor: float, folds: int = 5, seed: int = 0, extra=None) -> Classifier:
     """Fit on every row; temperature and threshold from out-of-fold logits of `folds` refits (each row
     scored by a model that never saw it), so no row is set aside from the fit. For few, written
-    example prompts, where a calibration split would cost a third of them."""
+    example prompts, where a calibration split would cost a third of them. `extra` = (texts, vectors,
+    y, weight): rows in every fit (each weighing `weight`), never scored for calibration."""
     texts = list(texts)
-    feats = Features.fit(texts, features)
-    F = feats(texts, vectors)
-    W, b = fit_regression(F, y, len(classes), C)
+    ex_t, ex_X, ex_y, ex_w = extra if extra is not None else ([], vectors[:0], y[:0], 1.0)
+    ex_t = list(ex_t)
+
+    def fit(idx):
+        t = [texts[i] for i in idx] + ex_t
+        f = Features.fit(t, features)
+        w = np.r_[np.ones(len(idx)), np.full(len(ex_t), ex_w)]
+        return (f, *fit_regression(f(t, np.vstack([vectors[idx], ex_X])), np.r_[y[idx], ex_y], len(classes), C, w))
+
+    feats, W, b = fit(np.arange(len(y)))
     clf = Classifier(classes, W, b, 1.0, floor, {}, feats)
     k = min(folds, int(np.bincount(y, minlength=len(classes))[np.unique(y)].min()))
     if k < 2:  # a class with one example: no out-of-fold estimate
@@ -197,8 +207,7 @@ def fit_crossfit(texts: Sequence[str], vectors: np.ndarray, y: np.ndarray, class
 
     oof = np.zeros((len(y), len(classes)), dtype=np.float64)
     for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-        f = Features.fit([texts[i] for i in tr], features)
-        Wf, bf = fit_regression(f([texts[i] for i in tr], vectors[tr]), y[tr], len(classes), C)
+        f, Wf, bf = fit(tr)
         oof[te] = np.asarray(f([texts[i] for i in te], vectors[te]) @ Wf.T) + bf
     clf.temperature = fit_temperature(oof, y)
     clf.threshold, clf.calibration = pick_threshold(softmax(oof / clf.temperature), y, len(classes) - 1, max_fa, floor)

@@ -119,7 +119,8 @@ class Entry:
 
 @dataclass
 class Settings:
-    per_class: int = 1000  # training samples per adapter class
+    per_class: int | None = None  # record samples per adapter class (None: 1000; 400 beside written examples)
+    record_weight: float = 0.1  # written examples: weight of each record sample beside them (0: examples only)
     general: int = 3000  # "none"-class samples (ARC + PIQA questions; the whole training side)
     holdout: float = 0.25  # share of documents (and general items) the classifier never sees
     calib: float = 0.2  # share of the classifier's samples kept for temperature and threshold
@@ -207,6 +208,7 @@ def resolved(s: Settings, examples: bool) -> Settings:
     embedding alone (multilingual, no n-grams of one writer's form); records to MiniLM + n-grams."""
     return dataclasses.replace(
         s, samples="examples" if examples else "records",
+        per_class=s.per_class if s.per_class is not None else (400 if examples else 1000),
         features=s.features or ("embedding" if examples else "embedding+ngrams"),
         embedder=s.embedder or (E5 if examples else MINILM))
 
@@ -312,19 +314,28 @@ def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[t
 def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, str]], s: Settings,
                         embed: Callable) -> Classifier | None:
     """The classifier for `entries` (one role) fitted on written examples: their adapters (of this
-    role) as classes, every other example (none, another role's adapter) as "none"; temperature and
-    threshold from out-of-fold predictions. None when no example names an adapter of this role."""
+    role) as classes, every other example (none, another role's adapter) as "none"; beside them, at
+    `record_weight` each, samples of the adapters' training records (so text pasted from a domain is
+    routed too). Temperature and threshold from out-of-fold predictions on the examples alone (the
+    record samples are in every fold's fit). None when no adapter of this role has examples or records."""
     s = resolved(s, True)
+    records = {e.name: adapter_samples(e, s, held_out=False) for e in entries} if s.record_weight > 0 else {}
     names = [e.name for e in entries]
-    classes = [n for n in names if any(lab == n for _, lab in examples)] + [NONE]
+    classes = [n for n in names if records.get(n) or any(lab == n for _, lab in examples)] + [NONE]
     if len(classes) == 1:
         return None
     texts = [t[: s.max_chars] for t, _ in examples]
     y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
     X = np.asarray(embed(texts), dtype=np.float32)
+    extra = None
+    if any(records.values()):
+        rt = [t[: s.max_chars] for n in classes[:-1] for _, t in records.get(n, [])]
+        ry = np.array([classes.index(n) for n in classes[:-1] for _ in records.get(n, [])])
+        extra = (rt, np.asarray(embed(rt), dtype=np.float32), ry, s.record_weight)
     clf = fit_crossfit(texts, X, y, classes, features=s.features, C=s.C, max_fa=s.max_false_activation,
-                       floor=s.min_threshold, folds=s.folds, seed=s.seed)
+                       floor=s.min_threshold, folds=s.folds, seed=s.seed, extra=extra)
     clf.calibration["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
+    clf.calibration["record_samples"] = {n: len(records.get(n, [])) for n in classes[:-1]}
     clf.calibration["fitted_on"] = "examples"
     return clf
 
