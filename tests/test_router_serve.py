@@ -102,7 +102,7 @@ def test_rag_through_the_server_request_and_card(tiny, tmp_path):
         assert r.status_code == 200, r.text
         body = r.json()
         want_msgs, want_src = augment(q, idx, 2)
-        assert body["rag"] == {"index": "nfl", "k": 2, "sources": want_src}
+        assert body["rag"] == {"index": "nfl", "k": 2, "mode": "dense", "sources": want_src}
         assert want_src[0].startswith("game-zorblatt#") and r.headers["X-Loralab-Sources"] == ",".join(want_src)
         assert body["usage"]["prompt_tokens"] == len(chat_inputs(tiny.tokenizer, [want_msgs])[0])
         # no rag asked, the adapter's card names one: its index and k apply
@@ -115,6 +115,10 @@ def test_rag_through_the_server_request_and_card(tiny, tmp_path):
         r = ask("plain", rag={"index": "nope", "k": 1})
         assert r.status_code == 404 and r.json()["error"]["code"] == "index_not_found"
         assert ask("plain", rag={"index": "nfl", "k": 99}).status_code == 400
+        # hybrid search asked for: the sources are augment's in that mode; an unknown mode is a 400
+        body = ask("plain", rag={"index": "nfl", "k": 2, "mode": "hybrid"}).json()
+        assert body["rag"]["mode"] == "hybrid" and body["rag"]["sources"] == augment(q, idx, 2, mode="hybrid")[1]
+        assert ask("plain", rag={"index": "nfl", "k": 2, "mode": "sparse"}).status_code == 400
     finally:
         eng.stop()
 

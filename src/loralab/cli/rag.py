@@ -25,8 +25,9 @@ def index_cmd(
     chunk: int = typer.Option(120, help="Words per chunk."),
     overlap: int = typer.Option(20, help="Words shared by consecutive chunks."),
     shard_rows: int = typer.Option(512, help="Chunks per shard (the unit of resumption)."),
-    embedder: str = typer.Option("all-MiniLM-L6-v2", help="all-MiniLM-L6-v2 (English) | multilingual-e5-small "
-                                 "(questions in Russian and ~90 more languages find English notes)."),
+    embedder: Optional[str] = typer.Option(None, help="all-MiniLM-L6-v2 (English) | multilingual-e5-small "
+                                           "(questions in Russian and ~90 more languages find English notes); "
+                                           "default: the index's own when adding to one, else MiniLM."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Chunk, embed and index documents; re-running adds only what is new."""
@@ -37,6 +38,12 @@ def index_cmd(
     missing = missing_sources(docs)
     if missing:
         raise UserError(f"no such input: {', '.join(missing)}")
+    from pathlib import Path
+
+    from ..rag import MANIFEST
+
+    if embedder is None and (Path(out_dir) / MANIFEST).is_file():
+        embedder = open_index(out_dir).embedder
     st = build_index(docs, out_dir, chunk=chunk, overlap=overlap, shard_rows=shard_rows, progress=not quiet,
                      embedder=embedder)
     idx = open_index(out_dir)

@@ -67,10 +67,19 @@ def route_cmd(
     if fit_on_tune:
         if not (evaluate and prompts):
             raise UserError("--fit-on-tune needs --eval and --prompts")
-        from ..evaluate.routing import read_prompts, tune_examples
+        if examples_per_domain is not None and examples_per_domain < 1:
+            raise UserError("--examples-per-domain must be at least 1")
+        import dataclasses
 
-        examples = tune_examples(read_prompts(prompts), tune_share, seed=_seed(registry, settings),
-                                 per_domain=examples_per_domain)
+        from ..evaluate.routing import read_prompts, tune_examples
+        from ..serve.router import read_registry, registry_settings
+
+        # the threshold is chosen out of fold at the false activation asked for here, never fixed
+        settings = dataclasses.replace(settings or registry_settings(registry), threshold=None,
+                                       max_false_activation=max_false_activation)
+        have = {e.domain or e.name for e in read_registry(registry)[0]}
+        rows = [r for r in read_prompts(prompts) if r["domain"] == "general" or r["domain"] in have]
+        examples = tune_examples(rows, tune_share, seed=settings.seed, per_domain=examples_per_domain)
     router = Router.from_registry(registry, model=loaded, settings=settings, examples=examples)
     for n in router.notes:
         out.print(f"[dim]note: {n}[/]")
@@ -98,6 +107,17 @@ def route_cmd(
                                            tune_share=tune_share, max_fa=max_false_activation,
                                            seed=router.settings.seed, choose=not fit_on_tune)
         report["written"]["file"] = prompts
+        if examples is not None:
+            report["written"]["fitted_on_examples"] = len(examples)
+        elif router.examples:
+            from ..evaluate.routing import shared_texts
+
+            n = shared_texts(router.examples, read_prompts(prompts))
+            if n:
+                note = (f"{n} of the registry's written examples are among the measured prompts: the figures are "
+                        "optimistic (use --fit-on-tune to fit on one split and measure the other)")
+                out.print(f"[yellow]warning: {note}[/]")
+                report["written"]["warning"] = note
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
                                  "calibration": c.calibration} for r, c in router.classifiers.items()}
@@ -135,8 +155,10 @@ def _pct(c: dict) -> str:
 def _print_written(w: dict, embedder: str) -> None:
     """The written-prompt figures: the threshold chosen on the tune split, then the report split."""
     if w["threshold"] is None:
-        out.print(f"written prompts ({w['file']}, embedder {embedder}): classifier fitted on {w['n_tune']} tuning "
-                  f"prompts, its threshold chosen out of fold; figures on the other {w['n_report']}:")
+        out.print(f"written prompts ({w['file']}, embedder {embedder}): classifier fitted on "
+                  f"{w.get('fitted_on_examples', w['n_tune'])} of the {w['n_tune']} tuning prompts, its threshold "
+                  f"chosen out of fold (false activation <= {100 * w['max_false_activation']:.0f} % there); figures "
+                  f"on the other {w['n_report']}:")
     else:
         out.print(f"written prompts ({w['file']}, embedder {embedder}): threshold {w['threshold']:.2f} chosen on "
                   f"{w['n_tune']} tuning prompts (false activation <= {100 * w['max_false_activation']:.0f} % there); "

@@ -195,6 +195,17 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
             "chosen": figures(threshold), "as_built": figures(None), "threshold_chosen_on_tune": choose}
 
 
+def shared_texts(examples: Sequence[tuple[str, str]], rows: Sequence[dict]) -> int:
+    """How many example texts are also prompts of `rows` (case and whitespace folded)."""
+    import re
+
+    def norm(t: str) -> str:
+        return re.sub(r"\s+", " ", t.casefold()).strip()
+
+    have = {norm(r["text"]) for r in rows}
+    return sum(norm(t) in have for t, _ in examples)
+
+
 def read_questions(path) -> list[dict]:
     """A retrieval question set (JSONL: id, lang, question, doc, answer); a bad line is a UserError."""
     from ..errors import UserError
@@ -208,9 +219,10 @@ def read_questions(path) -> list[dict]:
                 r = json.loads(line)
             except ValueError:
                 raise UserError(f"{path}:{i}: not JSON") from None
-            missing = [k for k in ("id", "question", "doc", "answer") if not isinstance(r, dict) or k not in r]
+            missing = [k for k in ("id", "question", "doc", "answer")
+                       if not isinstance(r, dict) or not isinstance(r.get(k), str) or not r[k].strip()]
             if missing:
-                raise UserError(f"{path}:{i}: missing {', '.join(missing)}")
+                raise UserError(f"{path}:{i}: {', '.join(missing)} missing or not a non-empty string")
             rows.append(r)
     return rows
 
@@ -221,6 +233,13 @@ def retrieval_recall(index, questions: Sequence[dict], ks: Sequence[int] = (1, 3
     comes from its `doc` and contains its `answer` span (and "doc@k": from its doc at all); overall
     and by `lang`, with bootstrap intervals over questions; the misses at the largest k listed."""
     kmax = max(ks)
+    sources = {c["source"] for c in index.chunks}
+    absent = [q["id"] for q in questions if q["doc"] not in sources]
+    if absent:
+        from ..errors import UserError
+
+        raise UserError(f"{len(absent)} question(s) name a doc the index does not hold (first: {absent[0]}); "
+                        "index the documents they are about")
     hits = index.search([q["question"] for q in questions], kmax, mode=mode)
     per: dict[str, dict[str, list[float]]] = {}
     misses = []

@@ -223,8 +223,8 @@ def create_app(engine: Engine | None, limits: Limits | None = None, *, registry=
                            code="index_not_found")
         from ..rag import augment
 
-        out, sources = await run_in_threadpool(augment, msgs, indexes_[opts.index], opts.k)
-        return out, {"index": opts.index, "k": opts.k, "sources": sources}
+        out, sources = await run_in_threadpool(augment, msgs, indexes_[opts.index], opts.k, None, opts.mode)
+        return out, {"index": opts.index, "k": opts.k, "mode": opts.mode, "sources": sources}
 
     def extra_headers(route, rag):
         h = route_headers(route)

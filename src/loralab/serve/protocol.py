@@ -28,6 +28,7 @@ class AdapterWeight(_In):
 class RagOptions(_In):
     index: str  # a name given to `loralab serve --rag NAME=DIR`
     k: int = Field(3, ge=0, le=32)  # passages put into the prompt (0: no retrieval)
+    mode: Literal["dense", "hybrid"] = "dense"  # hybrid: dense and BM25 fused by reciprocal rank
 
 
 class TextPart(_In):

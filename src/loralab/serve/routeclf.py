@@ -134,13 +134,18 @@ class Classifier:
 
 def fit_regression(F, y: np.ndarray, classes: int, C: float, weight: np.ndarray | None = None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced multinomial logistic regression: (W (classes, D), b (classes,)); `weight` scales
-    each row's loss on top of the class balance."""
+    """Class-balanced multinomial logistic regression: (W (classes, D), b (classes,)). Each row weighs
+    `weight` (default 1) times n / (k · its class's total weight), so every present class carries the
+    same total weight (scikit-learn's "balanced" on weighted counts, computed here so that it does not
+    depend on the scikit-learn version)."""
     from sklearn.linear_model import LogisticRegression
 
     present = np.unique(y)
-    m = LogisticRegression(C=C, max_iter=5000, class_weight="balanced")
-    m.fit(F, y, sample_weight=weight)
+    w = np.ones(len(y)) if weight is None else np.asarray(weight, dtype=np.float64)
+    totals = np.bincount(y, weights=w, minlength=classes)
+    w = w * (w.sum() / (len(present) * totals[y]))
+    m = LogisticRegression(C=C, max_iter=5000)
+    m.fit(F, y, sample_weight=w)
     W = np.full((classes, F.shape[1]), 0.0, dtype=np.float32)
     b = np.full(classes, -1e4, dtype=np.float32)  # a class without training rows is never predicted
     coef, icpt = (m.coef_, m.intercept_) if len(present) > 2 else \
@@ -187,7 +192,10 @@ def fit_crossfit(texts: Sequence[str], vectors: np.ndarray, y: np.ndarray, class
     """Fit on every row; temperature and threshold from out-of-fold logits of `folds` refits (each row
     scored by a model that never saw it), so no row is set aside from the fit. For few, written
     example prompts, where a calibration split would cost a third of them. `extra` = (texts, vectors,
-    y, weight): rows in every fit (each weighing `weight`), never scored for calibration."""
+    y, weight): rows in every fit (each weighing `weight` before the class balance, so in a class
+    with n examples and m of these rows they carry weight·m / (n + weight·m) of the class), never
+    scored for calibration. A class with fewer than 2 rows leaves calibration undone
+    (`calibration["note"]`)."""
     texts = list(texts)
     ex_t, ex_X, ex_y, ex_w = extra if extra is not None else ([], vectors[:0], y[:0], 1.0)
     ex_t = list(ex_t)
@@ -202,6 +210,8 @@ def fit_crossfit(texts: Sequence[str], vectors: np.ndarray, y: np.ndarray, class
     clf = Classifier(classes, W, b, 1.0, floor, {}, feats)
     k = min(folds, int(np.bincount(y, minlength=len(classes))[np.unique(y)].min()))
     if k < 2:  # a class with one example: no out-of-fold estimate
+        clf.calibration["note"] = ("not calibrated: a class has a single example (temperature 1, threshold "
+                                   f"{floor:g})")
         return clf
     from sklearn.model_selection import StratifiedKFold
 

@@ -324,6 +324,9 @@ def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, 
     classes = [n for n in names if records.get(n) or any(lab == n for _, lab in examples)] + [NONE]
     if len(classes) == 1:
         return None
+    if not any(lab not in classes[:-1] for _, lab in examples):
+        raise UserError("written examples need prompts labelled none (general prompts that must reach the base): "
+                        "without them no prompt could be sent to the base")
     texts = [t[: s.max_chars] for t, _ in examples]
     y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
     X = np.asarray(embed(texts), dtype=np.float32)
@@ -376,13 +379,15 @@ class Router:
     """The routing chain over a registry's adapters (see the module docstring)."""
 
     def __init__(self, entries: Sequence[Entry], *, classifiers: dict[str, Classifier] | None = None,
-                 embed: Callable | None = None, settings: Settings | None = None, notes: Sequence[str] = ()):
+                 embed: Callable | None = None, settings: Settings | None = None, notes: Sequence[str] = (),
+                 examples: Sequence[tuple[str, str]] | None = None):
         self.entries = list(entries)
         self.by_name = {e.name: e for e in self.entries}
         self.settings = settings or Settings()
         self.classifiers = classifiers or {}
         self._embed = embed
         self.notes = list(notes)
+        self.examples = list(examples) if examples else None  # the written examples the classifier was fitted on
         self._kw = {e.name: [(k, _keyword_re(k)) for k in e.keywords] for e in self.entries}
         roles = sorted({e.role for e in self.entries}, key=lambda r: (r != "knowledge", r))
         self.roles = roles
@@ -402,11 +407,14 @@ class Router:
         entries, notes = read_registry(registry)
         if s.samples not in ("auto", "records", "examples"):
             raise UserError(f"router samples must be auto, records or examples, not {s.samples!r}")
-        if examples is None and s.samples != "records" and (Path(registry).expanduser() / EXAMPLES_FILE).is_file():
-            examples = read_examples(Path(registry).expanduser() / EXAMPLES_FILE, entries)
+        if examples is not None:  # given explicitly: they decide, whatever router.json says
+            examples = label_examples(examples, entries)
+            if not examples:
+                raise UserError("no written example prompt given")
+        elif s.samples != "records" and (Path(registry).expanduser() / EXAMPLES_FILE).is_file():
+            examples = read_examples(Path(registry).expanduser() / EXAMPLES_FILE, entries) or None
         if s.samples == "examples" and not examples:
             raise UserError(f"router samples = examples, but {Path(registry) / EXAMPLES_FILE} is missing or empty")
-        examples = label_examples(examples, entries) if examples and s.samples != "records" else None
         s = resolved(s, examples is not None)
         fp = getattr(model, "fingerprint", None)
         if fp is not None:
@@ -431,11 +439,13 @@ class Router:
                     notes.append(f"role {role}: no adapter names readable training data; no classifier")
                 else:
                     clfs[role] = clf
+                    if clf.calibration.get("note"):
+                        notes.append(f"role {role}: {clf.calibration['note']}")
                     missing = [e.name for e in group if e.name not in clf.classes]
                     if missing:
                         notes.append(f"role {role}: {', '.join(missing)} without training records "
                                      "(trigger and keywords only)")
-        return cls(entries, classifiers=clfs, embed=embed, settings=s, notes=notes)
+        return cls(entries, classifiers=clfs, embed=embed, settings=s, notes=notes, examples=examples)
 
     # ------------------------------------------------------------ the chain
 
@@ -584,7 +594,7 @@ def registry_digest(entries: Sequence[Entry], s: Settings, embedder: str, exampl
     examples), settings, embedder."""
     parts = []
     for e in entries:
-        f = _records_file(e.data) if examples is None else None
+        f = _records_file(e.data) if examples is None or s.record_weight > 0 else None
         parts.append({"name": e.name, "card": _sha(e.path / CARD), "data": _sha(f) if f else None})
     blob = json.dumps({"format": FORMAT, "entries": parts, "settings": dataclasses.asdict(s),
                        "embedder": embedder, "examples": [list(x) for x in examples] if examples else None},
