@@ -117,6 +117,10 @@ def test_greedy_tokens_equal_transformers_on_the_real_model(smol):
 
     tok, model = smol.tokenizer, smol.model
     dec = StaticDecoder(model, None, max_batch=1, max_context=256)
+    if dec.packed:  # a packed weight keeps no plain copy beside it (the concatenations are dropped)
+        lins = [lin for layer in dec.layers for lin in layer[2].values()] + [dec.head]
+        assert all(lin.weight is None and lin.packed is not None for lin in lins)
+        assert dec.layers[0][2]["qkv"].out_features == model.config.hidden_size + 2 * dec.kv_out
     for text in ("What is the capital of France?", "Кто написал «Войну и мир»?"):
         prompt = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
         if isinstance(prompt, dict) or hasattr(prompt, "input_ids"):

@@ -69,12 +69,15 @@ def supports(model, max_context: int | None = None) -> str | None:
 
 
 class _Linear:
-    """One weight (optionally pre-packed for oneDNN) applied as `F.linear` would."""
+    """One weight (optionally pre-packed for oneDNN) applied as `F.linear` would. A packed weight
+    keeps only its packed copy (the plain one, a concatenation made for it, is dropped)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, pack: bool):
         self.weight, self.bias, self.packed = weight, bias, None
+        self.out_features = weight.shape[0]
         if pack:
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_HINT)
+            self.weight = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -92,7 +95,7 @@ def _can_pack(dtype: torch.dtype, device: torch.device) -> bool:
         lin = _Linear(w, None, True)
         for n in (1, 3):
             x = torch.randn(n, 2, 64, generator=g).to(dtype)
-            if not torch.equal(lin(x), F.linear(x, w)):
+            if not torch.equal(lin(x), F.linear(x, w)):  # w: the plain weight, kept here by the caller
                 return False
         return True
     except (RuntimeError, AttributeError):  # no mkldnn op in this build
@@ -224,8 +227,8 @@ class StaticDecoder:
         if name.endswith("q_proj"):
             return self.q_out
         if name.endswith(("gate_proj", "up_proj")):
-            return self.layers[0][2]["gate_up"].weight.shape[0] // 2
-        return self.layers[0][2]["down"].weight.shape[0]
+            return self.layers[0][2]["gate_up"].out_features // 2
+        return self.layers[0][2]["down"].out_features
 
     def adapter_rows(self, rows: list[list[tuple[int, float]]], keep: bool = False) -> dict[int, RowAdapters] | None:
         """Per fused width (1, 2, 3 ranks) the RowAdapters of a batch whose rows use [(slot, strength)];
