@@ -219,19 +219,25 @@ class Index:
     def backend(self) -> str:
         return "faiss" if self._faiss is not None else "numpy"
 
+    def _top(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, chunk indices), each (q, k), best first, for query vectors Q (q, dim)."""
+        if self._faiss is not None:
+            return self._faiss.search(np.ascontiguousarray(Q, dtype=np.float32), k)
+        sims = Q @ self.X.T  # (q, n) cosine similarities
+        I = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(sims, I, axis=1), I
+
+    def _passage(self, i: int, score: float) -> Passage:
+        c = self.chunks[i]
+        return Passage(c["id"], c["source"], c["text"], float(score))
+
     def search_vectors(self, Q: np.ndarray, k: int) -> list[list[Passage]]:
         """Top-k passages for each query vector (Q: (q, dim) unit-norm)."""
         k = min(k, len(self.chunks))
         if k <= 0:
             return [[] for _ in range(len(Q))]
-        if self._faiss is not None:
-            S, I = self._faiss.search(np.ascontiguousarray(Q, dtype=np.float32), k)
-        else:
-            sims = Q @ self.X.T  # (q, n) cosine similarities
-            I = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            S = np.take_along_axis(sims, I, axis=1)
-        return [[Passage(self.chunks[i]["id"], self.chunks[i]["source"], self.chunks[i]["text"], float(s))
-                 for s, i in zip(srow, irow)] for srow, irow in zip(S, I)]
+        S, I = self._top(Q, k)
+        return [[self._passage(int(i), s) for s, i in zip(srow, irow)] for srow, irow in zip(S, I)]
 
     @property
     def embedder(self) -> str:
@@ -283,26 +289,27 @@ class Index:
                 out.append([])
                 continue
             sc = bm.get_scores(ids)
-            order = np.argsort(-sc, kind="stable")[:depth]
-            out.append([int(i) for i in order if sc[i] > 0])
+            top = np.flatnonzero(sc > 0)
+            if len(top) > depth:  # the best `depth` without sorting every chunk
+                top = top[np.argpartition(-sc[top], depth - 1)[:depth]]
+            out.append([int(i) for i in top[np.lexsort((top, -sc[top]))]])
         return out
 
     def _hybrid(self, qs: Sequence[str], Q: np.ndarray, k: int) -> list[list[Passage]]:
         """Reciprocal-rank fusion: score = sum over the dense and BM25 rankings of 1 / (RRF_K + rank),
         each ranking `FUSE_DEPTH` deep."""
         depth = min(FUSE_DEPTH, len(self.chunks))
-        dense = self.search_vectors(Q, depth)
-        pos = {c["id"]: i for i, c in enumerate(self.chunks)}
+        if min(k, depth) <= 0:
+            return [[] for _ in qs]
+        _, dense = self._top(Q, depth)
         out = []
         for q_dense, q_lex in zip(dense, self.bm25_ranks(qs, depth)):
             score: dict[int, float] = {}
-            for rank, p in enumerate(q_dense, 1):
-                score[pos[p.id]] = score.get(pos[p.id], 0.0) + 1.0 / (RRF_K + rank)
-            for rank, i in enumerate(q_lex, 1):
-                score[i] = score.get(i, 0.0) + 1.0 / (RRF_K + rank)
+            for ranking in (q_dense, q_lex):
+                for rank, i in enumerate(ranking, 1):
+                    score[int(i)] = score.get(int(i), 0.0) + 1.0 / (RRF_K + rank)
             best = sorted(score.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
-            out.append([Passage(self.chunks[i]["id"], self.chunks[i]["source"], self.chunks[i]["text"], float(v))
-                        for i, v in best])
+            out.append([self._passage(i, v) for i, v in best])
         return out
 
 
