@@ -459,8 +459,13 @@ def test_example_labels_resolve_or_fail_in_one_line(registry, tmp_path):
         label_examples([("a", "sport"), ("b", "chess")], entries, "x")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "a", "adapter": "sport"}\nnot json\n')
-    with pytest.raises(UserError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(UserError, match=r"bad.jsonl:2: not JSON"):
         read_examples(bad, entries)
+    bad.write_text('{"text": "a", "adapter": "sport"}\n{"text": "b"}\n')
+    with pytest.raises(UserError, match=r"example 2 .* has no `adapter`"):
+        read_examples(bad, entries)
+    bad.write_text('{"text": "a", "domain": "cooking"}\n{"text": "b", "adapter": "none"}\n')
+    assert read_examples(bad, entries) == [("a", "cooking"), ("b", NONE)]
     with pytest.raises(UserError, match="samples = examples"):
         Router.from_registry(registry, embed=bow_embed, settings=Settings(samples="examples"))
 

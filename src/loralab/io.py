@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .errors import UserError
 
@@ -83,6 +83,27 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
         for line in f:
             if line.strip():
                 yield json.loads(line)
+
+
+def read_user_jsonl(path: str | Path, fields: Sequence[str]) -> list[dict]:
+    """Rows of a JSONL file a user wrote, each an object whose `fields` are non-empty strings; the
+    first line that is not is a UserError naming the file, the line and what is wrong."""
+    from .errors import UserError
+
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{path}:{i}: not JSON ({e})") from None
+            bad = [k for k in fields if not isinstance(r, dict) or not isinstance(r.get(k), str) or not r[k].strip()]
+            if bad:
+                raise UserError(f"{path}:{i}: {', '.join(bad)} missing or not a non-empty string")
+            rows.append(r)
+    return rows
 
 
 @contextlib.contextmanager

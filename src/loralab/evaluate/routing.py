@@ -64,24 +64,9 @@ DOMAIN_FIELDS = ("id", "text", "domain", "style", "lang")
 def read_prompts(path) -> list[dict]:
     """Rows {id, text, domain, style, lang} of a written-prompt benchmark (JSONL); domain
     "general" means no adapter should act. A malformed line is a UserError naming it."""
-    import json
-    from pathlib import Path
+    from ..io import read_user_jsonl
 
-    from ..errors import UserError
-
-    rows = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except ValueError as e:
-            raise UserError(f"{path}:{i}: not JSON ({e})") from None
-        missing = [k for k in DOMAIN_FIELDS if not isinstance(r.get(k), str) or not r[k]]
-        if missing:
-            raise UserError(f"{path}:{i}: missing {', '.join(missing)}")
-        rows.append(r)
-    return rows
+    return read_user_jsonl(path, DOMAIN_FIELDS)
 
 
 def tune_split(ids, share: float, seed: int) -> set:
@@ -208,23 +193,9 @@ def shared_texts(examples: Sequence[tuple[str, str]], rows: Sequence[dict]) -> i
 
 def read_questions(path) -> list[dict]:
     """A retrieval question set (JSONL: id, lang, question, doc, answer); a bad line is a UserError."""
-    from ..errors import UserError
+    from ..io import read_user_jsonl
 
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-            except ValueError:
-                raise UserError(f"{path}:{i}: not JSON") from None
-            missing = [k for k in ("id", "question", "doc", "answer")
-                       if not isinstance(r, dict) or not isinstance(r.get(k), str) or not r[k].strip()]
-            if missing:
-                raise UserError(f"{path}:{i}: {', '.join(missing)} missing or not a non-empty string")
-            rows.append(r)
-    return rows
+    return read_user_jsonl(path, ("id", "question", "doc", "answer"))
 
 
 def retrieval_recall(index, questions: Sequence[dict], ks: Sequence[int] = (1, 3, 5), mode: str = "dense",

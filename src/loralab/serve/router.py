@@ -239,17 +239,13 @@ def label_examples(examples: Sequence[tuple[str, str]], entries: Sequence[Entry]
 def read_examples(path: str | Path, entries: Sequence[Entry]) -> list[tuple[str, str]]:
     """(text, adapter name or "none") from a JSONL of written example prompts: each line has `text`
     and `adapter` (or `domain`): see `label_examples`. A line that does not parse is a UserError."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                rows.append((str(row["text"]), str(row["adapter"] if "adapter" in row else row["domain"])))
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{path}:{i}: not a JSON object with `text` and `adapter`") from None
-    return label_examples(rows, entries, str(path))
+    from ..io import read_user_jsonl
+
+    rows = read_user_jsonl(path, ("text",))
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.get("adapter", r.get("domain")), str):
+            raise UserError(f"{path}: example {i} ({r['text'][:40]!r}) has no `adapter`")
+    return label_examples([(r["text"], r.get("adapter", r.get("domain"))) for r in rows], entries, str(path))
 
 
 # ----------------------------------------------------------------- samples
