@@ -18,7 +18,6 @@ The first listed adapter is the routed label (the domain role's pick comes first
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Callable, Sequence
 
