@@ -129,11 +129,15 @@ def rederive(md: str, rows: list[dict], margins: dict, expect: dict[str, dict], 
             assert ci == "[n/a, n/a]" and p_t == "n/a", (a, b, measure, ci, p_t)
             found.append((cells, what, d.mean(), 1.0, 1.0 if margin else None, None, d))
             continue
+        if np.all(d == d[0]):  # no spread across seeds: no interval; p 1 for a zero difference, else untestable
+            assert ci == "[n/a, n/a]" and p_t == ("1" if d[0] == 0 else "n/a"), (a, b, measure, ci, p_t)
+            found.append((cells, what, d.mean(), 1.0, 1.0 if margin else None, None, d))
+            continue
         t = sps.ttest_1samp(d, 0.0)
         lo, hi = t.confidence_interval(0.95)
         shown_lo, shown_hi = ci.strip("[]").split(", ")
         assert _close(shown_lo, lo) and _close(shown_hi, hi), (a, b, measure, ci, lo, hi)
-        p = 1.0 if np.all(d == d[0]) and d[0] == 0 else float(t.pvalue)
+        p = float(t.pvalue)
         assert p_t == f"{p:.2g}", (a, b, measure, p_t, p)
         p_eq = None
         if margin:
@@ -155,6 +159,10 @@ def rederive(md: str, rows: list[dict], margins: dict, expect: dict[str, dict], 
             continue
         if d.size < 2:
             assert verdict == "one seed so far: no seed-level test"
+            continue
+        if np.all(d == d[0]):
+            assert verdict == ("no measurable difference" if d[0] == 0 else
+                               "every seed gave the same difference: no spread to test against (not testable)")
             continue
         if adj[i] <= alpha:
             assert verdict == ("finding" if not sign else "confirms" if np.sign(m) == sign else "contradicts")

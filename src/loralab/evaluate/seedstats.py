@@ -88,20 +88,23 @@ def mean_part(groups: Sequence[Sequence[float]]) -> SeedPart:
 
 def seed_t(points: Sequence[float], level: float = LEVEL) -> dict:
     """One-sample Student t over per-seed estimates: mean, its `level` interval and the two-sided
-    p-value for "the mean is 0" (NaN below two seeds: one run says nothing of the next)."""
+    p-value for "the mean is 0" (NaN below two seeds: one run says nothing of the next). Seeds that
+    all give the same nonzero number leave the test undefined — a sample spread of 0 from a few runs
+    of a discrete measure (e.g. two seeds both 2 items apart) is not evidence of no spread — so the
+    interval and p are NaN (not testable); the same number 0 everywhere is p = 1."""
     x = np.asarray(points, np.float64)
     s = x.size
     out = {"mean": float(x.mean()) if s else NAN, "n_seeds": int(s), "df": s - 1,
            "sd": NAN, "se": NAN, "lo": NAN, "hi": NAN, "p": NAN}
     if s < 2:
         return out
-    sd = 0.0 if np.all(x == x[0]) else float(x.std(ddof=1))  # identical runs: exactly no spread
+    sd = 0.0 if np.all(x == x[0]) else float(x.std(ddof=1))
     se = sd / np.sqrt(s)
+    if se == 0:  # every seed gave the same number: no spread to test against
+        out.update(sd=sd, se=se, p=1.0 if out["mean"] == 0 else NAN)
+        return out
     half = float(sps.t.ppf(0.5 + level / 2, s - 1)) * se
-    if se > 0:
-        p = float(2 * sps.t.sf(abs(out["mean"]) / se, s - 1))
-    else:  # every seed gave the same number: no spread to test against
-        p = 0.0 if out["mean"] != 0 else 1.0
+    p = float(2 * sps.t.sf(abs(out["mean"]) / se, s - 1))
     out.update(sd=sd, se=se, lo=out["mean"] - half, hi=out["mean"] + half, p=p)
     return out
 
@@ -113,8 +116,8 @@ def tost(r: dict, margin: float) -> float:
     if not (margin and margin > 0) or not np.isfinite(r.get("se", NAN)) or r["n_seeds"] < 2:
         return NAN
     m, se, df = r["mean"], r["se"], r["df"]
-    if se == 0:
-        return 0.0 if abs(m) < margin else 1.0
+    if se == 0:  # no spread across seeds: equivalence is not testable either
+        return NAN
     p_low = sps.t.sf((m + margin) / se, df)   # H0: mean <= −margin
     p_high = sps.t.cdf((m - margin) / se, df)  # H0: mean >= +margin
     return float(max(p_low, p_high))
@@ -125,8 +128,8 @@ def mde(sd: float, n_seeds: int, alpha: float, power: float = POWER) -> float:
     differences of spread `sd` rejects at `alpha` with probability `power` (noncentral t, exact)."""
     if n_seeds < 2 or not np.isfinite(sd) or not 0 < alpha < 1:
         return NAN
-    if sd == 0:
-        return 0.0
+    if sd == 0:  # no spread observed: the power of the test is unknown
+        return NAN
     df = n_seeds - 1
     crit = sps.t.ppf(1 - alpha / 2, df)
 

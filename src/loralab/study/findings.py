@@ -291,6 +291,8 @@ def verdict(c: dict, expect: int | None) -> str:
     contradicting the published direction), equivalence within the declared margin, or neither."""
     if c["n_seeds"] < 2:
         return ONE_SEED
+    if not np.isfinite(c["p"]):
+        return NO_SPREAD
     if c["finding"]:
         if not expect:
             return "finding"
@@ -304,6 +306,7 @@ def verdict(c: dict, expect: int | None) -> str:
 
 NO_DIFFERENCE = "no measurable difference"
 ONE_SEED = "one seed so far: no seed-level test"
+NO_SPREAD = "every seed gave the same difference: no spread to test against (not testable)"
 INCONCLUSIVE_SIDED = "not significant after Holm (unadjusted interval excludes 0)"
 
 
