@@ -44,3 +44,19 @@ def test_permissions_follow_umask(tmp_path):
     assert stat.S_IMODE((tmp_path / "r.jsonl").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
     assert list(iter_jsonl(tmp_path / "r.jsonl")) == [{"a": 1}]
+
+
+def test_read_user_jsonl_keeps_every_row_and_names_the_first_bad_line(tmp_path):
+    from loralab.errors import UserError
+    from loralab.io import read_user_jsonl
+
+    f = tmp_path / "x.jsonl"
+    f.write_text('{"id": "a", "text": "hi"}\n\n{"id": "b", "text": "yo", "extra": 1}\n')
+    assert read_user_jsonl(f, ("id", "text")) == [{"id": "a", "text": "hi"}, {"id": "b", "text": "yo", "extra": 1}]
+    for body, msg in (('{"id": "a", "text": "hi"}\n{oops\n', r"x.jsonl:2: not JSON"),
+                      ('["id", "text"]\n', r"x.jsonl:1: id, text missing or not a non-empty string"),
+                      ('{"id": "a", "text": 3}\n', r"x.jsonl:1: text missing"),
+                      ('{"id": "a", "text": "  "}\n', r"x.jsonl:1: text missing")):
+        f.write_text(body)
+        with pytest.raises(UserError, match=msg):
+            read_user_jsonl(f, ("id", "text"))
