@@ -214,7 +214,7 @@ def test_hybrid_search_is_reciprocal_rank_fusion_of_dense_and_bm25(tmp_path):
 def test_recall_report_counts_answer_chunks_by_language(tmp_path):
     """recall@k counts a question when a top-k passage is from its doc and holds its answer; doc@k when
     it is from its doc; groups reconcile with the questions."""
-    from loralab.evaluate.routing import retrieval_recall
+    from loralab.evaluate.retrieval import retrieval_recall
 
     write_records(tmp_path / "src", _records(20, planted=PLANTED))
     _build(tmp_path / "src", tmp_path / "idx")

@@ -60,14 +60,19 @@ def _e5():
     return Model(num_threads=max(1, os.cpu_count() or 1))
 
 
-def embed_e5(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """(n, 384) unit-norm float32 multilingual-e5-small embeddings of `texts` (as queries)."""
+def _e5_side(texts: Sequence[str], side: str, batch_size: int) -> np.ndarray:
+    """(n, 384) unit-norm float32 e5 embeddings of `texts` with the "query: " or "passage: " prefix."""
     if not len(texts):
         return np.zeros((0, DIM), dtype=np.float32)
-    m = _e5()
-    out = [np.asarray(m.query(list(texts[i: i + batch_size])), dtype=np.float32) for i in range(0, len(texts), batch_size)]
+    fn = getattr(_e5(), side)
+    out = [np.asarray(fn(list(texts[i: i + batch_size])), dtype=np.float32) for i in range(0, len(texts), batch_size)]
     x = np.concatenate(out)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def embed_e5(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """(n, 384) unit-norm float32 multilingual-e5-small embeddings of `texts` (as queries)."""
+    return _e5_side(texts, "query", batch_size)
 
 
 embed_e5.cache_name = E5
@@ -76,13 +81,7 @@ embed_e5.cache_name = E5
 def embed_e5_passages(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """(n, 384) unit-norm float32 multilingual-e5-small embeddings of `texts` as passages (e5's
     "passage: " prefix: the side of a retrieval index, searched with `embed_e5` queries)."""
-    if not len(texts):
-        return np.zeros((0, DIM), dtype=np.float32)
-    m = _e5()
-    out = [np.asarray(m.passage(list(texts[i: i + batch_size])), dtype=np.float32)
-           for i in range(0, len(texts), batch_size)]
-    x = np.concatenate(out)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return _e5_side(texts, "passage", batch_size)
 
 
 embed_e5_passages.cache_name = E5

@@ -88,8 +88,6 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
 def read_user_jsonl(path: str | Path, fields: Sequence[str]) -> list[dict]:
     """Rows of a JSONL file a user wrote, each an object whose `fields` are non-empty strings; the
     first line that is not is a UserError naming the file, the line and what is wrong."""
-    from .errors import UserError
-
     rows = []
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):

@@ -29,7 +29,7 @@ corrupt index as a whole, listing every problem: it is never half-read.
 Search: FAISS inner product (IndexFlatIP) when `faiss` is installed, else one numpy matmul;
 both exact, so results are equal. Queries are embedded by the query side of the index's own
 embedder (manifest). `mode="hybrid"` fuses that ranking with BM25 over the chunks (bm25s) by
-reciprocal rank. Recall of a labelled question set: `recall_at_k`.
+reciprocal rank. Recall of a labelled question set: `evaluate.retrieval.retrieval_recall`.
 """
 
 from __future__ import annotations
@@ -204,6 +204,7 @@ class Index:
     def __init__(self, path: Path, manifest: dict, chunks: list[dict], X: np.ndarray):
         self.path, self.manifest, self.chunks, self.X = path, manifest, chunks, X  # X: (n, dim)
         self._faiss = None
+        self._bm25 = None  # built on the first hybrid search
         try:
             import faiss  # optional
 
@@ -267,7 +268,7 @@ class Index:
 
     def _lexical(self):
         """BM25 over the chunks (bm25s, English stop words), built on first use."""
-        if getattr(self, "_bm25", None) is None:
+        if self._bm25 is None:
             import bm25s
 
             self._bm25 = bm25s.BM25()

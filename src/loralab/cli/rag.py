@@ -83,7 +83,7 @@ def recall_cmd(
     out_file: Optional[str] = typer.Option(None, "--out", "-o", help="JSON report."),
 ) -> None:
     """Recall@k of the answer-bearing chunk on a labelled question set, by language, with intervals."""
-    from ..evaluate.routing import read_questions, retrieval_recall
+    from ..evaluate.retrieval import read_questions, retrieval_recall
     from ..io import write_json
     from ..rag import open_index
 

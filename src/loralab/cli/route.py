@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Optional
 
@@ -47,7 +48,7 @@ def route_cmd(
 ) -> None:
     """Route a prompt through trigger -> keywords -> classifier -> base, or evaluate the router."""
     from ..errors import UserError
-    from ..serve.router import Router
+    from ..serve.router import Router, read_registry, registry_settings
 
     if evaluate == (prompt is not None):
         raise UserError("give either a PROMPT or --eval")
@@ -58,27 +59,24 @@ def route_cmd(
         loaded = load(model)
     settings = None
     if embedder is not None:
-        import dataclasses
-
-        from ..serve.router import registry_settings
-
         settings = dataclasses.replace(registry_settings(registry), embedder=embedder)
-    examples = None
+    examples, written = None, None
+    if prompts is not None and evaluate:
+        from ..evaluate.routing import read_prompts
+
+        written = read_prompts(prompts)  # read once: the tune examples, the report, the overlap check
     if fit_on_tune:
         if not (evaluate and prompts):
             raise UserError("--fit-on-tune needs --eval and --prompts")
         if examples_per_domain is not None and examples_per_domain < 1:
             raise UserError("--examples-per-domain must be at least 1")
-        import dataclasses
-
-        from ..evaluate.routing import read_prompts, tune_examples
-        from ..serve.router import read_registry, registry_settings
+        from ..evaluate.routing import tune_examples
 
         # the threshold is chosen out of fold at the false activation asked for here, never fixed
         settings = dataclasses.replace(settings or registry_settings(registry), threshold=None,
                                        max_false_activation=max_false_activation)
         have = {e.domain or e.name for e in read_registry(registry)[0]}
-        rows = [r for r in read_prompts(prompts) if r["domain"] == "general" or r["domain"] in have]
+        rows = [r for r in written if r["domain"] == "general" or r["domain"] in have]
         examples = tune_examples(rows, tune_share, seed=settings.seed, per_domain=examples_per_domain)
     router = Router.from_registry(registry, model=loaded, settings=settings, examples=examples)
     for n in router.notes:
@@ -100,10 +98,10 @@ def route_cmd(
     held = router.heldout_prompts(per_adapter=per_adapter, general=general)
     report = routing_report(router.route_many, held, [e.name for e in router.entries])
     if prompts is not None:
-        from ..evaluate.routing import read_prompts, written_report
+        from ..evaluate.routing import written_report
 
         domain_of = {e.name: e.domain or e.name for e in router.entries}
-        report["written"] = written_report(router.route_many, read_prompts(prompts), domain_of,
+        report["written"] = written_report(router.route_many, written, domain_of,
                                            tune_share=tune_share, max_fa=max_false_activation,
                                            seed=router.settings.seed, choose=not fit_on_tune)
         report["written"]["file"] = prompts
@@ -112,7 +110,7 @@ def route_cmd(
         elif router.examples:
             from ..evaluate.routing import shared_texts
 
-            n = shared_texts(router.examples, read_prompts(prompts))
+            n = shared_texts(router.examples, written)
             if n:
                 note = (f"{n} of the registry's written examples are among the measured prompts: the figures are "
                         "optimistic (use --fit-on-tune to fit on one split and measure the other)")
@@ -140,12 +138,6 @@ def route_cmd(
     out.print(f"rules used: {report['rules']}   → {out_file}")
     if "written" in report:
         _print_written(report["written"], router.settings.embedder)
-
-
-def _seed(registry: str, settings) -> int:
-    from ..serve.router import registry_settings
-
-    return (settings or registry_settings(registry)).seed
 
 
 def _pct(c: dict) -> str:

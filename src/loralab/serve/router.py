@@ -241,11 +241,11 @@ def read_examples(path: str | Path, entries: Sequence[Entry]) -> list[tuple[str,
     and `adapter` (or `domain`): see `label_examples`. A line that does not parse is a UserError."""
     from ..io import read_user_jsonl
 
-    rows = read_user_jsonl(path, ("text",))
-    for i, r in enumerate(rows, 1):
-        if not isinstance(r.get("adapter", r.get("domain")), str):
-            raise UserError(f"{path}: example {i} ({r['text'][:40]!r}) has no `adapter`")
-    return label_examples([(r["text"], r.get("adapter", r.get("domain"))) for r in rows], entries, str(path))
+    pairs = [(r["text"], r.get("adapter", r.get("domain"))) for r in read_user_jsonl(path, ("text",))]
+    for i, (text, label) in enumerate(pairs, 1):
+        if not isinstance(label, str):
+            raise UserError(f"{path}: example {i} ({text[:40]!r}) has no `adapter`")
+    return label_examples(pairs, entries, str(path))
 
 
 # ----------------------------------------------------------------- samples
