@@ -567,14 +567,28 @@ def test_route_cli_fits_on_the_tune_split_of_the_registry_domains(tmp_path):
                          "style": "question", "lang": "en" if i % 2 else "ru"})
     pf = tmp_path / "prompts.jsonl"
     pf.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # another writer's prompts: every one measured (law left out), two of them also tune prompts
+    kept = [r for r in rows if r["domain"] != "law"]
+    tune = tune_split([r["id"] for r in kept], 0.5, 0)
+    shared = [dict(r, id="x-" + r["id"]) for r in kept if r["id"] in tune][:2]
+    ext_rows = shared + [{"id": f"x-{dom}-{i}", "text": _sentence(rng, words, 7), "domain": dom, "style": "exam",
+                          "lang": "en"} for dom, words in (("sport", VOCAB["sport"]), ("law", VOCAB["law"]),
+                                                            ("general", GENERAL)) for i in range(10)]
+    ef = tmp_path / "external.jsonl"
+    ef.write_text("".join(json.dumps(r) + "\n" for r in ext_rows))
     out = tmp_path / "routing.json"
     res = CliRunner().invoke(app, ["route", "--eval", "--registry", str(root), "--prompts", str(pf), "--fit-on-tune",
                                    "--max-false-activation", "0.1", "--general", "20", "--per-adapter", "10",
-                                   "--out", str(out)])
+                                   "--external", str(ef), "--out", str(out)])
     assert res.exit_code == 0, res.output
+    x = json.loads(out.read_text())["external"]
+    n_ext = sum(r["domain"] != "law" for r in ext_rows)
+    assert x["n_tune"] == 0 and x["n_report"] == n_ext and x["threshold"] is None
+    assert sum(sum(c.values()) for c in x["as_built"]["confusion"].values()) == n_ext
+    assert x["as_built"]["n_domain"] + x["as_built"]["n_general"] == n_ext and "law" not in x["as_built"]["confusion"]
+    assert x["warning"].startswith("2 of the prompts the router was fitted on")
+    assert "general style=exam" in x["as_built"]["by"] and "external prompts" in res.output
     w = json.loads(out.read_text())["written"]
-    kept = [r for r in rows if r["domain"] != "law"]
-    tune = tune_split([r["id"] for r in kept], 0.5, 0)
     assert w["fitted_on_examples"] == len(tune) and w["threshold"] is None
     assert w["n_report"] == len(kept) - len(tune) and "law" not in w["chosen"]["confusion"]
     clf = json.loads(out.read_text())["classifiers"]["knowledge"]
@@ -582,3 +596,5 @@ def test_route_cli_fits_on_the_tune_split_of_the_registry_domains(tmp_path):
     res = CliRunner().invoke(app, ["route", "--eval", "--registry", str(root), "--prompts", str(pf), "--fit-on-tune",
                                    "--examples-per-domain", "0"])
     assert res.exit_code == 2 and "at least 1" in res.output
+    res = CliRunner().invoke(app, ["route", "a prompt", "--registry", str(root), "--external", str(ef)])
+    assert res.exit_code == 2 and "--external needs --eval" in res.output

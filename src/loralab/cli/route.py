@@ -5,6 +5,7 @@
     loralab route --eval --registry registry/ --out routing.json
     loralab route --eval --registry registry/ --prompts benchmarks/routing/prompts.jsonl   # prompts people write
     loralab route --eval --registry registry/ --prompts ... --embedder multilingual-e5-small
+    loralab route --eval --registry registry/ --prompts ... --fit-on-tune --external other-writers.jsonl
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def route_cmd(
                                      "or examples.jsonl); temperature and threshold out of fold; figures on the rest."),
     examples_per_domain: Optional[int] = typer.Option(None, help="--fit-on-tune: at most this many tune prompts "
                                                       "per domain (and of general), a seeded draw."),
+    external: Optional[str] = typer.Option(None, "--external", help="--eval: also route every prompt of this "
+                                           "written-prompt file (same JSONL) with the router as fitted, e.g. "
+                                           "prompts other people wrote (benchmarks/routing/external.py)."),
 ) -> None:
     """Route a prompt through trigger -> keywords -> classifier -> base, or evaluate the router."""
     from ..errors import UserError
@@ -65,6 +69,8 @@ def route_cmd(
         from ..evaluate.routing import read_prompts
 
         written = read_prompts(prompts)  # read once: the tune examples, the report, the overlap check
+    if external is not None and not evaluate:
+        raise UserError("--external needs --eval")
     if fit_on_tune:
         if not (evaluate and prompts):
             raise UserError("--fit-on-tune needs --eval and --prompts")
@@ -116,6 +122,20 @@ def route_cmd(
                         "optimistic (use --fit-on-tune to fit on one split and measure the other)")
                 out.print(f"[yellow]warning: {note}[/]")
                 report["written"]["warning"] = note
+    if external is not None:
+        from ..evaluate.routing import read_prompts, shared_texts, written_report
+
+        rows = read_prompts(external)
+        domain_of = {e.name: e.domain or e.name for e in router.entries}
+        ext = written_report(router.route_many, rows, domain_of, tune_share=0.0, max_fa=max_false_activation,
+                             seed=router.settings.seed, choose=False)
+        ext["file"] = external
+        fitted = examples if examples is not None else router.examples
+        n = shared_texts(fitted, rows) if fitted else 0
+        if n:
+            ext["warning"] = f"{n} of the prompts the router was fitted on are among the external prompts"
+            out.print(f"[yellow]warning: {ext['warning']}[/]")
+        report["external"] = ext
     report["registry"] = registry
     report["classifiers"] = {r: {"classes": c.classes, "threshold": c.threshold, "temperature": c.temperature,
                                  "calibration": c.calibration} for r, c in router.classifiers.items()}
@@ -138,6 +158,8 @@ def route_cmd(
     out.print(f"rules used: {report['rules']}   → {out_file}")
     if "written" in report:
         _print_written(report["written"], router.settings.embedder)
+    if "external" in report:
+        _print_written(report["external"], router.settings.embedder)
 
 
 def _pct(c: dict) -> str:
@@ -146,7 +168,10 @@ def _pct(c: dict) -> str:
 
 def _print_written(w: dict, embedder: str) -> None:
     """The written-prompt figures: the threshold chosen on the tune split, then the report split."""
-    if w["threshold"] is None:
+    if w["n_tune"] == 0:
+        out.print(f"external prompts ({w['file']}, embedder {embedder}): the router as fitted, every one of its "
+                  f"{w['n_report']} prompts of the registry's domains and general measured:")
+    elif w["threshold"] is None:
         out.print(f"written prompts ({w['file']}, embedder {embedder}): classifier fitted on "
                   f"{w.get('fitted_on_examples', w['n_tune'])} of the {w['n_tune']} tuning prompts, its threshold "
                   f"chosen out of fold (false activation <= {100 * w['max_false_activation']:.0f} % there); figures "

@@ -161,8 +161,9 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
                     groups.setdefault(key, []).append(ok)
                 if got not in ("base", want) and c >= 0.9:
                     wrong_sure.append({"id": r["id"], "text": r["text"], "routed": name, "confidence": round(c, 4)})
-            if want == "base":
-                groups.setdefault(f"general lang={r['lang']}", []).append(float(got != "base"))
+            if want == "base":  # false activation by language and by style (source)
+                for key in (f"general lang={r['lang']}", f"general style={r['style']}"):
+                    groups.setdefault(key, []).append(float(got != "base"))
         out.update(accuracy=bootstrap_ci(hits, seed=seed), false_activation=bootstrap_ci(fired, seed=seed),
                    n_domain=len(hits), n_general=len(fired), ece=ece(conf, correct),
                    wrong_domain_confident=wrong_sure, by={k: bootstrap_ci(v, seed=seed) for k, v in sorted(groups.items())})
