@@ -315,7 +315,7 @@ def test_real_model_serving_smoke(smol, tmp_path):
     from loralab.serve.api import create_app
 
     q = "What is the capital of France?"
-    want = generate(smol, [q], max_new_tokens=16)[0]
+    want = generate(smol, [q], max_new_tokens=16, backend="hf")[0]
     eng = Engine(smol).start()
     try:
         toks, done = eng.generate(chat_inputs(smol.tokenizer, [q])[0], [], Sampling(max_tokens=16))

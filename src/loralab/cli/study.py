@@ -128,13 +128,18 @@ def distill_cmd(
     model: str = typer.Option("smollm2-135m", "--model", "-m", help="Model that rewrites."),
     max_new_tokens: int = typer.Option(96, help="Longest rewrite in tokens."),
     limit: int = typer.Option(None, help="Distill at most this many records."),
+    backend: str = typer.Option("auto", help="Generation backend: auto | static (the static-cache decoder) | hf "
+                                "(transformers generate)."),
 ) -> None:
     """Rewrite responses with the model itself (self-distillation), keeping checked rewrites."""
     from ..data.distill import DistillConfig, distill
 
     if not (in_dir / "records.jsonl").exists():
         fail(f"{in_dir} holds no records.jsonl")
-    card = distill(in_dir, out_dir, DistillConfig(model=model, max_new_tokens=max_new_tokens, limit=limit))
+    if backend not in ("auto", "static", "hf"):
+        fail(f"--backend must be auto, static or hf, not {backend!r}")
+    card = distill(in_dir, out_dir, DistillConfig(model=model, max_new_tokens=max_new_tokens, limit=limit,
+                                                  backend=backend))
     tot = card.get("reconciliation", {}).get("totals", {})
     out.print(f"distill: read {tot.get('read')} = kept {tot.get('kept')} + quarantined {tot.get('quarantined')}"
               f" → {out_dir}")
