@@ -83,10 +83,38 @@ def test_static_backend_follows_weight_changes_and_leaves_peft_models_to_transfo
     assert "_static_engine" not in peft.__dict__
 
 
+def test_a_hooked_or_patched_forward_goes_to_transformers(tiny):
+    """A logit bias (a hook on the head, as the inspector adds) or a stacked adapter mix (patched
+    linear forwards) changes the model's forward: generation must see it, so it leaves the static path."""
+    from loralab.fastlora import _forwards
+
+    loaded = copy.copy(tiny)
+    loaded.model = copy.deepcopy(tiny.model)
+    loaded.__dict__.pop("_static_engine", None)
+    x = chat_inputs(loaded.tokenizer, ["Who won the game?"])
+    plain = generate_ids(loaded, x, max_new_tokens=6)
+    forced = plain[0][0] + 1
+    head = loaded.model.get_output_embeddings()
+    h = head.register_forward_hook(lambda _m, _i, out: out.index_fill(-1, torch.tensor([forced]), 1e4))
+    try:
+        assert generate_ids(loaded, x, max_new_tokens=6) == [[forced] * 6]
+        with pytest.raises(ValueError, match="forward is changed at lm_head"):
+            generate_ids(loaded, x, max_new_tokens=6, backend="static")
+    finally:
+        h.remove()
+    down = loaded.model.model.layers[0].mlp.down_proj
+    with _forwards(loaded.model, [down], lambda self, t: torch.nn.functional.linear(t, 3.0 * self.weight)):
+        patched = generate_ids(loaded, x, max_new_tokens=6)
+        assert patched == generate_ids(loaded, x, max_new_tokens=6, backend="hf")
+    assert generate_ids(loaded, x, max_new_tokens=6) == plain
+
+
 @pytest.mark.slow
 def test_static_backend_on_the_real_model_equals_transformers_one_prompt_at_a_time(smol):
     """SmolLM2 in its serving dtype: a batch through the static backend gives each prompt's greedy
     answer from transformers run alone, token for token."""
     inputs = chat_inputs(smol.tokenizer, ["What is the capital of France?", "Кто написал «Войну и мир»?",
                                           "Explain offside in one sentence."])
+    smol.__dict__.pop("_static_engine", None)
     assert generate_ids(smol, inputs, max_new_tokens=24) == _hf_one_by_one(smol, inputs, 24)
+    assert "_static_engine" in smol.__dict__  # the static path ran (nothing hooked on the model)

@@ -50,15 +50,29 @@ def contiguous_head(model):
 BACKENDS = ("auto", "static", "hf")
 
 
+def modified(model) -> str | None:
+    """Where the model's forward is changed for the moment (a forward hook, a patched `forward`: an
+    adapter mix, a logit bias), which the static decoder would not see; None when nowhere."""
+    from torch.nn.modules import module as M
+
+    if M._global_forward_hooks or M._global_forward_pre_hooks:
+        return "global forward hooks"
+    for name, m in model.named_modules():
+        if "forward" in m.__dict__ or m._forward_hooks or m._forward_pre_hooks:
+            return name or "the model"
+    return None
+
+
 def static_engine(loaded: Loaded, max_batch: int = 16):
     """The serving engine's static-cache decoder for `loaded` (kept on it while its weights stay
     the same: an in-place change of any parameter, as training makes, builds a new one), or None
-    where static decoding does not apply (a PEFT-wrapped model, an architecture it does not cover)."""
+    where static decoding does not apply (a PEFT-wrapped model, an architecture it does not cover, a
+    forward changed by a hook or a patch: `modified`)."""
     from .serve.engine import Engine
     from .serve.static import supports
 
     model = loaded.model
-    if supports(model) is not None:
+    if supports(model) is not None or modified(model):
         return None
     version = tuple(p._version for p in model.parameters())
     got = loaded.__dict__.get("_static_engine")
@@ -77,7 +91,8 @@ def generate_ids(
 ) -> list[list[int]]:
     """New token ids for each input, up to (not including) EOS; greedy when temperature == 0.
 
-    backend "static" (what "auto" takes where the model allows it: Llama-family, not PEFT-wrapped)
+    backend "static" (what "auto" takes where the model allows it: Llama-family, not PEFT-wrapped, no
+    hook or patched forward on it)
     runs the serving engine's static-cache decoder: every input its own cache row, no padding,
     greedy tokens equal to transformers' (tests/test_static_decode.py), about twice its speed on CPU;
     a sampled input i draws from its own generator seeded `seed + i`. "hf" runs transformers
@@ -88,7 +103,8 @@ def generate_ids(
     if backend == "static" and eng is None:
         from .serve.static import supports
 
-        raise ValueError(f"static decoding does not support this model: {supports(loaded.model)}")
+        why = supports(loaded.model) or f"its forward is changed at {modified(loaded.model)}"
+        raise ValueError(f"static decoding does not support this model: {why}")
     if eng is not None and inputs:
         return _engine_ids(eng, inputs, max_new_tokens, temperature, top_p, seed)
     return _hf_ids(loaded, inputs, max_new_tokens, temperature, top_p, seed)
