@@ -50,6 +50,9 @@ def test_static_backend_gives_transformers_greedy_tokens_and_seeded_samples(tiny
     got = generate_ids(tiny, inputs, max_new_tokens=8, backend="static")
     assert got == _hf_one_by_one(tiny, inputs, 8) == generate_ids(tiny, inputs, max_new_tokens=8)  # auto = static
     eng = tiny.__dict__["_static_engine"][2]
+    twin = copy.deepcopy(tiny)  # a copy leaves the decoder (and its lock) behind and builds its own
+    assert "_static_engine" not in twin.__dict__ and "_static_engine" not in copy.copy(tiny).__dict__
+    assert generate_ids(twin, inputs, max_new_tokens=8) == got
     assert generate_ids(tiny, inputs[:1], max_new_tokens=8) == got[:1]
     assert tiny.__dict__["_static_engine"][2] is eng  # kept while the weights stay the same
     # sampling: input i draws from a generator seeded seed + i

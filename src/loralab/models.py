@@ -89,6 +89,13 @@ class Loaded:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out the static decoder that generation keeps beside the model
+        (`generate.static_engine`: a copy of the weights and a thread lock); a copy builds its own."""
+        state = dict(self.__dict__)
+        state.pop("_static_engine", None)
+        return state
+
 
 def home() -> Path:
     """loralab's cache root: $LORALAB_HOME or the user's cache dir."""
