@@ -39,48 +39,38 @@ def main() -> None:
     args = ap.parse_args()
 
     from loralab import models
-    from loralab.generate import _hf_ids, chat_inputs, generate_sorted
+    from loralab.generate import chat_inputs, generate_sorted
 
     loaded = models.load(args.model)
     rows = [json.loads(x) for x in (HERE / "routing" / "prompts.jsonl").read_text().splitlines()]
     picked = [r["text"] for r in rows if r["style"] in ("question", "instruction")][:: max(1, len(rows) // (2 * args.prompts))]
     inputs = chat_inputs(loaded.tokenizer, picked[: args.prompts])
 
-    def hf_static(loaded_, xs, n, *a):
-        gc = loaded_.model.generation_config
+    def run(name: str, xs: list[list[int]]) -> list[list[int]]:
+        """Greedy answers of `xs` by one backend, batched as generate_sorted does."""
+        if name != "hf-static":
+            return generate_sorted(loaded, xs, batch_size=args.batch, max_new_tokens=args.new, backend=name)
+        gc = loaded.model.generation_config  # transformers' own static cache, for this call only
         old = getattr(gc, "cache_implementation", None)
         gc.cache_implementation = "static"
         try:
-            return _hf_ids(loaded_, xs, n, 0.0, 1.0, 0)
+            return generate_sorted(loaded, xs, batch_size=args.batch, max_new_tokens=args.new, backend="hf")
         finally:
             gc.cache_implementation = old
 
-    import loralab.generate as G
-
     results = {}
     for name in ("static", "hf", "hf-static"):
-        def run():
-            if name == "static":
-                return generate_sorted(loaded, inputs, batch_size=args.batch, max_new_tokens=args.new, backend="static")
-            orig = G.generate_ids
-            G.generate_ids = (lambda ld, xs, max_new_tokens, **kw: _hf_ids(ld, xs, max_new_tokens, 0.0, 1.0, 0)) \
-                if name == "hf" else (lambda ld, xs, max_new_tokens, **kw: hf_static(ld, xs, max_new_tokens))
-            try:
-                return generate_sorted(loaded, inputs, batch_size=args.batch, max_new_tokens=args.new)
-            finally:
-                G.generate_ids = orig
-
-        out = run()  # warm-up
+        out = run(name, inputs)  # warm-up
         best = float("inf")
         for _ in range(args.repeat):
             t = time.perf_counter()
-            out = run()
+            out = run(name, inputs)
             best = min(best, time.perf_counter() - t)
         n = sum(len(x) for x in out)
         results[name] = (out, n, best)
         print(f"{name:<10} {n} tokens in {best:.2f} s: {n / best:.1f} tok/s", flush=True)
-    alone = [_hf_ids(loaded, [x], args.new, 0.0, 1.0, 0)[0] for x in inputs]  # transformers, one prompt at a time
-    st_alone = [generate_sorted(loaded, [x], max_new_tokens=args.new, backend="static")[0] for x in inputs]
+    alone = [run("hf", [x])[0] for x in inputs]  # transformers, one prompt at a time
+    st_alone = [run("static", [x])[0] for x in inputs]
     for name, ref in (("static in batches", results["static"][0]), ("hf in batches", results["hf"][0]),
                       ("hf-static in batches", results["hf-static"][0]), ("static one at a time", st_alone)):
         print(f"{name}: {sum(a == b for a, b in zip(ref, alone))} of {len(inputs)} answers equal transformers "

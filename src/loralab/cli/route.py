@@ -64,13 +64,15 @@ def route_cmd(
     settings = None
     if embedder is not None:
         settings = dataclasses.replace(registry_settings(registry), embedder=embedder)
-    examples, written = None, None
-    if prompts is not None and evaluate:
-        from ..evaluate.routing import read_prompts
-
-        written = read_prompts(prompts)  # read once: the tune examples, the report, the overlap check
     if external is not None and not evaluate:
         raise UserError("--external needs --eval")
+    examples, written, others = None, None, None
+    if evaluate:
+        from ..evaluate.routing import read_prompts
+
+        # both files read (and a bad line refused) before the router is fitted; each read once
+        written = read_prompts(prompts) if prompts is not None else None
+        others = read_prompts(external) if external is not None else None
     if fit_on_tune:
         if not (evaluate and prompts):
             raise UserError("--fit-on-tune needs --eval and --prompts")
@@ -98,15 +100,13 @@ def route_cmd(
         if d.text != prompt:
             out.print(f"text: {d.text}")
         return
-    from ..evaluate.routing import routing_report
+    from ..evaluate.routing import routing_report, shared_texts, written_report
     from ..io import write_json
 
     held = router.heldout_prompts(per_adapter=per_adapter, general=general)
     report = routing_report(router.route_many, held, [e.name for e in router.entries])
+    domain_of = {e.name: e.domain or e.name for e in router.entries}
     if prompts is not None:
-        from ..evaluate.routing import written_report
-
-        domain_of = {e.name: e.domain or e.name for e in router.entries}
         report["written"] = written_report(router.route_many, written, domain_of,
                                            tune_share=tune_share, max_fa=max_false_activation,
                                            seed=router.settings.seed, choose=not fit_on_tune)
@@ -114,24 +114,18 @@ def route_cmd(
         if examples is not None:
             report["written"]["fitted_on_examples"] = len(examples)
         elif router.examples:
-            from ..evaluate.routing import shared_texts
-
             n = shared_texts(router.examples, written)
             if n:
                 note = (f"{n} of the registry's written examples are among the measured prompts: the figures are "
                         "optimistic (use --fit-on-tune to fit on one split and measure the other)")
                 out.print(f"[yellow]warning: {note}[/]")
                 report["written"]["warning"] = note
-    if external is not None:
-        from ..evaluate.routing import read_prompts, shared_texts, written_report
-
-        rows = read_prompts(external)
-        domain_of = {e.name: e.domain or e.name for e in router.entries}
-        ext = written_report(router.route_many, rows, domain_of, tune_share=0.0, max_fa=max_false_activation,
+    if others is not None:
+        ext = written_report(router.route_many, others, domain_of, tune_share=0.0, max_fa=max_false_activation,
                              seed=router.settings.seed, choose=False)
         ext["file"] = external
         fitted = examples if examples is not None else router.examples
-        n = shared_texts(fitted, rows) if fitted else 0
+        n = shared_texts(fitted, others) if fitted else 0
         if n:
             ext["warning"] = f"{n} of the prompts the router was fitted on are among the external prompts"
             out.print(f"[yellow]warning: {ext['warning']}[/]")
