@@ -367,6 +367,14 @@ def test_written_prompt_report_tunes_on_one_split_and_reports_the_other(registry
     assert ch["n_domain"] == n_dom and ch["accuracy"]["mean"] == pytest.approx(
         sum(conf[k].get(k, 0) for k in conf if k != "base") / n_dom)
     assert ch["false_activation"]["mean"] == pytest.approx(1 - conf["base"].get("base", 0) / ch["n_general"])
+    # each report prompt's route, by id, and nothing of the tune split: the confusion again
+    assert set(ch["routes"]) == {x["id"] for x in rows} - tune
+    want = {x["id"]: ("base" if x["domain"] == "general" else x["domain"]) for x in rows}
+    again: dict = {}
+    for i, got in ch["routes"].items():
+        again.setdefault(want[i], {}).setdefault(got, 0)
+        again[want[i]][got] += 1
+    assert again == conf
     # a report prompt rewritten to anything: the threshold (tune split only) does not move
     changed = [dict(x, text="touchdown " * 5) if x["id"] not in tune else x for x in rows]
     assert written_report(r.route_many, changed, domain_of, seed=0)["threshold"] == rep["threshold"]
@@ -598,3 +606,39 @@ def test_route_cli_fits_on_the_tune_split_of_the_registry_domains(tmp_path):
     assert res.exit_code == 2 and "at least 1" in res.output
     res = CliRunner().invoke(app, ["route", "a prompt", "--registry", str(root), "--external", str(ef)])
     assert res.exit_code == 2 and "--external needs --eval" in res.output
+
+
+def test_none_pool_draws_packaged_stems_of_its_subjects_and_joins_the_base_class(registry, tmp_path):
+    """`none_samples` MMLU stems of `none_subjects` (a subject naming an adapter left out, >= 6 words,
+    seeded) join the written examples as "none" at `record_weight`: calibration still scores the
+    examples alone, and the pool's own texts lean to the base more than without it."""
+    import importlib.util
+    from pathlib import Path
+
+    from loralab.evaluate.tasks import MMLU_MEDICAL, MMLU_STEM
+    from loralab.serve.router import NONE_SUBJECTS, none_pool
+
+    spec = importlib.util.spec_from_file_location("external", Path(__file__).parents[1] / "benchmarks/routing/external.py")
+    ext = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ext)
+    assert not set(NONE_SUBJECTS) & set(MMLU_MEDICAL + MMLU_STEM + ext.MMLU_GENERAL)  # never the test sets' subjects
+    s = Settings(none_samples=60)
+    pool = none_pool(s, ["law", "cooking", "sport"])
+    assert len(pool) == 60 and pool == none_pool(s, ["law", "cooking", "sport"])
+    subjects = {k.split(":")[1] for k, _ in pool}
+    assert subjects <= set(NONE_SUBJECTS) - {"professional_law"} and len(subjects) > 5
+    assert all(len(t.split()) >= 6 for _, t in pool) and len({t for _, t in pool}) == 60
+    assert none_pool(Settings(), ["law"]) == []  # off by default
+    ex = _examples()
+    with open(registry / "examples.jsonl", "w") as f:
+        for t, lab in ex:
+            f.write(json.dumps({"text": t, "adapter": lab}) + "\n")
+    plain = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache")
+    pooled = Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache", settings=s)
+    c0, c1 = plain.classifiers["knowledge"], pooled.classifiers["knowledge"]
+    assert c0.calibration["none_samples"] == 0 and c1.calibration["none_samples"] == 60
+    assert c1.calibration["n"] == c0.calibration["n"] == len(ex)  # the pool is fitted, never scored
+    texts = [t for _, t in pool]
+    none0 = c0.probs(texts, bow_embed(texts))[:, c0.classes.index(NONE)]
+    none1 = c1.probs(texts, bow_embed(texts))[:, c1.classes.index(NONE)]
+    assert none1.mean() > none0.mean()

