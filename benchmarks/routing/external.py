@@ -88,13 +88,9 @@ def build(seed: int = 0) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/routing/external.jsonl")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    rows = build(args.seed)
-    out = Path(args.out)
+def write_set(rows: list[dict], out: str | Path) -> None:
+    """Write `rows` as JSONL (atomically) and print how many there are per (domain, source)."""
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out, "w") as f:
         for r in rows:
@@ -104,7 +100,15 @@ def main() -> None:
         counts[(r["domain"], r["style"])] = counts.get((r["domain"], r["style"]), 0) + 1
     print(f"{len(rows)} prompts -> {out}")
     for (d, s), n in sorted(counts.items()):
-        print(f"  {d:<8} {s:<9} {n}")
+        print(f"  {d:<8} {s:<15} {n}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/routing/external.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    write_set(build(args.seed), args.out)
 
 
 if __name__ == "__main__":

