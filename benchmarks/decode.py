@@ -5,7 +5,8 @@
 
 Every row generates `--new` tokens (greedy, EOS ignored) for B prompts of the same length and
 reports generated tokens per second, prefill included, timed the same way (wall clock around one
-call that returns when every row is done, after one untimed warm-up of that configuration):
+call that returns when every row is done, after one untimed warm-up of that configuration; with
+`--repeats R`, the median of R such calls and their range):
   static        loralab's engine, the static-cache decoder (`loralab serve`'s default)
   transformers  loralab's engine on the transformers forward (the previous serving path)
   hf-generate   transformers `generate` as a user runs it: PEFT model, adapters unmerged, dynamic
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,14 +68,25 @@ def weight_bytes(model) -> int:
     return n
 
 
-def timed(fn) -> float:
-    fn()  # warm-up: allocations, packing, first-call dispatch
-    t = time.perf_counter()
+REPEATS = 1  # timed calls per cell (--repeats); the table shows their median
+
+
+def timed(fn) -> list[float]:
+    """Seconds of REPEATS calls of `fn`, after one untimed warm-up (allocations, packing, first dispatch)."""
     fn()
-    return time.perf_counter() - t
+    out = []
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
 
 
-def engine_rate(loaded, registry: Path, decode: str, B: int, adapters, ids: list[int], new: int) -> float:
+def rates(tokens: int, seconds: list[float]) -> list[float]:
+    return [tokens / s for s in seconds]
+
+
+def engine_rate(loaded, registry: Path, decode: str, B: int, adapters, ids: list[int], new: int) -> list[float]:
     from loralab.serve.engine import Engine, Sampling
     from loralab.serve.registry import Registry
 
@@ -87,7 +100,7 @@ def engine_rate(loaded, registry: Path, decode: str, B: int, adapters, ids: list
             for _ in h.events():
                 pass
 
-    return B * new / timed(run)
+    return rates(B * new, timed(run))
 
 
 def stall(loaded, chunk: int, long_tokens: int = 2000) -> tuple[float, float]:
@@ -116,7 +129,7 @@ def stall(loaded, chunk: int, long_tokens: int = 2000) -> tuple[float, float]:
     return max(gaps[10:]), sorted(gaps[:10])[5]
 
 
-def hf_rate(model, tok, B: int, names, ids: list[int], new: int, **kw) -> float:
+def hf_rate(model, tok, B: int, names, ids: list[int], new: int, **kw) -> list[float]:
     x = torch.tensor([ids] * B)
     extra = {"adapter_names": [names(i) for i in range(B)]} if names else {}
 
@@ -126,7 +139,7 @@ def hf_rate(model, tok, B: int, names, ids: list[int], new: int, **kw) -> float:
                                  min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id, **extra, **kw)
         assert out.shape[1] == len(ids) + new
 
-    return B * new / timed(run)
+    return rates(B * new, timed(run))
 
 
 def main() -> None:
@@ -135,7 +148,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8, 32])
     ap.add_argument("--new", type=int, default=64, help="tokens generated per row")
     ap.add_argument("--skip", nargs="*", default=[], help="columns to leave out (e.g. hf-generate llama.cpp)")
+    ap.add_argument("--repeats", type=int, default=1, help="timed calls per cell (the median is shown, with the "
+                    "range when more than one)")
     args = ap.parse_args()
+    global REPEATS
+    REPEATS = max(1, args.repeats)
 
     from peft import PeftModel
 
@@ -152,9 +169,11 @@ def main() -> None:
                 "mix8": (lambda i: [(names[i % 8], 1.0)], lambda i: names[i % 8])}
     rows = []
 
-    def add(col, setting, B, rate):
+    def add(col, setting, B, got):
+        rate = statistics.median(got)
         rows.append((col, setting, B, rate))
-        print(f"{col:<13} {setting:<5} B={B:<3} {rate:8.1f} tok/s  {rate / (B * step_bound):6.1%} of the bound",
+        spread = f"  (range {min(got):.1f}-{max(got):.1f} over {len(got)} calls)" if len(got) > 1 else ""
+        print(f"{col:<13} {setting:<5} B={B:<3} {rate:8.1f} tok/s  {rate / (B * step_bound):6.1%} of the bound{spread}",
               flush=True)
 
     for B in args.batches:
@@ -280,7 +299,7 @@ def run_llama_cpp(loaded, root: Path, names: list[str], ids: list[int], args):
                             if n == args.new:
                                 break
 
-                yield (col, setting, B, B * args.new / timed(run))
+                yield (col, setting, B, rates(B * args.new, timed(run)))
             del llm
     yield ("llama.cpp: one sequence at a time (batch B = B requests in turn; llama-cpp-python's Llama decodes one "
            "sequence); a mix of adapters per request is not run")
