@@ -28,6 +28,7 @@ def test_paired_difference_counts_and_equals_the_paired_bootstrap():
     assert acc["mean"] == pytest.approx(1 / 6) and acc["n"] == 6 and (acc["only_a"], acc["only_b"]) == (1, 2)
     ref = paired_diff_ci([1, 0, 1, 1, 1, 0], [1, 1, 0, 0, 1, 0], seed=3)
     assert (acc["lo"], acc["hi"], acc["p"]) == (ref["lo"], ref["hi"], ref["p"])
+    assert acc["a"]["mean"] == pytest.approx(3 / 6) and acc["b"]["mean"] == pytest.approx(4 / 6)
     # false activation: A fired on g1 g2 (2/4), B on g2 (1/4); a prompt only B routed (x9) is left out
     assert fa["mean"] == pytest.approx(-0.25) and fa["n"] == 4 and (fa["only_a"], fa["only_b"]) == (1, 0)
     same = paired_difference(ROWS, A, A)

@@ -49,7 +49,8 @@ def _draw(items: list, n: int, rng) -> list:
     return [items[i] for i in sorted(rng.permutation(len(items))[:n])]
 
 
-def _clean(text: str) -> str:
+def clean(text: str) -> str:
+    """Whitespace runs folded to one space, ends stripped."""
     return re.sub(r"\s+", " ", text).strip()
 
 
@@ -64,7 +65,7 @@ def build(seed: int = 0) -> list[dict]:
 
     for subjects, domain, n in ((MMLU_MEDICAL, "medical", 40), (MMLU_STEM, "science", 35), (MMLU_GENERAL, "general", 15)):
         for sub in subjects:
-            stems = [(f"{sub}:{i}", _clean(r["question"])) for i, r in enumerate(S.hf_rows("hails/mmlu_no_train", sub, "test"))]
+            stems = [(f"{sub}:{i}", clean(r["question"])) for i, r in enumerate(S.hf_rows("hails/mmlu_no_train", sub, "test"))]
             stems = [s for s in stems if len(s[1].split()) >= MIN_WORDS]
             add(_draw(stems, n, rng), domain, "mmlu", "mmlu")
     clues = S.oe_docs("jeopardy", "bpb_5shot")
@@ -74,11 +75,11 @@ def build(seed: int = 0) -> list[dict]:
             if d.get("category") == cat:
                 m = re.search(r"Question:\s*(.*?)\s*\nAnswer:", d["query"], re.S)
                 if m and len(m.group(1).split()) >= MIN_WORDS:
-                    got.append((f"{cat}:{d['index']}", _clean(m.group(1))))
+                    got.append((f"{cat}:{d['index']}", clean(m.group(1))))
         add(_draw(got, n, rng), domain, "jeopardy", "jeopardy")
-    gsm = [(str(d.get("id", i)), _clean(d["question"])) for i, d in enumerate(S.oe_docs("gsm8k", "gold_bpb_5shot"))]
+    gsm = [(str(d.get("id", i)), clean(d["question"])) for i, d in enumerate(S.oe_docs("gsm8k", "gold_bpb_5shot"))]
     add(_draw(gsm, 100, rng), "general", "gsm8k", "gsm8k")
-    mbpp = [(str(d["task_id"]), _clean(d["text"])) for d in S.oe_docs("codex_mbpp", "gold_bpb_0shot")]
+    mbpp = [(str(d["task_id"]), clean(d["text"])) for d in S.oe_docs("codex_mbpp", "gold_bpb_0shot")]
     add(_draw(mbpp, 100, rng), "general", "mbpp", "mbpp")
     seen, out = set(), []
     for r in rows:  # a text that occurs twice (duplicate items across sources) is kept once

@@ -16,7 +16,8 @@ prompts of each *other* general source added as "none" examples, and measured on
 - the domain prompts of the external files: accuracy (none of them was fitted either);
 - the one writer's report half: accuracy and false activation.
 
-Each figure is paired with the plain router's on the same prompts (B − A, paired bootstrap).
+Each figure is paired with the plain router's on the same prompts (B − A, paired bootstrap:
+`loralab.evaluate.routing.paired_difference`).
 The classifier's temperature and threshold come, as always, from out-of-fold predictions on its
 written examples, now including the added ones.
 """
@@ -32,8 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from loralab.embed import embed_e5
-from loralab.evaluate.routing import read_prompts, tune_examples, tune_split
-from loralab.evaluate.stats import bootstrap_ci, paired_diff_ci
+from loralab.evaluate.routing import paired_difference, read_prompts, tune_examples, tune_split
 from loralab.io import write_json
 from loralab.serve.router import Router, read_registry, registry_settings
 
@@ -53,19 +53,12 @@ def memo(fn):
     return embed
 
 
-def routed(router, rows, domain_of) -> list[str]:
-    """Each row's routed domain, or "base"."""
-    out = []
-    for d in router.route_many([r["text"] for r in rows]):
-        out.append(domain_of.get(d.adapters[0][0], d.adapters[0][0]) if d.adapters else "base")
+def routed(router, rows, domain_of) -> dict[str, str]:
+    """{id: routed domain, or "base"} of each row."""
+    out = {}
+    for r, d in zip(rows, router.route_many([r["text"] for r in rows])):
+        out[r["id"]] = domain_of.get(d.adapters[0][0], d.adapters[0][0]) if d.adapters else "base"
     return out
-
-
-def figures(got: list[str], rows: list[dict]) -> tuple[list[float], list[float]]:
-    """(hits on domain rows, activations on general rows)."""
-    hits = [float(g == r["domain"]) for g, r in zip(got, rows) if r["domain"] != "general"]
-    fired = [float(g != "base") for g, r in zip(got, rows) if r["domain"] == "general"]
-    return hits, fired
 
 
 def pct(c: dict) -> str:
@@ -104,9 +97,7 @@ def main() -> None:
                                     examples=examples + [(t, "none") for t in extra])
 
     plain = fit([])
-    base_ext = routed(plain, ext, domain_of)
-    base_rep = routed(plain, report, domain_of)
-    by_id = {r["id"]: g for r, g in zip(ext, base_ext)}
+    base = {**routed(plain, ext, domain_of), **routed(plain, report, domain_of)}
     rng = np.random.default_rng(settings.seed)
     result = {"registry": args.registry, "external": args.external, "per": args.per, "sources": {}}
     print(f"{len(sources)} general sources; {len(domain_rows)} external domain prompts; report half {len(report)}")
@@ -118,28 +109,17 @@ def main() -> None:
                 pool += [texts[i] for i in sorted(rng.permutation(len(texts))[: args.per])]
         router = fit(pool)
         held = [r for r in ext if r["domain"] == "general" and r["style"] == s]
-        g_held = routed(router, held, domain_of)
-        g_dom = routed(router, domain_rows, domain_of)
-        g_rep = routed(router, report, domain_of)
-        fa_a = [float(by_id[r["id"]] != "base") for r in held]
-        fa_b = [float(g != "base") for g in g_held]
-        acc_a = [float(by_id[r["id"]] == r["domain"]) for r in domain_rows]
-        acc_b = [float(g == r["domain"]) for g, r in zip(g_dom, domain_rows)]
-        rh_a, rf_a = figures(base_rep, report)
-        rh_b, rf_b = figures(g_rep, report)
+        got = {k: v for rows in (held, domain_rows, report) for k, v in routed(router, rows, domain_of).items()}
         row = {"n": len(held), "none_examples_added": len(pool),
-               "false_activation": {"plain": bootstrap_ci(fa_a), "with": bootstrap_ci(fa_b),
-                                    "diff": paired_diff_ci(fa_b, fa_a)},
-               "external_accuracy": {"plain": bootstrap_ci(acc_a), "with": bootstrap_ci(acc_b),
-                                     "diff": paired_diff_ci(acc_b, acc_a)},
-               "report_accuracy_diff": paired_diff_ci(rh_b, rh_a),
-               "report_false_activation_diff": paired_diff_ci(rf_b, rf_a),
+               "false_activation": paired_difference(held, base, got)["false_activation"],
+               "external_accuracy": paired_difference(domain_rows, base, got)["accuracy"],
+               "report": paired_difference(report, base, got),
                "threshold": router.classifiers["knowledge"].threshold}
         result["sources"][s] = row
-        fa, acc = row["false_activation"], row["external_accuracy"]
-        print(f"{s:<14} n {len(held):>3}  false activation {pct(fa['plain'])} -> {pct(fa['with'])}  ({pts(fa['diff'])})  "
-              f"external accuracy {pts(acc['diff'])}  report half accuracy {pts(row['report_accuracy_diff'])}, "
-              f"false activation {pts(row['report_false_activation_diff'])}", flush=True)
+        fa, acc, rep = row["false_activation"], row["external_accuracy"], row["report"]
+        print(f"{s:<14} n {len(held):>3}  false activation {pct(fa['a'])} -> {pct(fa['b'])}  ({pts(fa)})  "
+              f"external accuracy {pts(acc)}  report half accuracy {pts(rep['accuracy'])}, "
+              f"false activation {pts(rep['false_activation'])}", flush=True)
     write_json(args.out, result)
     print(f"-> {args.out}")
 

