@@ -65,3 +65,32 @@ def test_compare_script_prints_the_paired_figures_and_refuses_other_splits(tmp_p
     res = subprocess.run([sys.executable, str(script), str(a), str(b), "--prompts", str(prompts)],
                          capture_output=True, text=True)
     assert res.returncode == 1 and "differ in written seed" in res.stderr
+
+
+def _features_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks/routing/features.py"
+    spec = importlib.util.spec_from_file_location("routing_features", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_feature_variants_route_by_threshold_and_gate_and_measure_closeness():
+    from loralab.serve.routeclf import Classifier
+
+    fx = _features_script()
+    clf = Classifier(["a", "b", "none"], np.eye(3, dtype=np.float32) * 10, np.zeros(3, np.float32), 1.0, 0.9, {})
+    F = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.1, 0.09, 0]], dtype=np.float32)
+    got, conf = fx.routed(clf, F)
+    p = clf.probs([""] * 4, F)
+    assert got.tolist() == [0, 1, 2, 2]  # the last: "a" is the argmax but below the threshold
+    assert np.allclose(conf, [p[0, 0], p[1, 1], p[2, 2], p[3, 2]])
+    gate = np.array([[False, True], [False, True], [False, False], [True, True]])
+    got, conf = fx.routed(clf, F, gate)
+    assert got.tolist() == [2, 1, 2, 2] and np.isclose(conf[0], p[0, 2])  # the gate closes "a" for row 0 only
+    X = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    pools = [np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32), np.array([[0.8, 0.6], [0, -1]], dtype=np.float32)]
+    near = fx.closeness(X, pools, k=2)
+    assert np.allclose(near, [[(1 + 0.6) / 2, (0.8 + 0) / 2], [(1 + 0.8) / 2, (0.6 - 1) / 2]])
