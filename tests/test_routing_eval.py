@@ -94,3 +94,11 @@ def test_feature_variants_route_by_threshold_and_gate_and_measure_closeness():
     pools = [np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32), np.array([[0.8, 0.6], [0, -1]], dtype=np.float32)]
     near = fx.closeness(X, pools, k=2)
     assert np.allclose(near, [[(1 + 0.6) / 2, (0.8 + 0) / 2], [(1 + 0.8) / 2, (0.6 - 1) / 2]])
+
+
+def test_generated_questions_are_first_lines_without_repeats():
+    fx = _features_script()
+    got = fx.generate_questions("tiny-random", ["The match ended 2-1.", "The match ended 2-1.", "A patient had a fever."])
+    assert 1 <= len(got) <= 2  # the two equal texts give one greedy answer, kept once
+    assert all(q and "\n" not in q and q == q.strip() for q in got)
+    assert len(set(got)) == len(got)

