@@ -46,18 +46,15 @@ def main() -> None:
     import torch.nn.functional as F
 
     from loralab import models
-    from loralab.serve.static import StaticDecoder
+    from loralab.serve.static import GROUPS, StaticDecoder, _cat
 
     loaded = models.load(a.model)
     model = loaded.model
     dec = StaticDecoder(model, None, max_batch=max(a.rows))
-    lins = [lin[k] for _, _, lin, _, _ in dec.layers for k in ("qkv", "o", "gate_up", "down")] + [dec.head]
-    weights = []  # the plain weights, concatenated as the decoder fuses them
-    for layer in model.model.layers:
-        a_, m_ = layer.self_attn, layer.mlp
-        weights += [torch.cat([a_.q_proj.weight, a_.k_proj.weight, a_.v_proj.weight]).detach(),
-                    a_.o_proj.weight.detach(), torch.cat([m_.gate_proj.weight, m_.up_proj.weight]).detach(),
-                    m_.down_proj.weight.detach()]
+    lins = [lin[k] for _, _, lin, _, _ in dec.layers for k, _ in GROUPS] + [dec.head]
+    # the plain weights, concatenated by the decoder's own grouping (it keeps only the packed copies)
+    weights = [_cat([layer.get_submodule(n) for n in names], "weight")
+               for layer in model.model.layers for _, names in GROUPS]
     weights.append(model.get_output_embeddings().weight.detach())
     nbytes = sum(w.numel() * w.element_size() for w in weights)
     bw = bandwidth()

@@ -22,8 +22,8 @@ so its figures are that command's. The variants change one thing each:
   generated        beside the record samples, --generated questions per adapter written by a small
                    model (--generator, SmolLM2-135M-Instruct) from as many of its record samples: a
                    two-shot completion prompt ("Text: ... / A question a reader might ask: ..."),
-                   greedy, the first line kept (the issue's "question-style samples generated from
-                   each adapter's records")
+                   greedy, the first line kept (question-style samples generated from each
+                   adapter's records)
 and, without any written example (compared with each other, not with the plain router):
   records, no examples    the adapters' record samples against 800 ARC / PIQA questions as "none"
                           (the packaged general class of the records router), e5, calibrated out of fold
@@ -50,8 +50,8 @@ import time
 
 import numpy as np
 
-from loralab.evaluate.routing import read_prompts, tune_split
-from loralab.evaluate.stats import bootstrap_ci, holm, paired_diff_ci
+from loralab.evaluate.routing import paired_difference, read_prompts, tune_split
+from loralab.evaluate.stats import bootstrap_ci, holm
 from loralab.io import write_json
 from loralab.serve.routeclf import fit_crossfit
 from loralab.serve.router import adapter_samples, general_prompts, read_registry, registry_settings, resolved
@@ -170,7 +170,7 @@ def main() -> None:
     near = {k: closeness(v, pools) for k, v in e5.items()}
     print(f"embedded with e5 ({time.time() - t0:.0f} s)", flush=True)
     enc = use_encoder()
-    use = {k: enc(v) for k, v in texts.items()} if enc else None
+    use = {k: enc(texts[k]) for k in ("fit", "records", *sets)} if enc else None  # what its variants read
     if use is not None:
         print(f"embedded with USE ({time.time() - t0:.0f} s)", flush=True)
     mu, sd = near["fit"].mean(0), near["fit"].std(0) + 1e-9
@@ -217,22 +217,23 @@ def main() -> None:
             got, conf = routed(clf, feat(k), gate)
             got = [classes[i] for i in got]
             want = [label.get(r["domain"], NONE) if r["domain"] != "general" else NONE for r in rows]
-            routes[(v, k)] = (got, want)
+            routes[(v, k)] = got
             rep[k] = figures(rows, got, conf, classes, want)
         report["variants"][v] = rep
         print(f"{v}: fitted ({time.time() - t0:.0f} s)", flush=True)
     comps = []
+    domain_of = {v: k for k, v in label.items()}
+
+    def by_id(v, k):  # {prompt id: domain routed to, or "base"}, as evaluate.routing's reports keep routes
+        return {r["id"]: domain_of.get(g, "base") for r, g in zip(sets[k], routes[(v, k)])}
+
     for v, ref in reference.items():
         if v == ref:
             continue
         for k in sets:
-            (gb, want), (ga, _) = routes[(v, k)], routes[(ref, k)]
-            for metric, pick, score in (("accuracy", lambda w: w != NONE, lambda g, w: float(g == w)),
-                                        ("false_activation", lambda w: w == NONE, lambda g, w: float(g != NONE))):
-                idx = [i for i, w in enumerate(want) if pick(w)]
-                d = paired_diff_ci([score(gb[i], want[i]) for i in idx], [score(ga[i], want[i]) for i in idx],
-                                   resamples=PAIRED_RESAMPLES)
-                comps.append({"variant": v, "reference": ref, "set": k, "metric": metric, **d})
+            d = paired_difference(sets[k], by_id(ref, k), by_id(v, k), resamples=PAIRED_RESAMPLES)
+            comps += [{"variant": v, "reference": ref, "set": k, "metric": m, **d[m]}
+                      for m in ("accuracy", "false_activation")]
     for c, p in zip(comps, holm([c["p"] for c in comps])):
         c["p_holm"] = p
         c["finding"] = bool(p < 0.05 and (c["lo"] > 0 or c["hi"] < 0))

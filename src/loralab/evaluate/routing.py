@@ -23,7 +23,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .stats import bootstrap_ci, paired_diff_ci
+from .stats import RESAMPLES, bootstrap_ci, paired_diff_ci
 
 BASE = "base"
 
@@ -194,11 +194,12 @@ def shared_texts(examples: Sequence[tuple[str, str]], rows: Sequence[dict]) -> i
 
 
 def paired_difference(rows: Sequence[dict], routes_a: dict[str, str], routes_b: dict[str, str],
-                      seed: int = 0) -> dict:
+                      seed: int = 0, resamples: int = RESAMPLES) -> dict:
     """Router B − router A on the same prompts (those both reports routed): domain accuracy and false
-    activation, each a paired bootstrap interval of per-prompt differences (`paired_diff_ci`), each
-    router's own rate on those prompts ("a", "b": `bootstrap_ci`) and the discordant counts (prompts
-    only A or only B got right / kept at the base)."""
+    activation, each a paired bootstrap interval of per-prompt differences (`paired_diff_ci`, over
+    `resamples`: its p-value is at least 2 / (resamples + 1), so a family corrected over many
+    comparisons needs more), each router's own rate on those prompts ("a", "b": `bootstrap_ci`) and
+    the discordant counts (prompts only A or only B got right / kept at the base)."""
     a_hit, b_hit, a_fired, b_fired = [], [], [], []
     for r in rows:
         if r["id"] not in routes_a or r["id"] not in routes_b:
@@ -213,7 +214,7 @@ def paired_difference(rows: Sequence[dict], routes_a: dict[str, str], routes_b: 
 
     def one(a, b):
         a, b = np.asarray(a), np.asarray(b)
-        return {**paired_diff_ci(b, a, seed=seed), "a": bootstrap_ci(a, seed=seed), "b": bootstrap_ci(b, seed=seed),
+        return {**paired_diff_ci(b, a, seed=seed, resamples=resamples), "a": bootstrap_ci(a, seed=seed), "b": bootstrap_ci(b, seed=seed),
                 "only_a": int(((a == 1) & (b == 0)).sum()), "only_b": int(((a == 0) & (b == 1)).sum())}
 
     return {"accuracy": one(a_hit, b_hit), "false_activation": one(a_fired, b_fired)}
